@@ -1,0 +1,37 @@
+//! Generates the gRPC code for `proto/` and the descriptor set that server reflection serves.
+//!
+//! protoc comes from the `protoc-bin-vendored` crate unless `PROTOC` names another one, so a
+//! build needs nothing installed beyond cargo.
+
+use std::{env, error::Error, path::PathBuf};
+
+const PROTOS: &[&str] = &[
+    "proto/task/v1/task.proto",
+    "proto/notification/v1/notification.proto",
+];
+
+fn main() -> Result<(), Box<dyn Error>> {
+    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+
+    let mut config = tonic_prost_build::Config::new();
+    let protoc = match env::var_os("PROTOC") {
+        Some(path) => PathBuf::from(path),
+        None => protoc_bin_vendored::protoc_bin_path()?,
+    };
+    config.protoc_executable(protoc);
+    let well_known_types = protoc_bin_vendored::include_path()?;
+
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out_dir.join("descriptors.bin"))
+        .compile_with_config(
+            config,
+            PROTOS,
+            &[PathBuf::from("proto"), well_known_types],
+        )?;
+
+    for proto in PROTOS {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    println!("cargo:rerun-if-env-changed=PROTOC");
+    Ok(())
+}

@@ -1,0 +1,73 @@
+//! Where the pinned daprd and scheduler binaries are.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use crate::{Error, resources::repo_root};
+
+/// The Dapr runtime binaries this stack runs.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    pub daprd: PathBuf,
+    pub scheduler: PathBuf,
+}
+
+/// The command that builds the pinned Dapr runtime.
+pub fn install_command() -> String {
+    "tools/dapr/install.sh".to_string()
+}
+
+impl Binaries {
+    /// Finds the binaries: `DAPRD_PATH` and `DAPR_SCHEDULER_PATH` when both are set, else the
+    /// build made by `tools/dapr/install.sh` (which is asked, not rebuilt: a missing or stale
+    /// build is an error that names the install command).
+    pub fn locate() -> Result<Self, Error> {
+        if let (Some(daprd), Some(scheduler)) = (
+            std::env::var_os("DAPRD_PATH"),
+            std::env::var_os("DAPR_SCHEDULER_PATH"),
+        ) {
+            return Self::locate_at(PathBuf::from(daprd), PathBuf::from(scheduler));
+        }
+        let script = repo_root().join("tools/dapr/install.sh");
+        let output = Command::new(&script)
+            .arg("--print")
+            .output()
+            .map_err(|e| Error::Missing {
+                what: "daprd 1.18.3",
+                detail: format!("could not run {}: {e}", script.display()),
+                install: install_command(),
+            })?;
+        if !output.status.success() {
+            return Err(Error::Missing {
+                what: "daprd 1.18.3",
+                detail: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+                install: install_command(),
+            });
+        }
+        let bin_dir = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+        Self::locate_at(bin_dir.join("daprd"), bin_dir.join("scheduler"))
+    }
+
+    /// Uses the binaries at these paths, if both are executables.
+    pub fn locate_at(daprd: PathBuf, scheduler: PathBuf) -> Result<Self, Error> {
+        for path in [&daprd, &scheduler] {
+            if !is_executable(path) {
+                return Err(Error::Missing {
+                    what: "daprd 1.18.3",
+                    detail: format!("{} is not an executable file", path.display()),
+                    install: install_command(),
+                });
+            }
+        }
+        Ok(Self { daprd, scheduler })
+    }
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.metadata()
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}

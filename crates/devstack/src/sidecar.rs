@@ -1,0 +1,265 @@
+//! A daprd sidecar for one app.
+
+use std::{
+    path::PathBuf,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use crate::{Error, LogSink, ManagedProcess, Stack, free_port, http};
+
+/// How long a sidecar may take to report healthy (it waits for its app's port, too).
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Options for a sidecar; its ports are picked when the builder is made, so an app can be told
+/// its sidecar's gRPC port before either starts.
+pub struct SidecarBuilder<'a> {
+    stack: &'a Stack,
+    app_id: String,
+    app_port: Option<u16>,
+    grpc_port: u16,
+    http_port: u16,
+    internal_port: u16,
+    metrics_port: u16,
+    app_api_token: Option<String>,
+    dapr_api_token: Option<String>,
+    app_health_check: Option<u32>,
+    resources: Option<PathBuf>,
+    config: Option<PathBuf>,
+    log_level: String,
+    api_logging: bool,
+    sink: LogSink,
+}
+
+impl<'a> SidecarBuilder<'a> {
+    pub(crate) fn new(stack: &'a Stack, app_id: &str) -> Result<Self, Error> {
+        Ok(Self {
+            stack,
+            app_id: app_id.to_string(),
+            app_port: None,
+            grpc_port: free_port()?,
+            http_port: free_port()?,
+            internal_port: free_port()?,
+            metrics_port: free_port()?,
+            app_api_token: None,
+            dapr_api_token: None,
+            app_health_check: None,
+            resources: None,
+            config: None,
+            log_level: "info".into(),
+            api_logging: false,
+            sink: stack.sink(),
+        })
+    }
+
+    /// The port the app serves gRPC on (127.0.0.1). Without one, the sidecar serves a client only.
+    pub fn app_port(mut self, port: u16) -> Self {
+        self.app_port = Some(port);
+        self
+    }
+
+    /// The gRPC API port this sidecar will listen on.
+    pub fn grpc_port(&self) -> u16 {
+        self.grpc_port
+    }
+
+    /// `APP_API_TOKEN`: daprd sends it to the app as `dapr-api-token`.
+    pub fn app_api_token(mut self, token: &str) -> Self {
+        self.app_api_token = Some(token.to_string());
+        self
+    }
+
+    /// `DAPR_API_TOKEN`: daprd requires it on its own API.
+    pub fn dapr_api_token(mut self, token: &str) -> Self {
+        self.dapr_api_token = Some(token.to_string());
+        self
+    }
+
+    /// Turns on daprd's app health checks, probing every `interval_seconds`.
+    pub fn app_health_check(mut self, interval_seconds: u32) -> Self {
+        self.app_health_check = Some(interval_seconds);
+        self
+    }
+
+    /// Loads resources from `dir` instead of the stack's rendered components.
+    pub fn resources_dir(mut self, dir: PathBuf) -> Self {
+        self.resources = Some(dir);
+        self
+    }
+
+    /// Uses this Configuration file instead of the stack's.
+    pub fn config_file(mut self, path: PathBuf) -> Self {
+        self.config = Some(path);
+        self
+    }
+
+    pub fn log_level(mut self, level: &str) -> Self {
+        self.log_level = level.to_string();
+        self
+    }
+
+    pub fn api_logging(mut self, on: bool) -> Self {
+        self.api_logging = on;
+        self
+    }
+
+    pub fn log_sink(mut self, sink: LogSink) -> Self {
+        self.sink = sink;
+        self
+    }
+
+    /// Starts daprd and waits until `/v1.0/healthz` answers 204 (components loaded, the app's
+    /// port reachable, subscriptions read).
+    pub async fn start(self) -> Result<Sidecar, Error> {
+        let stack = self.stack;
+        let mut command = Command::new(&stack.binaries().daprd);
+        command
+            .args(["--mode", "standalone", "--app-id", &self.app_id])
+            .args(["--app-protocol", "grpc", "--app-channel-address", "127.0.0.1"])
+            .args(["--dapr-listen-addresses", "127.0.0.1"])
+            .args(["--dapr-grpc-port", &self.grpc_port.to_string()])
+            .args(["--dapr-http-port", &self.http_port.to_string()])
+            .args(["--dapr-internal-grpc-port", &self.internal_port.to_string()])
+            .args(["--dapr-internal-grpc-listen-address", "127.0.0.1"])
+            .args(["--metrics-listen-address", "127.0.0.1"])
+            .args(["--metrics-port", &self.metrics_port.to_string()])
+            .args(["--log-level", &self.log_level])
+            .args(["--dapr-graceful-shutdown-seconds", "2"])
+            .arg("--resources-path")
+            .arg(self.resources.as_deref().unwrap_or(stack.resources_dir()))
+            .arg("--config")
+            .arg(self.config.as_deref().unwrap_or(stack.config_path()))
+            .env("DAPR_HOST_IP", "127.0.0.1")
+            .env_remove("APP_API_TOKEN")
+            .env_remove("DAPR_API_TOKEN")
+            .current_dir(stack.dir());
+        if let Some(port) = self.app_port {
+            command.args(["--app-port", &port.to_string()]);
+        }
+        if let Some(address) = stack.scheduler_address() {
+            command.args(["--scheduler-host-address", &address]);
+        }
+        if let Some(interval) = self.app_health_check {
+            command
+                .arg("--enable-app-health-check")
+                .args(["--app-health-probe-interval", &interval.to_string()])
+                .args(["--app-health-probe-timeout", "1000"])
+                .args(["--app-health-threshold", "2"]);
+        }
+        if self.api_logging {
+            command.arg("--enable-api-logging");
+        }
+        if let Some(token) = &self.app_api_token {
+            command.env("APP_API_TOKEN", token);
+        }
+        if let Some(token) = &self.dapr_api_token {
+            command.env("DAPR_API_TOKEN", token);
+        }
+        let name = format!("daprd {}", self.app_id);
+        let mut process = ManagedProcess::spawn(&name, command, self.sink.clone())?;
+
+        let started = Instant::now();
+        loop {
+            if let Ok(response) = http::get(self.http_port, "/v1.0/healthz").await
+                && response.status == 204
+            {
+                break;
+            }
+            process.check_running()?;
+            if started.elapsed() > READY_TIMEOUT {
+                return Err(process.not_ready(
+                    READY_TIMEOUT,
+                    "/v1.0/healthz did not answer 204".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        Ok(Sidecar {
+            process,
+            app_id: self.app_id,
+            grpc_port: self.grpc_port,
+            http_port: self.http_port,
+            metrics_port: self.metrics_port,
+            dapr_api_token: self.dapr_api_token,
+        })
+    }
+}
+
+/// A running daprd owned by this handle.
+pub struct Sidecar {
+    process: ManagedProcess,
+    app_id: String,
+    grpc_port: u16,
+    http_port: u16,
+    metrics_port: u16,
+    dapr_api_token: Option<String>,
+}
+
+impl Sidecar {
+    pub fn app_id(&self) -> &str {
+        &self.app_id
+    }
+
+    pub fn grpc_port(&self) -> u16 {
+        self.grpc_port
+    }
+
+    pub fn http_port(&self) -> u16 {
+        self.http_port
+    }
+
+    pub fn metrics_port(&self) -> u16 {
+        self.metrics_port
+    }
+
+    /// `http://127.0.0.1:<grpc port>`, as `DAPR_GRPC_ENDPOINT` wants it.
+    pub fn grpc_endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc_port)
+    }
+
+    pub fn process(&mut self) -> &mut ManagedProcess {
+        &mut self.process
+    }
+
+    pub fn log_contains(&self, needle: &str) -> bool {
+        self.process.log_contains(needle)
+    }
+
+    /// A `dapr` crate client for this sidecar (carrying its `DAPR_API_TOKEN`, if any).
+    pub async fn dapr_client(
+        &self,
+    ) -> Result<dapr::Client<dapr::client::TonicClientWithAuth>, Error> {
+        let mut options = dapr::client::ClientOptions::new()
+            .with_address(self.grpc_endpoint())
+            .without_api_token();
+        if let Some(token) = &self.dapr_api_token {
+            options = options.with_api_token(token.clone());
+        }
+        dapr::Client::from_options(options)
+            .await
+            .map_err(|e| Error::Client {
+                address: self.grpc_endpoint(),
+                detail: e.to_string(),
+            })
+    }
+
+    /// A plain gRPC channel to this sidecar, for the generated clients.
+    pub async fn channel(&self) -> Result<tonic::transport::Channel, Error> {
+        tonic::transport::Endpoint::from_shared(self.grpc_endpoint())
+            .map_err(|e| Error::Client {
+                address: self.grpc_endpoint(),
+                detail: e.to_string(),
+            })?
+            .connect()
+            .await
+            .map_err(|e| Error::Client {
+                address: self.grpc_endpoint(),
+                detail: e.to_string(),
+            })
+    }
+
+    /// Stops daprd now (SIGTERM, then SIGKILL after `grace`).
+    pub fn stop(&mut self, grace: Duration) {
+        self.process.stop(grace);
+    }
+}

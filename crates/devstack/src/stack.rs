@@ -1,0 +1,214 @@
+//! A stack: one temporary directory holding the rendered resources, the local secrets and the
+//! name-resolution database, plus the shared processes (Redis, scheduler) its sidecars use.
+
+use std::{
+    io::Read,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use crate::{
+    Binaries, ComponentSet, DEV_API_KEY_FIELD, DEV_API_KEY_SECRET, Error, LogSink, ManagedProcess,
+    Redis, Scheduler, SidecarBuilder,
+    resources::{self, Substitutions},
+};
+
+/// What to start.
+pub struct StackBuilder {
+    components: ComponentSet,
+    scheduler: bool,
+    sink: LogSink,
+    api_key: Option<String>,
+    redis_port: Option<u16>,
+    extra_resources: Vec<(String, String)>,
+}
+
+impl StackBuilder {
+    /// In-memory or Redis state and pub/sub (Redis starts a private `redis-server`).
+    pub fn components(mut self, set: ComponentSet) -> Self {
+        self.components = set;
+        self
+    }
+
+    /// Also start the scheduler and point every sidecar at it (Jobs API).
+    pub fn scheduler(mut self, on: bool) -> Self {
+        self.scheduler = on;
+        self
+    }
+
+    /// Where process output goes (default: kept in memory, printed if a test fails).
+    pub fn log_sink(mut self, sink: LogSink) -> Self {
+        self.sink = sink;
+        self
+    }
+
+    /// The API key written into the local secret store (default: a random one).
+    pub fn api_key(mut self, key: &str) -> Self {
+        self.api_key = Some(key.to_string());
+        self
+    }
+
+    /// Runs Redis on this port instead of a free one.
+    pub fn redis_port(mut self, port: u16) -> Self {
+        self.redis_port = Some(port);
+        self
+    }
+
+    /// Adds a resource file (e.g. a declarative Subscription) next to the rendered components.
+    pub fn extra_resource(mut self, file_name: &str, yaml: &str) -> Self {
+        self.extra_resources
+            .push((file_name.to_string(), yaml.to_string()));
+        self
+    }
+
+    pub async fn start(self) -> Result<Stack, Error> {
+        let binaries = Binaries::locate()?;
+        let dir = tempfile::Builder::new()
+            .prefix("task-api-stack-")
+            .tempdir()
+            .map_err(Error::io("the stack directory"))?;
+        let redis = match self.components {
+            ComponentSet::Redis => Some(match self.redis_port {
+                Some(port) => Redis::start_on(dir.path(), port, self.sink.clone()).await?,
+                None => Redis::start(dir.path(), self.sink.clone()).await?,
+            }),
+            ComponentSet::InMemory => None,
+        };
+        let scheduler = if self.scheduler {
+            Some(Scheduler::start(&binaries, dir.path(), self.sink.clone()).await?)
+        } else {
+            None
+        };
+
+        let api_key = match self.api_key {
+            Some(key) => key,
+            None => random_hex(16)?,
+        };
+        let secrets_file = dir.path().join("secrets.json");
+        let secrets = serde_json::json!({ DEV_API_KEY_SECRET: { DEV_API_KEY_FIELD: api_key } });
+        std::fs::write(&secrets_file, secrets.to_string())
+            .map_err(Error::io("the local secrets file"))?;
+
+        let resources_dir = dir.path().join("resources");
+        let config_path = dir.path().join("config.yaml");
+        let substitutions = Substitutions {
+            redis_address: redis.as_ref().map(Redis::address),
+            secrets_file,
+            name_resolution_db: dir.path().join("nameresolution.db"),
+        };
+        resources::render(
+            self.components,
+            &substitutions,
+            &self.extra_resources,
+            &resources_dir,
+            &config_path,
+        )?;
+
+        Ok(Stack {
+            binaries,
+            components: self.components,
+            sink: self.sink,
+            api_key,
+            resources_dir,
+            config_path,
+            scheduler,
+            redis,
+            dir,
+        })
+    }
+}
+
+/// A started stack. Dropping it stops Redis and the scheduler; sidecars and apps have handles of
+/// their own, which must be dropped first.
+pub struct Stack {
+    binaries: Binaries,
+    components: ComponentSet,
+    sink: LogSink,
+    api_key: String,
+    resources_dir: PathBuf,
+    config_path: PathBuf,
+    // Fields drop in order: processes before the directory they work in.
+    scheduler: Option<Scheduler>,
+    redis: Option<Redis>,
+    dir: tempfile::TempDir,
+}
+
+/// An app binary started as a child process of the stack (run command, benchmark).
+pub struct AppProcess {
+    pub name: String,
+    pub command: Command,
+}
+
+impl Stack {
+    pub fn builder() -> StackBuilder {
+        StackBuilder {
+            components: ComponentSet::InMemory,
+            scheduler: false,
+            sink: LogSink::Capture,
+            api_key: None,
+            redis_port: None,
+            extra_resources: Vec::new(),
+        }
+    }
+
+    /// A sidecar for `app_id`, not started yet (its ports are already chosen).
+    pub fn sidecar(&self, app_id: &str) -> Result<SidecarBuilder<'_>, Error> {
+        SidecarBuilder::new(self, app_id)
+    }
+
+    /// Starts an app binary with this stack's log sink.
+    pub fn spawn_app(&self, app: AppProcess) -> Result<ManagedProcess, Error> {
+        let AppProcess { name, mut command } = app;
+        command.current_dir(self.dir.path());
+        ManagedProcess::spawn(&name, command, self.sink.clone())
+    }
+
+    pub fn components(&self) -> ComponentSet {
+        self.components
+    }
+
+    /// The API key task-api accepts on this stack (from its local secret store).
+    pub fn api_key(&self) -> &str {
+        &self.api_key
+    }
+
+    pub fn redis(&self) -> Option<&Redis> {
+        self.redis.as_ref()
+    }
+
+    pub fn redis_mut(&mut self) -> Option<&mut Redis> {
+        self.redis.as_mut()
+    }
+
+    pub fn scheduler_address(&self) -> Option<String> {
+        self.scheduler.as_ref().map(Scheduler::address)
+    }
+
+    pub fn binaries(&self) -> &Binaries {
+        &self.binaries
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn resources_dir(&self) -> &Path {
+        &self.resources_dir
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    pub(crate) fn sink(&self) -> LogSink {
+        self.sink.clone()
+    }
+}
+
+fn random_hex(bytes: usize) -> Result<String, Error> {
+    let mut buf = vec![0u8; bytes];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .map_err(Error::io("random bytes"))?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}

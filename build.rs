@@ -5,7 +5,7 @@
 
 use std::{env, error::Error, path::PathBuf};
 
-const PROTOS: &[&str] = &[
+const PROTOS: [&str; 2] = [
     "proto/task/v1/task.proto",
     "proto/notification/v1/notification.proto",
 ];
@@ -25,7 +25,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         .file_descriptor_set_path(out_dir.join("descriptors.bin"))
         .compile_with_config(
             config,
-            PROTOS,
+            &PROTOS.map(PathBuf::from),
             &[PathBuf::from("proto"), well_known_types],
         )?;
 

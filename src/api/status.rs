@@ -1,0 +1,112 @@
+//! The one place where errors become gRPC statuses.
+//!
+//! | Error | Status |
+//! |---|---|
+//! | invalid field | INVALID_ARGUMENT + google.rpc.BadRequest naming each field |
+//! | unknown id | NOT_FOUND |
+//! | stale ETag, or contention that outlasted the retries | ABORTED + ErrorInfo with the current ETag |
+//! | saved but the event was not published | INTERNAL + ErrorInfo (`EVENT_NOT_PUBLISHED`) |
+//! | sidecar unreachable | UNAVAILABLE |
+//! | anything else | INTERNAL |
+//!
+//! Through Dapr service invocation these reach HTTP callers as 400, 404, 409, 500 and 503.
+
+use std::collections::HashMap;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+
+use crate::{domain::Violations, service::Error};
+
+const DOMAIN: &str = "task-api";
+
+impl From<Error> for Status {
+    fn from(error: Error) -> Self {
+        let message = error.to_string();
+        match error {
+            Error::Invalid(violations) => invalid(&violations),
+            Error::NotFound(_) => Status::not_found(message),
+            Error::StaleEtag {
+                id,
+                current_etag,
+                current_status,
+            } => Status::with_error_details(
+                Code::Aborted,
+                message,
+                ErrorDetails::with_error_info(
+                    "ETAG_MISMATCH",
+                    DOMAIN,
+                    HashMap::from([
+                        ("task_id".to_string(), id.to_string()),
+                        ("current_etag".to_string(), current_etag),
+                        ("current_status".to_string(), current_status.to_string()),
+                    ]),
+                ),
+            ),
+            Error::Contended { .. } => Status::aborted(message),
+            Error::EventNotPublished {
+                task, event_type, ..
+            } => Status::with_error_details(
+                Code::Internal,
+                message,
+                ErrorDetails::with_error_info(
+                    "EVENT_NOT_PUBLISHED",
+                    DOMAIN,
+                    HashMap::from([
+                        ("task_id".to_string(), task.value.id.to_string()),
+                        ("etag".to_string(), task.etag.clone()),
+                        ("event_type".to_string(), event_type.to_string()),
+                    ]),
+                ),
+            ),
+            Error::Unavailable(_) => Status::unavailable(message),
+            Error::Internal(_) => Status::internal(message),
+        }
+    }
+}
+
+/// INVALID_ARGUMENT naming every broken field and rule.
+pub fn invalid(violations: &Violations) -> Status {
+    Status::with_error_details(
+        Code::InvalidArgument,
+        format!("invalid request: {violations}"),
+        ErrorDetails::with_bad_request(
+            violations
+                .0
+                .iter()
+                .map(|v| FieldViolation::new(v.field, v.description.clone()))
+                .collect::<Vec<_>>(),
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{TaskId, TaskStatus};
+
+    #[test]
+    fn validation_errors_name_the_field() {
+        let status: Status = Error::Invalid(Violations::single("title", "must be 1 to 200 characters long, got 0")).into();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().contains("title"));
+        let details = status.get_error_details();
+        let bad_request = details.bad_request().unwrap();
+        assert_eq!(bad_request.field_violations[0].field, "title");
+    }
+
+    #[test]
+    fn a_stale_etag_is_aborted_with_the_current_one() {
+        let status: Status = Error::StaleEtag {
+            id: TaskId::parse("t").unwrap(),
+            current_etag: "7".into(),
+            current_status: TaskStatus::Completed,
+        }
+        .into();
+        assert_eq!(status.code(), Code::Aborted);
+        assert!(status.message().contains("\"7\""), "{}", status.message());
+        let info = status.get_error_details().error_info().cloned().unwrap();
+        assert_eq!(info.metadata["current_etag"], "7");
+        assert_eq!(info.metadata["current_status"], "completed");
+    }
+}

@@ -1,0 +1,333 @@
+//! Service invocation into task-api (`OnInvoke`): the task operations for other Dapr apps.
+//!
+//! HTTP callers (`/v1.0/invoke/task-api/method/<path>` on their sidecar) send JSON; the verb
+//! comes in `http_extension`:
+//!
+//! | Verb and method | Does |
+//! |---|---|
+//! | `POST tasks` | create: `{"title", "description"?, "priority"?}` |
+//! | `GET tasks?status=&page_size=&page_token=` | list: `{"tasks": [...], "next_page_token"}` |
+//! | `GET tasks/<id>` | get |
+//! | `PATCH`/`PUT tasks/<id>` | update: `{"title"?, "description"?, "priority"?, "etag"?}` |
+//! | `PUT tasks/<id>/status?status=<s>` (or body `{"status", "etag"?}`) | change status |
+//! | `DELETE tasks/<id>?etag=` | delete |
+//! | `GET dead-letters` | what reached the dead-letter topic |
+//!
+//! An ETag may also come as an `if-match` header. gRPC callers (`InvokeService` without an
+//! HTTP verb) use the TaskService method names with protobuf payloads: method `CreateTask` with
+//! `Any(task.v1.CreateTaskRequest)` answers `Any(task.v1.Task)`, and so on.
+//!
+//! Errors are gRPC statuses, which daprd turns into 400, 404, 409, 503 for HTTP callers.
+
+use dapr::dapr::proto::common::v1::{InvokeRequest, InvokeResponse, http_extension::Verb};
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use tonic::{Code, Status, metadata::MetadataMap};
+
+use crate::{
+    api::{convert, status::invalid},
+    domain::{NewTask, Task, TaskChanges, TaskStatus, Violations, time},
+    percent::query_pairs,
+    proto::task::v1 as pb,
+    service::{EventHandler, ListQuery, Tasks},
+    sidecar::Versioned,
+};
+
+const JSON: &str = "application/json";
+const TYPE_PREFIX: &str = "type.googleapis.com/";
+
+/// Routes one invocation.
+pub async fn on_invoke(
+    tasks: &Tasks,
+    events: &EventHandler,
+    metadata: &MetadataMap,
+    request: InvokeRequest,
+) -> Result<InvokeResponse, Status> {
+    let verb = request
+        .http_extension
+        .as_ref()
+        .and_then(|ext| Verb::try_from(ext.verb).ok())
+        .unwrap_or(Verb::None);
+    if verb == Verb::None {
+        return rpc(tasks, &request).await;
+    }
+    let query = request
+        .http_extension
+        .as_ref()
+        .map(|ext| query_pairs(&ext.querystring))
+        .unwrap_or_default();
+    let body = request.data.as_ref().map(|any| any.value.as_slice()).unwrap_or_default();
+    let if_match = metadata
+        .get("if-match")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim_matches('"').to_string());
+    let etag_query = param(&query, "etag").map(str::to_string);
+    let segments: Vec<&str> = request.method.trim_matches('/').split('/').collect();
+    let not_allowed = || {
+        Status::unimplemented(format!(
+            "method {:?} does not support {}",
+            request.method,
+            verb.as_str_name()
+        ))
+    };
+
+    match segments.as_slice() {
+        ["tasks"] => match verb {
+            Verb::Post => {
+                let body: CreateBody = json_body(body)?;
+                let new = NewTask::parse(&body.title, body.description.as_deref(), body.priority)
+                    .map_err(|v| invalid(&v))?;
+                json_response(&TaskJson::from(&tasks.create(new).await?))
+            }
+            Verb::Get => {
+                let status = match param(&query, "status") {
+                    Some(text) => Some(text.parse::<TaskStatus>().map_err(|e| {
+                        invalid(&Violations::single("status", e.to_string()))
+                    })?),
+                    None => None,
+                };
+                let page_size = match param(&query, "page_size") {
+                    Some(text) => text.parse::<i64>().map_err(|_| {
+                        invalid(&Violations::single("page_size", format!("{text:?} is not a number")))
+                    })?,
+                    None => 0,
+                };
+                let list = ListQuery::parse(status, page_size, param(&query, "page_token").unwrap_or(""))
+                    .map_err(|v| invalid(&v))?;
+                let page = tasks.list(&list).await?;
+                json_response(&ListJson {
+                    tasks: page.tasks.iter().map(TaskJson::from).collect(),
+                    next_page_token: page.next_page_token.map(|t| t.encode()).unwrap_or_default(),
+                })
+            }
+            _ => Err(not_allowed()),
+        },
+        ["tasks", id] => {
+            let id = convert::task_id(&percent_id(id)).map_err(|v| invalid(&v))?;
+            match verb {
+                Verb::Get => json_response(&TaskJson::from(&tasks.get(&id).await?)),
+                Verb::Patch | Verb::Put => {
+                    let body: UpdateBody = json_body(body)?;
+                    let changes = TaskChanges::parse(
+                        body.title.as_deref(),
+                        body.description.as_deref(),
+                        body.priority,
+                    )
+                    .map_err(|v| invalid(&v))?;
+                    if changes.is_empty() {
+                        return Err(invalid(&Violations::single(
+                            "title",
+                            "nothing to update: set at least one of title, description, priority",
+                        )));
+                    }
+                    let etag = body.etag.or(if_match).or(etag_query);
+                    let task = tasks.update(&id, &changes, etag.as_deref()).await?;
+                    json_response(&TaskJson::from(&task))
+                }
+                Verb::Delete => {
+                    let etag = if_match.or(etag_query);
+                    tasks.delete(&id, etag.as_deref()).await?;
+                    json_response(&serde_json::json!({}))
+                }
+                _ => Err(not_allowed()),
+            }
+        }
+        ["tasks", id, "status"] => {
+            let id = convert::task_id(&percent_id(id)).map_err(|v| invalid(&v))?;
+            if !matches!(verb, Verb::Put | Verb::Post | Verb::Patch) {
+                return Err(not_allowed());
+            }
+            let body: StatusBody = if body.is_empty() {
+                StatusBody::default()
+            } else {
+                json_body(body)?
+            };
+            let text = body
+                .status
+                .or_else(|| param(&query, "status").map(str::to_string))
+                .ok_or_else(|| invalid(&Violations::single("status", "is required: pending, in_progress or completed")))?;
+            let status = text
+                .parse::<TaskStatus>()
+                .map_err(|e| invalid(&Violations::single("status", e.to_string())))?;
+            let etag = body.etag.or(if_match).or(etag_query);
+            let task = tasks.change_status(&id, status, etag.as_deref()).await?;
+            json_response(&TaskJson::from(&task))
+        }
+        ["dead-letters"] if verb == Verb::Get => json_response(&events.dead_letters().await?),
+        _ => Err(Status::not_found(format!(
+            "task-api has no method {:?} (verb {}); see the README for the invocation routes",
+            request.method,
+            verb.as_str_name()
+        ))),
+    }
+}
+
+/// gRPC-style invocation: TaskService method names with protobuf payloads.
+async fn rpc(tasks: &Tasks, request: &InvokeRequest) -> Result<InvokeResponse, Status> {
+    let any = request.data.clone().unwrap_or_default();
+    match request.method.as_str() {
+        "CreateTask" => {
+            let message: pb::CreateTaskRequest = decode(&any, "task.v1.CreateTaskRequest")?;
+            let new = convert::new_task(&message).map_err(|v| invalid(&v))?;
+            proto_response(&convert::task(&tasks.create(new).await?), "task.v1.Task")
+        }
+        "GetTask" => {
+            let message: pb::GetTaskRequest = decode(&any, "task.v1.GetTaskRequest")?;
+            let id = convert::task_id(&message.id).map_err(|v| invalid(&v))?;
+            proto_response(&convert::task(&tasks.get(&id).await?), "task.v1.Task")
+        }
+        "ListTasks" => {
+            let message: pb::ListTasksRequest = decode(&any, "task.v1.ListTasksRequest")?;
+            let query = convert::list_query(&message).map_err(|v| invalid(&v))?;
+            let page = tasks.list(&query).await?;
+            let response = pb::ListTasksResponse {
+                tasks: page.tasks.iter().map(convert::task).collect(),
+                next_page_token: page.next_page_token.map(|t| t.encode()).unwrap_or_default(),
+            };
+            proto_response(&response, "task.v1.ListTasksResponse")
+        }
+        "UpdateTask" => {
+            let message: pb::UpdateTaskRequest = decode(&any, "task.v1.UpdateTaskRequest")?;
+            let (id, changes) = convert::changes(&message).map_err(|v| invalid(&v))?;
+            let task = tasks.update(&id, &changes, convert::etag(&message.etag)).await?;
+            proto_response(&convert::task(&task), "task.v1.Task")
+        }
+        "UpdateTaskStatus" => {
+            let message: pb::UpdateTaskStatusRequest =
+                decode(&any, "task.v1.UpdateTaskStatusRequest")?;
+            let id = convert::task_id(&message.id).map_err(|v| invalid(&v))?;
+            let status = convert::target_status(message.status).map_err(|v| invalid(&v))?;
+            let task = tasks
+                .change_status(&id, status, convert::etag(&message.etag))
+                .await?;
+            proto_response(&convert::task(&task), "task.v1.Task")
+        }
+        "DeleteTask" => {
+            let message: pb::DeleteTaskRequest = decode(&any, "task.v1.DeleteTaskRequest")?;
+            let id = convert::task_id(&message.id).map_err(|v| invalid(&v))?;
+            tasks.delete(&id, convert::etag(&message.etag)).await?;
+            proto_response(&pb::DeleteTaskResponse {}, "task.v1.DeleteTaskResponse")
+        }
+        other => Err(Status::new(
+            if other.starts_with("tasks") || other == "dead-letters" {
+                Code::InvalidArgument
+            } else {
+                Code::NotFound
+            },
+            format!(
+                "task-api has no gRPC-style method {other:?}: use CreateTask, GetTask, ListTasks, UpdateTask, UpdateTaskStatus or DeleteTask, or call the HTTP routes with an HTTP verb"
+            ),
+        )),
+    }
+}
+
+fn decode<M: Message + Default>(any: &prost_types::Any, name: &str) -> Result<M, Status> {
+    let type_name = any.type_url.rsplit('/').next().unwrap_or("");
+    if !type_name.is_empty() && type_name != name {
+        return Err(Status::invalid_argument(format!(
+            "expected a {name} payload, got {type_name}"
+        )));
+    }
+    M::decode(any.value.as_slice())
+        .map_err(|e| Status::invalid_argument(format!("the payload is not a valid {name}: {e}")))
+}
+
+fn proto_response<M: Message>(message: &M, name: &str) -> Result<InvokeResponse, Status> {
+    Ok(InvokeResponse {
+        data: Some(prost_types::Any {
+            type_url: format!("{TYPE_PREFIX}{name}"),
+            value: message.encode_to_vec(),
+        }),
+        content_type: "application/x-protobuf".into(),
+    })
+}
+
+fn json_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Status> {
+    serde_json::from_slice(body)
+        .map_err(|e| Status::invalid_argument(format!("the body is not the expected JSON: {e}")))
+}
+
+/// A JSON answer. The Any carries no type URL, so daprd hands HTTP callers the bytes as
+/// `application/json` (with a type URL they would get `application/x-protobuf`).
+fn json_response<T: Serialize>(value: &T) -> Result<InvokeResponse, Status> {
+    let bytes = serde_json::to_vec(value)
+        .map_err(|e| Status::internal(format!("could not encode the answer: {e}")))?;
+    Ok(InvokeResponse {
+        data: Some(prost_types::Any {
+            type_url: String::new(),
+            value: bytes,
+        }),
+        content_type: JSON.into(),
+    })
+}
+
+fn param<'a>(query: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    query
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+        .filter(|v| !v.is_empty())
+}
+
+fn percent_id(segment: &str) -> String {
+    crate::percent::decode(segment)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    title: String,
+    description: Option<String>,
+    priority: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateBody {
+    title: Option<String>,
+    description: Option<String>,
+    priority: Option<i64>,
+    etag: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct StatusBody {
+    status: Option<String>,
+    etag: Option<String>,
+}
+
+/// A task as JSON: the original's response shape plus its ETag.
+#[derive(Serialize)]
+struct TaskJson {
+    id: String,
+    title: String,
+    description: Option<String>,
+    status: &'static str,
+    priority: u8,
+    created_at: String,
+    updated_at: String,
+    etag: String,
+}
+
+impl From<&Versioned<Task>> for TaskJson {
+    fn from(task: &Versioned<Task>) -> Self {
+        let t = &task.value;
+        Self {
+            id: t.id.to_string(),
+            title: t.title.as_str().to_string(),
+            description: t.description.as_ref().map(|d| d.as_str().to_string()),
+            status: t.status.as_str(),
+            priority: t.priority.value(),
+            created_at: time::format(t.created_at),
+            updated_at: time::format(t.updated_at),
+            etag: task.etag.clone(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ListJson {
+    tasks: Vec<TaskJson>,
+    next_page_token: String,
+}

@@ -1,0 +1,186 @@
+//! The event published to `task-events` on every change: the original's JSON, field for field.
+//!
+//! ```json
+//! {"event_type":"task.completed","task_id":"…","title":"…","status":"completed",
+//!  "timestamp":"2025-01-15T10:30:00.000000Z"}
+//! ```
+
+use std::{fmt, str::FromStr};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{Task, TaskStatus, time};
+
+/// What happened to a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TaskEventType {
+    Created,
+    Updated,
+    Deleted,
+    /// The status changed to this one (`task.pending`, `task.in_progress`, `task.completed`).
+    StatusChanged(TaskStatus),
+}
+
+impl TaskEventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskEventType::Created => "task.created",
+            TaskEventType::Updated => "task.updated",
+            TaskEventType::Deleted => "task.deleted",
+            TaskEventType::StatusChanged(TaskStatus::Pending) => "task.pending",
+            TaskEventType::StatusChanged(TaskStatus::InProgress) => "task.in_progress",
+            TaskEventType::StatusChanged(TaskStatus::Completed) => "task.completed",
+        }
+    }
+}
+
+impl fmt::Display for TaskEventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for TaskEventType {
+    type Err = EventParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let known = [
+            TaskEventType::Created,
+            TaskEventType::Updated,
+            TaskEventType::Deleted,
+        ]
+        .into_iter()
+        .chain(TaskStatus::ALL.map(TaskEventType::StatusChanged));
+        known
+            .into_iter()
+            .find(|t| t.as_str() == s)
+            .ok_or_else(|| EventParseError::UnknownType(s.to_string()))
+    }
+}
+
+/// A task event, as published and as received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskEvent {
+    pub event_type: TaskEventType,
+    pub task_id: String,
+    pub title: String,
+    pub status: TaskStatus,
+    pub timestamp: DateTime<Utc>,
+}
+
+/// Why a received payload is not a task event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventParseError {
+    #[error("not a task event: {0}")]
+    Malformed(String),
+    #[error("unknown event_type {0:?}")]
+    UnknownType(String),
+    #[error("unknown status {0:?}")]
+    UnknownStatus(String),
+}
+
+#[derive(Serialize, Deserialize)]
+struct Wire<'a> {
+    event_type: std::borrow::Cow<'a, str>,
+    task_id: std::borrow::Cow<'a, str>,
+    title: std::borrow::Cow<'a, str>,
+    status: std::borrow::Cow<'a, str>,
+    #[serde(with = "time::serde_format")]
+    timestamp: DateTime<Utc>,
+}
+
+impl TaskEvent {
+    /// The event for `task` after `event_type` happened to it.
+    pub fn of(event_type: TaskEventType, task: &Task) -> Self {
+        Self {
+            event_type,
+            task_id: task.id.to_string(),
+            title: task.title.as_str().to_string(),
+            status: task.status,
+            timestamp: task.updated_at,
+        }
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        let wire = Wire {
+            event_type: self.event_type.as_str().into(),
+            task_id: self.task_id.as_str().into(),
+            title: self.title.as_str().into(),
+            status: self.status.as_str().into(),
+            timestamp: self.timestamp,
+        };
+        serde_json::to_vec(&wire).unwrap_or_default()
+    }
+
+    /// Parses a received payload. Field order, spacing and number formats do not matter (daprd
+    /// re-encodes JSON it wraps in a CloudEvent).
+    pub fn from_json(bytes: &[u8]) -> Result<Self, EventParseError> {
+        let wire: Wire = serde_json::from_slice(bytes)
+            .map_err(|e| EventParseError::Malformed(e.to_string()))?;
+        let status = wire
+            .status
+            .parse::<TaskStatus>()
+            .map_err(|_| EventParseError::UnknownStatus(wire.status.to_string()))?;
+        if wire.task_id.is_empty() {
+            return Err(EventParseError::Malformed("task_id is empty".into()));
+        }
+        Ok(Self {
+            event_type: wire.event_type.parse()?,
+            task_id: wire.task_id.into_owned(),
+            title: wire.title.into_owned(),
+            status,
+            timestamp: wire.timestamp,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serializes_the_originals_shape() {
+        let event = TaskEvent {
+            event_type: TaskEventType::StatusChanged(TaskStatus::Completed),
+            task_id: "abc".into(),
+            title: "Learn Dapr".into(),
+            status: TaskStatus::Completed,
+            timestamp: time::parse("2025-01-15T10:30:00").unwrap(),
+        };
+        let json: serde_json::Value = serde_json::from_slice(&event.to_json()).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "event_type": "task.completed",
+                "task_id": "abc",
+                "title": "Learn Dapr",
+                "status": "completed",
+                "timestamp": "2025-01-15T10:30:00.000000Z"
+            })
+        );
+        assert_eq!(TaskEvent::from_json(&event.to_json()), Ok(event));
+    }
+
+    #[test]
+    fn reads_the_original_python_events() {
+        let python = br#"{"event_type":"task.created","task_id":"t1","title":"x","status":"pending","timestamp":"2025-01-15T10:30:00.123456"}"#;
+        let event = TaskEvent::from_json(python).unwrap();
+        assert_eq!(event.event_type, TaskEventType::Created);
+    }
+
+    #[test]
+    fn rejects_what_is_not_a_task_event() {
+        assert!(matches!(
+            TaskEvent::from_json(b"not json"),
+            Err(EventParseError::Malformed(_))
+        ));
+        let unknown = br#"{"event_type":"task.exploded","task_id":"t","title":"x","status":"pending","timestamp":"2025-01-15T10:30:00"}"#;
+        assert!(matches!(
+            TaskEvent::from_json(unknown),
+            Err(EventParseError::UnknownType(_))
+        ));
+        let missing = br#"{"event_type":"task.created"}"#;
+        assert!(TaskEvent::from_json(missing).is_err());
+    }
+}

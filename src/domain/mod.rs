@@ -1,0 +1,20 @@
+//! The rules of tasks, free of gRPC, Dapr and I/O.
+//!
+//! Values are parsed into types that cannot hold invalid data ([`Title`], [`Priority`], ...), so
+//! code past the edge never re-checks them.
+
+mod event;
+mod notification;
+mod status;
+mod task;
+pub mod time;
+mod validation;
+
+pub use event::{EventParseError, TaskEvent, TaskEventType};
+pub use notification::{NOTIFICATION_TYPE_TASK_COMPLETED, Notification, NotificationParseError};
+pub use status::{TaskStatus, UnknownStatus};
+pub use task::{
+    Description, NewTask, Priority, Task, TaskChanges, TaskId, Title, DESCRIPTION_MAX_CHARS,
+    TITLE_MAX_CHARS,
+};
+pub use validation::{FieldViolation, Violations};

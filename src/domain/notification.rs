@@ -1,0 +1,80 @@
+//! The notification task-api sends notification-service when a task is completed: the
+//! original's JSON, `{"type":"task_completed","task_id":"…","message":"Task … has been completed"}`.
+
+use serde::{Deserialize, Serialize};
+
+pub const NOTIFICATION_TYPE_TASK_COMPLETED: &str = "task_completed";
+const MESSAGE_MAX_CHARS: usize = 1000;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notification {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub task_id: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotificationParseError {
+    #[error("the body is not a notification: {0}")]
+    Malformed(String),
+    #[error("{field} {rule}")]
+    Invalid { field: &'static str, rule: String },
+}
+
+impl Notification {
+    pub fn task_completed(task_id: &str) -> Self {
+        Self {
+            kind: NOTIFICATION_TYPE_TASK_COMPLETED.into(),
+            task_id: task_id.to_string(),
+            message: format!("Task {task_id} has been completed"),
+        }
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Parses and checks a received body.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, NotificationParseError> {
+        let notification: Notification = serde_json::from_slice(bytes)
+            .map_err(|e| NotificationParseError::Malformed(e.to_string()))?;
+        let invalid = |field, rule: &str| NotificationParseError::Invalid {
+            field,
+            rule: rule.to_string(),
+        };
+        if notification.kind != NOTIFICATION_TYPE_TASK_COMPLETED {
+            return Err(invalid("type", "must be \"task_completed\""));
+        }
+        if notification.task_id.is_empty() || notification.task_id.len() > 64 {
+            return Err(invalid("task_id", "must be 1 to 64 characters"));
+        }
+        if notification.message.is_empty() || notification.message.chars().count() > MESSAGE_MAX_CHARS {
+            return Err(invalid("message", "must be 1 to 1000 characters"));
+        }
+        Ok(notification)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_the_originals_payload() {
+        let json: serde_json::Value =
+            serde_json::from_slice(&Notification::task_completed("t1").to_json()).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"type": "task_completed", "task_id": "t1", "message": "Task t1 has been completed"})
+        );
+    }
+
+    #[test]
+    fn rejects_bad_payloads() {
+        assert!(Notification::from_json(b"{}").is_err());
+        assert!(Notification::from_json(br#"{"type":"other","task_id":"t","message":"m"}"#).is_err());
+        assert!(Notification::from_json(br#"{"type":"task_completed","task_id":"","message":"m"}"#).is_err());
+        assert!(Notification::from_json(&Notification::task_completed("t").to_json()).is_ok());
+    }
+}

@@ -1,0 +1,324 @@
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+
+use super::{FieldViolation, TaskStatus, Violations};
+
+/// Longest title accepted, in characters (as the original's `max_length=200`).
+pub const TITLE_MAX_CHARS: usize = 200;
+/// Longest description accepted, in characters. The original had no limit; 2000 keeps a task a
+/// small state-store value and an event a small message.
+pub const DESCRIPTION_MAX_CHARS: usize = 2000;
+/// Longest id accepted. Generated ids are UUIDs (36 characters).
+const ID_MAX_CHARS: usize = 64;
+
+/// A task's id: a UUID for tasks created here; any id of 1 to 64 letters, digits, `-`, `_` or
+/// `.` for tasks written by others. Safe to embed in a state key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TaskId(String);
+
+impl TaskId {
+    pub fn generate() -> Self {
+        Self(uuid::Uuid::new_v4().to_string())
+    }
+
+    pub fn parse(text: &str) -> Result<Self, FieldViolation> {
+        if text.is_empty() {
+            return Err(FieldViolation::new("id", "is required"));
+        }
+        let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+        if text.chars().count() > ID_MAX_CHARS || !text.chars().all(allowed) {
+            return Err(FieldViolation::new(
+                "id",
+                format!(
+                    "must be 1 to {ID_MAX_CHARS} letters, digits, '-', '_' or '.', got {text:?}"
+                ),
+            ));
+        }
+        Ok(Self(text.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// 1 to 200 characters, not only whitespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Title(String);
+
+impl Title {
+    pub fn parse(text: &str) -> Result<Self, FieldViolation> {
+        let chars = text.chars().count();
+        if chars == 0 || chars > TITLE_MAX_CHARS {
+            return Err(FieldViolation::new(
+                "title",
+                format!("must be 1 to {TITLE_MAX_CHARS} characters long, got {chars}"),
+            ));
+        }
+        if text.trim().is_empty() {
+            return Err(FieldViolation::new("title", "must not be only whitespace"));
+        }
+        Ok(Self(text.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Up to 2000 characters. An empty description is no description.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Description(String);
+
+impl Description {
+    /// `None` for an empty text.
+    pub fn parse(text: &str) -> Result<Option<Self>, FieldViolation> {
+        let chars = text.chars().count();
+        if chars > DESCRIPTION_MAX_CHARS {
+            return Err(FieldViolation::new(
+                "description",
+                format!("must be at most {DESCRIPTION_MAX_CHARS} characters long, got {chars}"),
+            ));
+        }
+        Ok((chars > 0).then(|| Self(text.to_string())))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// 1 (lowest, the default) to 5.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Priority(u8);
+
+impl Priority {
+    pub const DEFAULT: Priority = Priority(1);
+
+    pub fn parse(value: i64) -> Result<Self, FieldViolation> {
+        match u8::try_from(value) {
+            Ok(p @ 1..=5) => Ok(Self(p)),
+            _ => Err(FieldViolation::new(
+                "priority",
+                format!("must be between 1 and 5, got {value}"),
+            )),
+        }
+    }
+
+    pub fn value(self) -> u8 {
+        self.0
+    }
+}
+
+impl Default for Priority {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// A valid request to create a task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewTask {
+    pub title: Title,
+    pub description: Option<Description>,
+    pub priority: Priority,
+}
+
+impl NewTask {
+    /// Parses every field, reporting every violation at once.
+    pub fn parse(
+        title: &str,
+        description: Option<&str>,
+        priority: Option<i64>,
+    ) -> Result<Self, Violations> {
+        let mut violations = Violations::default();
+        let title = violations.check(Title::parse(title));
+        let description = violations.check(description.map(Description::parse).transpose());
+        let priority = violations.check(priority.map(Priority::parse).transpose());
+        match (title, description, priority) {
+            (Some(title), Some(description), Some(priority)) => Ok(Self {
+                title,
+                description: description.flatten(),
+                priority: priority.unwrap_or_default(),
+            }),
+            _ => Err(violations),
+        }
+    }
+}
+
+/// A valid partial update: fields left `None` keep their value. `description: Some(None)`
+/// removes the description.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TaskChanges {
+    pub title: Option<Title>,
+    pub description: Option<Option<Description>>,
+    pub priority: Option<Priority>,
+}
+
+impl TaskChanges {
+    pub fn parse(
+        title: Option<&str>,
+        description: Option<&str>,
+        priority: Option<i64>,
+    ) -> Result<Self, Violations> {
+        let mut violations = Violations::default();
+        let title = violations.check(title.map(Title::parse).transpose());
+        let description = violations.check(description.map(Description::parse).transpose());
+        let priority = violations.check(priority.map(Priority::parse).transpose());
+        violations.into_result()?;
+        Ok(Self {
+            title: title.flatten(),
+            description: description.flatten(),
+            priority: priority.flatten(),
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.title.is_none() && self.description.is_none() && self.priority.is_none()
+    }
+}
+
+/// A task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Task {
+    pub id: TaskId,
+    pub title: Title,
+    pub description: Option<Description>,
+    pub status: TaskStatus,
+    pub priority: Priority,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Task {
+    /// A new pending task.
+    pub fn create(id: TaskId, new: NewTask, now: DateTime<Utc>) -> Self {
+        Self {
+            id,
+            title: new.title,
+            description: new.description,
+            status: TaskStatus::Pending,
+            priority: new.priority,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    /// Applies `changes`; returns whether anything changed (and only then touches `updated_at`).
+    pub fn apply(&mut self, changes: &TaskChanges, now: DateTime<Utc>) -> bool {
+        let before = self.clone();
+        if let Some(title) = &changes.title {
+            self.title = title.clone();
+        }
+        if let Some(description) = &changes.description {
+            self.description = description.clone();
+        }
+        if let Some(priority) = changes.priority {
+            self.priority = priority;
+        }
+        let changed = *self != before;
+        if changed {
+            self.updated_at = now;
+        }
+        changed
+    }
+
+    /// Moves to `status`; returns whether it changed. Any status may follow any other (a
+    /// completed task can be reopened), as in the original.
+    pub fn set_status(&mut self, status: TaskStatus, now: DateTime<Utc>) -> bool {
+        if self.status == status {
+            return false;
+        }
+        self.status = status;
+        self.updated_at = now;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::time;
+
+    #[test]
+    fn title_length_is_counted_in_characters() {
+        assert!(Title::parse("").is_err());
+        assert!(Title::parse("   ").is_err());
+        assert!(Title::parse(&"é".repeat(200)).is_ok());
+        let too_long = Title::parse(&"x".repeat(201)).unwrap_err();
+        assert_eq!(too_long.field, "title");
+        assert!(too_long.description.contains("got 201"), "{too_long:?}");
+    }
+
+    #[test]
+    fn priority_is_one_to_five() {
+        for p in 1..=5 {
+            assert_eq!(Priority::parse(p).unwrap().value() as i64, p);
+        }
+        for p in [0, 6, -1, 256, i64::MAX] {
+            assert!(Priority::parse(p).is_err(), "{p}");
+        }
+    }
+
+    #[test]
+    fn ids_are_safe_in_a_state_key() {
+        assert!(TaskId::parse("3f1c9a9e-2b7d-4e7c-9a51-0c0b5f6d2a11").is_ok());
+        assert!(TaskId::parse("task-123").is_ok());
+        for bad in ["", "a||b", "a/b", "a b", &"x".repeat(65)] {
+            assert!(TaskId::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn new_task_reports_every_violation() {
+        let errors = NewTask::parse("", Some(&"d".repeat(2001)), Some(9)).unwrap_err();
+        let fields: Vec<_> = errors.0.iter().map(|v| v.field).collect();
+        assert_eq!(fields, ["title", "description", "priority"]);
+    }
+
+    #[test]
+    fn new_task_defaults() {
+        let task = NewTask::parse("Learn Dapr", Some(""), None).unwrap();
+        assert_eq!(task.priority, Priority::DEFAULT);
+        assert_eq!(task.description, None);
+    }
+
+    #[test]
+    fn apply_touches_updated_at_only_on_change() {
+        let created = time::parse("2025-01-15T10:30:00").unwrap();
+        let later = time::parse("2025-01-15T11:00:00").unwrap();
+        let mut task = Task::create(
+            TaskId::generate(),
+            NewTask::parse("t", None, Some(2)).unwrap(),
+            created,
+        );
+        let same = TaskChanges::parse(Some("t"), None, Some(2)).unwrap();
+        assert!(!task.apply(&same, later));
+        assert_eq!(task.updated_at, created);
+
+        let clear = TaskChanges::parse(None, Some(""), Some(3)).unwrap();
+        assert!(task.apply(&clear, later));
+        assert_eq!(task.priority.value(), 3);
+        assert_eq!(task.updated_at, later);
+    }
+
+    #[test]
+    fn setting_the_same_status_changes_nothing() {
+        let now = time::now();
+        let mut task = Task::create(
+            TaskId::generate(),
+            NewTask::parse("t", None, None).unwrap(),
+            now,
+        );
+        assert!(!task.set_status(TaskStatus::Pending, now));
+        assert!(task.set_status(TaskStatus::Completed, now));
+        assert!(task.set_status(TaskStatus::Pending, now), "reopening is allowed");
+    }
+}

@@ -1,0 +1,61 @@
+//! The two questions health asks, answered through `grpc.health.v1`:
+//!
+//! - service `liveness`: is the process alive? SERVING from the first instant; never depends on
+//!   the sidecar, so a slow sidecar start does not get the pod killed in a loop.
+//! - service `""` and the app's own services: can it serve? SERVING only while the sidecar
+//!   answers. Kubernetes readiness probes and daprd's app health check ask this.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
+
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+/// The health service name for liveness probes.
+pub const LIVENESS: &str = "liveness";
+
+/// Whether the app can serve, shared by the health service and the AppCallback health check.
+#[derive(Clone)]
+pub struct Readiness {
+    ready: Arc<AtomicBool>,
+    reporter: HealthReporter,
+    services: Arc<[&'static str]>,
+}
+
+impl Readiness {
+    /// Starts not ready; `services` are the names reported alongside `""`.
+    pub async fn new(reporter: HealthReporter, services: &[&'static str]) -> Self {
+        reporter
+            .set_service_status(LIVENESS, ServingStatus::Serving)
+            .await;
+        let readiness = Self {
+            ready: Arc::new(AtomicBool::new(false)),
+            reporter,
+            services: services.iter().copied().chain([""]).collect(),
+        };
+        readiness.publish(false).await;
+        readiness
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub async fn set(&self, ready: bool) {
+        if self.ready.swap(ready, Ordering::AcqRel) != ready {
+            self.publish(ready).await;
+        }
+    }
+
+    async fn publish(&self, ready: bool) {
+        let status = if ready {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        for service in self.services.iter() {
+            self.reporter.set_service_status(*service, status).await;
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! The process's one gRPC channel to its Dapr sidecar.
+//!
+//! tonic multiplexes every call over that channel's HTTP/2 connection, so handlers clone the
+//! client (cheap: a handle) instead of connecting per request.
+
+use std::time::{Duration, Instant};
+
+use dapr::dapr::proto::runtime::v1::{
+    GetMetadataRequest, GetMetadataResponse, dapr_client::DaprClient,
+};
+use tonic::{
+    Code, Status,
+    metadata::{Ascii, MetadataValue},
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::{Channel, Endpoint},
+};
+
+use crate::{config::SidecarConfig, telemetry};
+
+/// The generated Dapr client over the shared channel.
+pub type DaprGrpc = DaprClient<InterceptedService<Channel, Outbound>>;
+
+/// Why a call to the sidecar failed, in the terms the service layer acts on.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SidecarError {
+    #[error("the Dapr sidecar is unreachable: {0}")]
+    Unavailable(String),
+    /// The ETag sent no longer matches the stored one.
+    #[error("ETag mismatch: {0}")]
+    EtagMismatch(String),
+    /// The ETag sent is not one the state store could have issued.
+    #[error("malformed ETag: {0}")]
+    InvalidEtag(String),
+    /// A stored value this service cannot read.
+    #[error("the value stored under {key:?} is not valid: {reason}")]
+    Corrupt { key: String, reason: String },
+    #[error("the Dapr sidecar answered {code:?}: {message}")]
+    Failed { code: Code, message: String },
+    #[error("DAPR_GRPC_ENDPOINT {0:?} is not a valid endpoint")]
+    InvalidEndpoint(String),
+}
+
+impl From<Status> for SidecarError {
+    fn from(status: Status) -> Self {
+        let message = status.message().to_string();
+        match status.code() {
+            Code::Aborted => SidecarError::EtagMismatch(message),
+            Code::InvalidArgument if message.to_ascii_lowercase().contains("etag") => {
+                SidecarError::InvalidEtag(message)
+            }
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
+                SidecarError::Unavailable(format!("{:?}: {message}", status.code()))
+            }
+            code => SidecarError::Failed { code, message },
+        }
+    }
+}
+
+/// Adds `dapr-api-token` and the current request's `traceparent` to every outbound call.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    token: Option<MetadataValue<Ascii>>,
+}
+
+impl Interceptor for Outbound {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(token) = &self.token {
+            request
+                .metadata_mut()
+                .insert(dapr::client::API_TOKEN_METADATA_KEY, token.clone());
+        }
+        if let Some(traceparent) = telemetry::current_traceparent()
+            && let Ok(value) = MetadataValue::try_from(traceparent.as_bytes())
+        {
+            request.metadata_mut().insert("traceparent", value);
+        }
+        Ok(request)
+    }
+}
+
+/// The sidecar: a cloneable handle on the shared channel.
+#[derive(Debug, Clone)]
+pub struct Sidecar {
+    grpc: DaprGrpc,
+    endpoint: String,
+}
+
+impl Sidecar {
+    /// Prepares the channel; it connects on first use and reconnects after a sidecar restart.
+    pub fn connect_lazy(config: &SidecarConfig) -> Result<Self, SidecarError> {
+        let invalid = || SidecarError::InvalidEndpoint(config.endpoint.clone());
+        let channel = Endpoint::from_shared(config.endpoint.clone())
+            .map_err(|_| invalid())?
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(config.call_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_while_idle(true)
+            .connect_lazy();
+        let token = match &config.api_token {
+            Some(token) => Some(token.parse().map_err(|_| {
+                SidecarError::InvalidEndpoint("DAPR_API_TOKEN holds characters not allowed in gRPC metadata".into())
+            })?),
+            None => None,
+        };
+        Ok(Self {
+            grpc: DaprClient::with_interceptor(channel, Outbound { token }),
+            endpoint: config.endpoint.clone(),
+        })
+    }
+
+    /// A client for one call (or a few); clones share the channel.
+    pub fn grpc(&self) -> DaprGrpc {
+        self.grpc.clone()
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// The sidecar's own description: app id, components, subscriptions.
+    pub async fn metadata(&self) -> Result<GetMetadataResponse, SidecarError> {
+        let mut request = tonic::Request::new(GetMetadataRequest {});
+        request.set_timeout(Duration::from_secs(2));
+        Ok(self.grpc().get_metadata(request).await?.into_inner())
+    }
+
+    /// Polls until the sidecar answers, for at most `wait`.
+    pub async fn wait_until_answering(
+        &self,
+        wait: Duration,
+    ) -> Result<GetMetadataResponse, SidecarError> {
+        let started = Instant::now();
+        let mut last_error;
+        loop {
+            match self.metadata().await {
+                Ok(metadata) => return Ok(metadata),
+                Err(e) => last_error = e,
+            }
+            if started.elapsed() >= wait {
+                return Err(SidecarError::Unavailable(format!(
+                    "no answer from {} within {wait:?} (last error: {last_error})",
+                    self.endpoint
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+/// Retries of an optimistic read-modify-write: short, jittered, growing pauses so concurrent
+/// writers of one key spread out instead of colliding again.
+pub async fn backoff(attempt: u32) {
+    let ceiling_ms = (5u64 << attempt.min(6)).min(200);
+    tokio::time::sleep(Duration::from_millis(fastrand::u64(1..=ceiling_ms))).await;
+}

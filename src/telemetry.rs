@@ -1,0 +1,169 @@
+//! Logging: one line per request outcome, carrying the W3C trace id of the call.
+//!
+//! The `traceparent` a request arrives with (daprd sets one on every call it makes, and direct
+//! callers may send their own) is kept for the duration of the request, so calls made to the
+//! sidecar while serving it carry it on and the sidecar's spans join the same trace.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use http::{HeaderValue, Request, Response};
+use tower::{Layer, Service};
+use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+
+use crate::config::LogFormat;
+
+tokio::task_local! {
+    static TRACEPARENT: Option<HeaderValue>;
+}
+
+/// The `traceparent` of the request being served, if any.
+pub fn current_traceparent() -> Option<HeaderValue> {
+    TRACEPARENT.try_with(Clone::clone).ok().flatten()
+}
+
+/// Installs the global subscriber. `RUST_LOG` filters (default `info`).
+pub fn init(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let registry = tracing_subscriber::registry().with(filter);
+    let installed = match format {
+        LogFormat::Json => registry
+            .with(fmt::layer().json().flatten_event(true).with_current_span(false))
+            .try_init(),
+        LogFormat::Text => registry.with(fmt::layer()).try_init(),
+    };
+    // A second init (tests start several apps in one process) keeps the first subscriber.
+    drop(installed);
+}
+
+/// The trace id of a `traceparent` header (`00-<trace id>-<span id>-<flags>`).
+pub fn trace_id(traceparent: &str) -> Option<&str> {
+    let mut parts = traceparent.split('-');
+    let _version = parts.next()?;
+    let trace_id = parts.next()?;
+    (trace_id.len() == 32 && trace_id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(trace_id)
+}
+
+/// Logs each request's outcome and keeps its `traceparent` for outbound calls.
+#[derive(Debug, Clone, Default)]
+pub struct RequestLogLayer;
+
+impl<S> Layer<S> for RequestLogLayer {
+    type Service = RequestLog<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        RequestLog { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RequestLog<S> {
+    inner: S,
+}
+
+impl<S, B, R> Service<Request<B>> for RequestLog<S>
+where
+    S: Service<Request<B>, Response = Response<R>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: std::fmt::Display,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let method = request.uri().path().to_string();
+        let traceparent = request.headers().get("traceparent").cloned();
+        let caller = request
+            .headers()
+            .get("dapr-caller-app-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let started = Instant::now();
+        Box::pin(TRACEPARENT.scope(traceparent.clone(), async move {
+            let result = inner.call(request).await;
+            let trace_id = traceparent
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .and_then(trace_id)
+                .unwrap_or("-")
+                .to_string();
+            let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+            let caller = caller.as_deref().unwrap_or("-");
+            match &result {
+                Ok(response) => {
+                    // Unary errors travel as trailers-only responses: the status is a header.
+                    // Without one, the call succeeded.
+                    let code = response
+                        .headers()
+                        .get("grpc-status")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<i32>().ok())
+                        .map(tonic::Code::from)
+                        .unwrap_or(tonic::Code::Ok);
+                    let message = response
+                        .headers()
+                        .get("grpc-message")
+                        .and_then(|v| v.to_str().ok())
+                        .map(crate::percent::decode)
+                        .unwrap_or_default();
+                    log_outcome(&method, code, &message, elapsed_ms, &trace_id, caller);
+                }
+                Err(error) => tracing::error!(
+                    grpc.method = %method, duration_ms = elapsed_ms, trace_id = %trace_id,
+                    caller, "request failed in transport: {error}"
+                ),
+            }
+            result
+        }))
+    }
+}
+
+fn log_outcome(method: &str, code: tonic::Code, message: &str, elapsed_ms: f64, trace_id: &str, caller: &str) {
+    let quiet = method.starts_with("/grpc.health.v1.")
+        || method.ends_with("/HealthCheck")
+        || method.starts_with("/grpc.reflection.");
+    let code_name = format!("{code:?}");
+    match code {
+        tonic::Code::Ok if quiet => tracing::debug!(
+            grpc.method = method, grpc.code = %code_name, duration_ms = elapsed_ms,
+            trace_id, caller, "request"
+        ),
+        tonic::Code::Ok => tracing::info!(
+            grpc.method = method, grpc.code = %code_name, duration_ms = elapsed_ms,
+            trace_id, caller, "request"
+        ),
+        tonic::Code::Internal | tonic::Code::Unknown | tonic::Code::DataLoss => tracing::error!(
+            grpc.method = method, grpc.code = %code_name, duration_ms = elapsed_ms,
+            trace_id, caller, grpc.message = message, "request"
+        ),
+        _ => tracing::warn!(
+            grpc.method = method, grpc.code = %code_name, duration_ms = elapsed_ms,
+            trace_id, caller, grpc.message = message, "request"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_trace_id_of_a_traceparent() {
+        assert_eq!(
+            trace_id("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        assert_eq!(trace_id("garbage"), None);
+    }
+}

@@ -1,0 +1,359 @@
+//! Integration-test harness: the real apps, in process on port 0, each behind a real daprd.
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use dapr::dapr::proto::runtime::v1::{
+    self as rt, app_callback_server::{AppCallback, AppCallbackServer},
+};
+use devstack::{Sidecar, Stack};
+use task_api::{
+    config::{NotificationConfig, Settings, TaskApiConfig},
+    health::Readiness,
+    notification,
+    proto::{
+        notification::v1::notification_service_client::NotificationServiceClient,
+        task::v1::{self as pb, task_service_client::TaskServiceClient},
+    },
+    startup::{Application, StartupError},
+};
+use tokio::{sync::mpsc, task::JoinHandle};
+use tonic::{
+    Request, Response, Status,
+    metadata::MetadataValue,
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::Channel,
+};
+
+/// Adds one metadata entry to every call.
+#[derive(Clone)]
+pub struct WithHeader(pub &'static str, pub String);
+
+impl Interceptor for WithHeader {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Ok(value) = MetadataValue::try_from(self.1.as_str()) {
+            request.metadata_mut().insert(self.0, value);
+        }
+        Ok(request)
+    }
+}
+
+pub type Client = TaskServiceClient<InterceptedService<Channel, WithHeader>>;
+
+/// Options for one app under test.
+#[derive(Default, Clone)]
+pub struct Options {
+    pub settings: Vec<(&'static str, String)>,
+    pub app_api_token: Option<String>,
+    pub app_health_check: bool,
+    pub app_id: Option<&'static str>,
+}
+
+/// A running app with its sidecar. Dropping it stops both.
+pub struct TestApp {
+    pub port: u16,
+    pub sidecar: Sidecar,
+    pub readiness: Readiness,
+    pub api_key: String,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<JoinHandle<Result<(), StartupError>>>,
+}
+
+fn init_logs() {
+    task_api::telemetry::init(task_api::config::LogFormat::Text);
+}
+
+fn settings(stack: &Stack, grpc_port: u16, options: &Options) -> Settings {
+    let mut settings = Settings::from_pairs([
+        ("APP_HOST", "127.0.0.1"),
+        ("APP_PORT", "0"),
+        ("SIDECAR_WAIT_SECONDS", "60"),
+    ]);
+    settings.set("DAPR_GRPC_ENDPOINT", format!("http://127.0.0.1:{grpc_port}"));
+    if let Some(token) = &options.app_api_token {
+        settings.set("APP_API_TOKEN", token.clone());
+    }
+    let _ = stack;
+    for (name, value) in &options.settings {
+        settings.set(name, value.clone());
+    }
+    settings
+}
+
+impl TestApp {
+    /// task-api on `stack`, ready (its sidecar answers and its API key is read).
+    pub async fn task_api(stack: &Stack, options: Options) -> TestApp {
+        Self::try_task_api(stack, options)
+            .await
+            .unwrap_or_else(|e| panic!("task-api did not start: {e}"))
+    }
+
+    pub async fn try_task_api(stack: &Stack, options: Options) -> Result<TestApp, String> {
+        init_logs();
+        let builder = stack.sidecar(options.app_id.unwrap_or("task-api")).unwrap();
+        let config = TaskApiConfig::from_settings(&settings(stack, builder.grpc_port(), &options))
+            .map_err(|e| e.to_string())?;
+        let app = Application::task_api(config).await.map_err(|e| e.to_string())?;
+        Self::run(stack, app, builder, options).await
+    }
+
+    /// notification-service, then task-api, on `stack` (completions get notified, so the
+    /// synchronous in-memory pub/sub is never held up by redelivery attempts).
+    pub async fn task_api_with_notifications(stack: &Stack, options: Options) -> (TestApp, TestApp) {
+        let notifications = Self::notification_service(stack, Options::default()).await;
+        (Self::task_api(stack, options).await, notifications)
+    }
+
+    /// notification-service on `stack`.
+    pub async fn notification_service(stack: &Stack, options: Options) -> TestApp {
+        init_logs();
+        let builder = stack
+            .sidecar(options.app_id.unwrap_or("notification-service"))
+            .unwrap();
+        let config =
+            NotificationConfig::from_settings(&settings(stack, builder.grpc_port(), &options))
+                .unwrap();
+        let app = notification::build(config).await.unwrap();
+        Self::run(stack, app, builder, options)
+            .await
+            .unwrap_or_else(|e| panic!("notification-service did not start: {e}"))
+    }
+
+    async fn run(
+        stack: &Stack,
+        app: Application,
+        mut builder: devstack::SidecarBuilder<'_>,
+        options: Options,
+    ) -> Result<TestApp, String> {
+        let port = app.port();
+        let readiness = app.readiness();
+        let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(app.run_until(async {
+            let _ = stop.await;
+        }));
+        builder = builder.app_port(port);
+        if let Some(token) = &options.app_api_token {
+            builder = builder.app_api_token(token);
+        }
+        if options.app_health_check {
+            builder = builder.app_health_check(1);
+        }
+        let sidecar = builder.start().await.map_err(|e| e.to_string())?;
+        let mut app = TestApp {
+            port,
+            sidecar,
+            readiness,
+            api_key: stack.api_key().to_string(),
+            shutdown: Some(shutdown),
+            server: Some(server),
+        };
+        let started = Instant::now();
+        while !app.readiness.is_ready() {
+            if app.server.as_ref().is_some_and(|s| s.is_finished()) {
+                let result = app.server.take().unwrap().await.unwrap();
+                return Err(match result {
+                    Err(e) => e.to_string(),
+                    Ok(()) => "the app stopped".into(),
+                });
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                return Err("not ready within 60s".into());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(app)
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://127.0.0.1:{}", self.port))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    /// A TaskService client presenting the stack's API key.
+    pub async fn client(&self) -> Client {
+        TaskServiceClient::with_interceptor(
+            self.channel().await,
+            WithHeader("x-api-key", self.api_key.clone()),
+        )
+    }
+
+    /// A TaskService client presenting `header: value` instead.
+    pub async fn client_with(&self, header: &'static str, value: &str) -> Client {
+        TaskServiceClient::with_interceptor(self.channel().await, WithHeader(header, value.into()))
+    }
+
+    pub async fn notifications_client(&self) -> NotificationServiceClient<Channel> {
+        NotificationServiceClient::new(self.channel().await)
+    }
+
+    /// Graceful stop; returns how the server ended.
+    pub async fn stop(&mut self) -> Result<(), StartupError> {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        match self.server.take() {
+            Some(server) => server.await.unwrap(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+    }
+}
+
+/// Creates a task and returns it.
+pub async fn create(client: &mut Client, title: &str, priority: Option<i32>) -> pb::Task {
+    client
+        .create_task(pb::CreateTaskRequest {
+            title: title.into(),
+            description: None,
+            priority,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// An app that subscribes to topics and reports every delivered event.
+pub struct EventProbe {
+    pub port: u16,
+    pub events: mpsc::UnboundedReceiver<rt::TopicEventRequest>,
+    _server: JoinHandle<()>,
+}
+
+struct ProbeApp {
+    pubsub: String,
+    topics: Vec<String>,
+    sender: mpsc::UnboundedSender<rt::TopicEventRequest>,
+}
+
+#[tonic::async_trait]
+impl AppCallback for ProbeApp {
+    async fn on_invoke(
+        &self,
+        _: Request<dapr::dapr::proto::common::v1::InvokeRequest>,
+    ) -> Result<Response<dapr::dapr::proto::common::v1::InvokeResponse>, Status> {
+        Err(Status::unimplemented("probe"))
+    }
+    async fn list_topic_subscriptions(
+        &self,
+        _: Request<()>,
+    ) -> Result<Response<rt::ListTopicSubscriptionsResponse>, Status> {
+        Ok(Response::new(rt::ListTopicSubscriptionsResponse {
+            subscriptions: self
+                .topics
+                .iter()
+                .map(|topic| rt::TopicSubscription {
+                    pubsub_name: self.pubsub.clone(),
+                    topic: topic.clone(),
+                    ..Default::default()
+                })
+                .collect(),
+        }))
+    }
+    async fn on_topic_event(
+        &self,
+        request: Request<rt::TopicEventRequest>,
+    ) -> Result<Response<rt::TopicEventResponse>, Status> {
+        let _ = self.sender.send(request.into_inner());
+        Ok(Response::new(rt::TopicEventResponse { status: 0 }))
+    }
+    async fn list_input_bindings(
+        &self,
+        _: Request<()>,
+    ) -> Result<Response<rt::ListInputBindingsResponse>, Status> {
+        Ok(Response::new(Default::default()))
+    }
+    async fn on_binding_event(
+        &self,
+        _: Request<rt::BindingEventRequest>,
+    ) -> Result<Response<rt::BindingEventResponse>, Status> {
+        Err(Status::not_found("probe"))
+    }
+    async fn on_bulk_topic_event(
+        &self,
+        _: Request<rt::TopicEventBulkRequest>,
+    ) -> Result<Response<rt::TopicEventBulkResponse>, Status> {
+        Err(Status::unimplemented("probe"))
+    }
+    async fn on_job_event(
+        &self,
+        _: Request<rt::JobEventRequest>,
+    ) -> Result<Response<rt::JobEventResponse>, Status> {
+        Err(Status::not_found("probe"))
+    }
+}
+
+impl EventProbe {
+    pub async fn start(pubsub: &str, topics: &[&str]) -> EventProbe {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (sender, events) = mpsc::unbounded_channel();
+        let app = ProbeApp {
+            pubsub: pubsub.into(),
+            topics: topics.iter().map(|t| t.to_string()).collect(),
+            sender,
+        };
+        let server = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(AppCallbackServer::new(app))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await;
+        });
+        EventProbe {
+            port,
+            events,
+            _server: server,
+        }
+    }
+
+    /// The next delivered event's data as JSON.
+    pub async fn next_json(&mut self, within: Duration) -> serde_json::Value {
+        let event = self.next(within).await;
+        serde_json::from_slice(&event.data).unwrap()
+    }
+
+    pub async fn next(&mut self, within: Duration) -> rt::TopicEventRequest {
+        tokio::time::timeout(within, self.events.recv())
+            .await
+            .expect("no event arrived in time")
+            .expect("probe closed")
+    }
+
+    /// Fails if any event arrives within `quiet`.
+    pub async fn expect_none(&mut self, quiet: Duration) {
+        if let Ok(Some(event)) = tokio::time::timeout(quiet, self.events.recv()).await {
+            panic!(
+                "unexpected event: {}",
+                String::from_utf8_lossy(&event.data)
+            );
+        }
+    }
+}
+
+/// Polls `check` until it returns Some, for at most `within`.
+pub async fn eventually<T, F, Fut>(within: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(started.elapsed() < within, "condition not met within {within:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -671,20 +671,54 @@ def check_resiliency(target, docs, apps, crds, repo: Path, notes: list[str]) -> 
                 if ref is not None and ref not in (policies.get(section) or {}):
                     errors.append(f"{where}: targets.{path}.{key} names {ref!r}, not a policy "
                                   f"in policies.{section}")
-        selfhosted = repo / "components/common/resiliency.yaml"
-        versions = crds.get(("dapr.io", "Resiliency"))
-        if selfhosted.is_file() and versions and "v1alpha1" in versions:
-            local = yaml.safe_load(selfhosted.read_text()) or {}
-            schema = versions["v1alpha1"]["properties"]["spec"]
-            pruned = prune(local.get("spec") or {}, schema)
-            if pruned != spec:
-                errors.append(f"{where}: policies differ from components/common/resiliency.yaml "
-                              f"(on the fields the Resiliency schema has): "
-                              f"{_first_difference(pruned, spec)}")
-            for path in _dropped(local.get("spec") or {}, pruned):
-                notes.append(f"components/common/resiliency.yaml sets spec.{path}, which Dapr "
-                             "ignores: the Resiliency schema has no such field")
+    versions = crds.get(("dapr.io", "Resiliency"))
+    try:
+        local = selfhosted_resiliency(repo)
+        ours = _merged([r.get("spec") or {} for r in resiliencies])
+    except ValueError as e:
+        errors.append(f"{target}: {e}")
+        local = None
+    if local is not None and versions and "v1alpha1" in versions and resiliencies:
+        wanted = prune(local, versions["v1alpha1"]["properties"]["spec"])
+        if wanted != ours:
+            errors.append(f"{target}: the Resiliency policies differ from the self-hosted ones "
+                          f"in {', '.join(SELFHOSTED_RESILIENCY)} (on the fields the Resiliency "
+                          f"schema has): {_first_difference(wanted, ours)}")
+        for path in _dropped(local, wanted):
+            notes.append(f"the self-hosted Resiliency sets spec.{path}, which Dapr ignores: the "
+                         "Resiliency schema has no such field")
     return errors
+
+
+# The self-hosted Resiliency files that apply when the apps run on Redis, as they do here.
+SELFHOSTED_RESILIENCY = ("components/common", "components/redis")
+
+
+def selfhosted_resiliency(repo: Path) -> dict | None:
+    specs = []
+    for folder in SELFHOSTED_RESILIENCY:
+        for path in sorted((repo / folder).glob("*.yaml")):
+            for doc in yaml.safe_load_all(path.read_text()):
+                if doc and doc.get("kind") == "Resiliency":
+                    specs.append(doc.get("spec") or {})
+    return _merged(specs) if specs else None
+
+
+def _merged(specs: list[dict]) -> dict:
+    """One spec holding every policy and target of specs, as the sidecar combines them."""
+    def merge(a, b, path):
+        if isinstance(a, dict) and isinstance(b, dict):
+            out = dict(a)
+            for key, value in b.items():
+                out[key] = merge(a[key], value, f"{path}.{key}") if key in a else value
+            return out
+        if a != b:
+            raise ValueError(f"two Resiliency objects set {path} differently ({a!r}, {b!r})")
+        return a
+    result: dict = {}
+    for spec in specs:
+        result = merge(result, spec, "spec")
+    return result
 
 
 def _first_difference(a, b, path="spec") -> str:
@@ -975,9 +1009,12 @@ BREAKS = [
     ("topic name drifts", "base/dapr/pubsub.yaml",
      "value: task-events,task-events-deadletter", "value: task-events,task-events-dlq",
      "allows topics"),
-    ("app token annotation names a missing Secret", "base/task-api.yaml",
+    ("app token annotation and env disagree", "base/task-api.yaml",
      "dapr.io/app-token-secret: task-api-app-token", "dapr.io/app-token-secret: task-api-token",
-     "Secret 'task-api-token'"),
+     "env APP_API_TOKEN must come from Secret 'task-api-token'"),
+    ("app token Secret missing from the development overlay",
+     "overlays/docker-desktop/kustomization.yaml", "- name: task-api-app-token",
+     "- name: task-api-app-tokens", "annotation dapr.io/app-token-secret"),
     ("Redis password Secret misnamed in a Component", "base/dapr/statestore.yaml",
      "name: redis\n", "name: redis-auth\n", "Secret 'redis-auth'"),
     ("API key Secret missing from the development overlay", "overlays/docker-desktop/"
@@ -1006,7 +1043,7 @@ BREAKS = [
     ("Role without resourceNames", "base/rbac.yaml",
      '    resourceNames: ["task-api-auth"]\n', "", "grants every Secret"),
     ("Resiliency drifts from the self-hosted one", "base/dapr/resiliency.yaml",
-     "maxRetries: 8", "maxRetries: 3", "differ from components/common/resiliency.yaml"),
+     "maxRetries: 8", "maxRetries: 3", "differ from the self-hosted ones"),
     ("Resiliency targets a missing component", "base/dapr/resiliency.yaml",
      "    components:\n      pubsub:", "    components:\n      pub-sub:",
      "target component 'pub-sub'"),

@@ -1,0 +1,210 @@
+//! Start-up, health, reflection, a publish that fails after the save, and graceful shutdown of
+//! the real binaries.
+
+mod common;
+
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use common::{Options, TestApp, WithHeader, create};
+use devstack::{AppProcess, ComponentSet, LogSink, Redis, Stack, free_port};
+use task_api::proto::task::v1::{self as pb, task_service_client::TaskServiceClient};
+use tokio_stream::StreamExt;
+use tonic::{Code, transport::Channel};
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+use tonic_reflection::pb::v1::{
+    ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+    server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+};
+use tonic_types::StatusExt;
+
+async fn health(channel: Channel, service: &str) -> Result<i32, tonic::Status> {
+    HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .map(|r| r.into_inner().status)
+}
+
+#[tokio::test]
+async fn health_and_reflection_answer_without_credentials() {
+    let stack = Stack::builder().start().await.unwrap();
+    let app = TestApp::task_api(&stack, Options::default()).await;
+    let channel = app.channel().await;
+    for service in ["", "liveness", "task.v1.TaskService"] {
+        assert_eq!(health(channel.clone(), service).await.unwrap(), 1, "{service:?}");
+    }
+
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = reflection
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) =
+        responses.next().await.unwrap().unwrap().message_response
+    else {
+        panic!("expected a service list");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(names.contains(&"task.v1.TaskService".to_string()), "{names:?}");
+    assert!(names.contains(&"grpc.health.v1.Health".to_string()), "{names:?}");
+}
+
+/// Before the sidecar answers, the app is alive but not ready; once it answers, it is ready.
+#[tokio::test]
+async fn readiness_waits_for_the_sidecar_and_liveness_does_not() {
+    // Nothing listens on this port: the sidecar never answers.
+    let sidecar_port = free_port().unwrap();
+    let mut settings = task_api::config::Settings::from_pairs([
+        ("APP_HOST", "127.0.0.1"),
+        ("APP_PORT", "0"),
+    ]);
+    settings.set("DAPR_GRPC_ENDPOINT", format!("http://127.0.0.1:{sidecar_port}"));
+    let config = task_api::config::TaskApiConfig::from_settings(&settings).unwrap();
+    let app = task_api::startup::Application::task_api(config).await.unwrap();
+    let port = app.port();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until(async {
+        let _ = stopped.await;
+    }));
+    let channel = Channel::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(health(channel.clone(), "liveness").await.unwrap(), 1);
+    assert_eq!(health(channel.clone(), "").await.unwrap(), 2, "NOT_SERVING");
+    let mut tasks =
+        TaskServiceClient::with_interceptor(channel.clone(), WithHeader("x-api-key", "k".into()));
+    let early = tasks.list_tasks(pb::ListTasksRequest::default()).await.unwrap_err();
+    assert_eq!(early.code(), Code::Unavailable, "{early:?}");
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+}
+
+/// The save succeeded, the publish did not: the caller learns it, with the task id, and the
+/// task is there.
+#[tokio::test]
+async fn a_failed_publish_is_reported_not_swallowed() {
+    let stack = Stack::builder()
+        .components(ComponentSet::InMemory)
+        .start()
+        .await
+        .unwrap();
+    let mut broker = Redis::start(stack.dir(), LogSink::Capture).await.unwrap();
+    let flaky_pubsub = format!(
+        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: flaky\nspec:\n  type: pubsub.redis\n  version: v1\n  metadata:\n    - name: redisHost\n      value: {}\n    - name: maxRetries\n      value: \"0\"\n    - name: dialTimeout\n      value: 500ms\n",
+        broker.address()
+    );
+    std::fs::write(stack.resources_dir().join("flaky.yaml"), flaky_pubsub).unwrap();
+    let app = TestApp::task_api(
+        &stack,
+        Options {
+            settings: vec![("PUBSUB_NAME", "flaky".into())],
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut client = app.client().await;
+    create(&mut client, "published", None).await;
+
+    broker.process().stop(Duration::from_secs(2));
+    let failed = client
+        .create_task(pb::CreateTaskRequest {
+            title: "saved but not announced".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(failed.code(), Code::Internal, "{failed:?}");
+    assert!(failed.message().contains("task.created event could not be published"), "{}", failed.message());
+    let info = failed.get_error_details().error_info().cloned().unwrap();
+    assert_eq!(info.reason, "EVENT_NOT_PUBLISHED");
+    let saved = client
+        .get_task(pb::GetTaskRequest {
+            id: info.metadata["task_id"].clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(saved.title, "saved but not announced");
+}
+
+/// The real binary, started as users start it: SIGTERM lets in-flight requests finish and exits 0.
+#[tokio::test]
+async fn sigterm_drains_in_flight_requests_and_exits_zero() {
+    let stack = Stack::builder().start().await.unwrap();
+    let app_port = free_port().unwrap();
+    let sidecar = stack.sidecar("task-api").unwrap().app_port(app_port);
+    let mut command = Command::new(env!("CARGO_BIN_EXE_task-api"));
+    command
+        .env_clear()
+        .env("APP_HOST", "127.0.0.1")
+        .env("APP_PORT", app_port.to_string())
+        .env("DAPR_GRPC_PORT", sidecar.grpc_port().to_string())
+        .env("RUST_LOG", "info");
+    let mut process = stack
+        .spawn_app(AppProcess {
+            name: "task-api".into(),
+            command,
+        })
+        .unwrap();
+    let _sidecar = sidecar.start().await.unwrap();
+    let channel = Channel::from_shared(format!("http://127.0.0.1:{app_port}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let started = Instant::now();
+    while health(channel.clone(), "").await.ok() != Some(1) {
+        assert!(started.elapsed() < Duration::from_secs(30), "never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut client =
+        TaskServiceClient::with_interceptor(channel, WithHeader("x-api-key", stack.api_key().into()));
+    for n in 0..150 {
+        create(&mut client, &format!("task {n}"), None).await;
+    }
+
+    let mut in_flight = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let mut client = client.clone();
+        in_flight.spawn(async move {
+            client
+                .list_tasks(pb::ListTasksRequest {
+                    status: pb::TaskStatus::Completed as i32,
+                    page_size: 100,
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ())
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    process.signal(libc::SIGTERM);
+    let mut completed = 0;
+    while let Some(result) = in_flight.join_next().await {
+        result.unwrap().expect("an in-flight request was cut off");
+        completed += 1;
+    }
+    assert_eq!(completed, 20);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = process.exit_status() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "task-api did not exit after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status.code(), Some(0), "{}", process.log_tail(20));
+    assert!(process.log_contains("shutting down"));
+    assert!(process.log_contains("stopped"));
+}

@@ -59,7 +59,10 @@ pub struct ApiKey(Arc<RwLock<Option<Arc<str>>>>);
 
 impl ApiKey {
     /// Reads the key now; fails if the secret store or the secret is missing.
-    pub async fn load(&self, secret: &ApiKeySecret) -> Result<(), crate::sidecar::secrets::SecretError> {
+    pub async fn load(
+        &self,
+        secret: &ApiKeySecret,
+    ) -> Result<(), crate::sidecar::secrets::SecretError> {
         let key = secret.fetch().await?;
         *self.0.write().unwrap_or_else(|e| e.into_inner()) = Some(key.into());
         Ok(())
@@ -67,7 +70,11 @@ impl ApiKey {
 
     /// Re-reads the key every `interval`, so a rotated key takes effect without a restart. A
     /// failed read keeps the last key.
-    pub fn refresh_every(&self, secret: ApiKeySecret, interval: Duration) -> tokio::task::JoinHandle<()> {
+    pub fn refresh_every(
+        &self,
+        secret: ApiKeySecret,
+        interval: Duration,
+    ) -> tokio::task::JoinHandle<()> {
         let key = self.clone();
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(interval);
@@ -75,8 +82,12 @@ impl ApiKey {
             loop {
                 ticker.tick().await;
                 match key.load(&secret).await {
-                    Ok(()) => tracing::debug!(store = %secret.store, secret = %secret.name, "API key refreshed"),
-                    Err(error) => tracing::warn!(%error, "API key refresh failed; keeping the last key"),
+                    Ok(()) => {
+                        tracing::debug!(store = %secret.store, secret = %secret.name, "API key refreshed")
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "API key refresh failed; keeping the last key")
+                    }
                 }
             }
         })
@@ -218,8 +229,14 @@ mod tests {
     #[test]
     fn callers_need_the_api_key() {
         let auth = policy_with_key(None);
-        assert!(auth.check(CREATE, &headers(&[("authorization", "Bearer s3cret")])).is_ok());
-        assert!(auth.check(CREATE, &headers(&[("x-api-key", "s3cret")])).is_ok());
+        assert!(
+            auth.check(CREATE, &headers(&[("authorization", "Bearer s3cret")]))
+                .is_ok()
+        );
+        assert!(
+            auth.check(CREATE, &headers(&[("x-api-key", "s3cret")]))
+                .is_ok()
+        );
         for bad in [
             headers(&[]),
             headers(&[("x-api-key", "wrong")]),
@@ -234,8 +251,14 @@ mod tests {
     #[test]
     fn the_sidecar_token_replaces_the_api_key() {
         let auth = policy_with_key(Some("tok"));
-        assert!(auth.check(CREATE, &headers(&[("dapr-api-token", "tok")])).is_ok());
-        assert!(auth.check(CREATE, &headers(&[("dapr-api-token", "nope")])).is_err());
+        assert!(
+            auth.check(CREATE, &headers(&[("dapr-api-token", "tok")]))
+                .is_ok()
+        );
+        assert!(
+            auth.check(CREATE, &headers(&[("dapr-api-token", "nope")]))
+                .is_err()
+        );
     }
 
     #[test]
@@ -247,18 +270,32 @@ mod tests {
             guarded.check(TOPIC, &headers(&[])).unwrap_err().code(),
             tonic::Code::Unauthenticated
         );
-        assert!(guarded.check(TOPIC, &headers(&[("dapr-api-token", "tok")])).is_ok());
-        assert!(guarded.check(TOPIC, &headers(&[("x-api-key", "s3cret")])).is_err());
+        assert!(
+            guarded
+                .check(TOPIC, &headers(&[("dapr-api-token", "tok")]))
+                .is_ok()
+        );
+        assert!(
+            guarded
+                .check(TOPIC, &headers(&[("x-api-key", "s3cret")]))
+                .is_err()
+        );
         for path in OPEN_CALLBACKS {
             assert!(guarded.check(path, &headers(&[])).is_ok(), "{path}");
         }
-        assert!(guarded.check("/grpc.health.v1.Health/Check", &headers(&[])).is_ok());
+        assert!(
+            guarded
+                .check("/grpc.health.v1.Health/Check", &headers(&[]))
+                .is_ok()
+        );
     }
 
     #[test]
     fn a_key_not_yet_loaded_is_unavailable_not_unauthenticated() {
         let auth = AuthPolicy::new(None, Some(ApiKey::default()));
-        let status = auth.check(CREATE, &headers(&[("x-api-key", "any")])).unwrap_err();
+        let status = auth
+            .check(CREATE, &headers(&[("x-api-key", "any")]))
+            .unwrap_err();
         assert_eq!(status.code(), tonic::Code::Unavailable);
     }
 }

@@ -52,7 +52,9 @@ impl Settings {
             let (name, value) = match flag.split_once('=') {
                 Some((name, value)) => (name.to_string(), value.to_string()),
                 None => {
-                    let value = args.next().ok_or_else(|| ConfigError::BadFlag(arg.clone()))?;
+                    let value = args
+                        .next()
+                        .ok_or_else(|| ConfigError::BadFlag(arg.clone()))?;
                     (flag.to_string(), value)
                 }
             };
@@ -77,7 +79,10 @@ impl Settings {
 
     /// A non-empty value.
     fn get(&self, name: &str) -> Option<&str> {
-        self.0.get(name).map(String::as_str).filter(|v| !v.is_empty())
+        self.0
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
     }
 
     fn string(&self, name: &str, default: &str) -> String {

@@ -59,14 +59,18 @@ pub enum StartupError {
     },
     #[error(transparent)]
     Sidecar(#[from] SidecarError),
-    #[error("the Dapr sidecar has no {kind} component named {name:?} (it has: {available}); add one to its resources or set {setting}")]
+    #[error(
+        "the Dapr sidecar has no {kind} component named {name:?} (it has: {available}); add one to its resources or set {setting}"
+    )]
     MissingComponent {
         kind: &'static str,
         name: String,
         available: String,
         setting: &'static str,
     },
-    #[error("cannot read the API key: {0}. Provide the secret, or set AUTH_DISABLED=true to run without API keys")]
+    #[error(
+        "cannot read the API key: {0}. Provide the secret, or set AUTH_DISABLED=true to run without API keys"
+    )]
     ApiKey(#[from] SecretError),
     #[error("the gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
@@ -114,12 +118,13 @@ pub struct AppParts {
 impl Application {
     /// Binds the port (0 picks a free one) and adds health and reflection to `routes`.
     pub async fn build(parts: AppParts) -> Result<Self, StartupError> {
-        let listener = TcpListener::bind(parts.address)
-            .await
-            .map_err(|source| StartupError::Bind {
-                address: parts.address,
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(parts.address)
+                .await
+                .map_err(|source| StartupError::Bind {
+                    address: parts.address,
+                    source,
+                })?;
         Ok(Self {
             name: parts.name,
             listener,

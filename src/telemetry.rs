@@ -32,7 +32,12 @@ pub fn init(format: LogFormat) {
     let registry = tracing_subscriber::registry().with(filter);
     let installed = match format {
         LogFormat::Json => registry
-            .with(fmt::layer().json().flatten_event(true).with_current_span(false))
+            .with(
+                fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false),
+            )
             .try_init(),
         LogFormat::Text => registry.with(fmt::layer()).try_init(),
     };
@@ -129,7 +134,14 @@ where
     }
 }
 
-fn log_outcome(method: &str, code: tonic::Code, message: &str, elapsed_ms: f64, trace_id: &str, caller: &str) {
+fn log_outcome(
+    method: &str,
+    code: tonic::Code,
+    message: &str,
+    elapsed_ms: f64,
+    trace_id: &str,
+    caller: &str,
+) {
     let quiet = method.starts_with("/grpc.health.v1.")
         || method.ends_with("/HealthCheck")
         || method.starts_with("/grpc.reflection.");

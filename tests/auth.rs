@@ -31,7 +31,11 @@ async fn api_key_is_required_and_checked() {
     let mut anonymous = app.client_with("x-unrelated", "1").await;
     let refused = anonymous.list_tasks(list()).await.unwrap_err();
     assert_eq!(refused.code(), Code::Unauthenticated);
-    assert!(refused.message().contains("API key"), "{}", refused.message());
+    assert!(
+        refused.message().contains("API key"),
+        "{}",
+        refused.message()
+    );
 
     let mut wrong = app.client_with("x-api-key", "not-the-key").await;
     assert_eq!(
@@ -162,7 +166,10 @@ async fn a_missing_secret_store_stops_start_up_with_a_clear_message() {
     .await
     .err()
     .expect("task-api must not start without its secret store");
-    assert!(error.contains(r#"no secretstores component named "vault""#), "{error}");
+    assert!(
+        error.contains(r#"no secretstores component named "vault""#),
+        "{error}"
+    );
     assert!(error.contains("AUTH_DISABLED"), "{error}");
 }
 

@@ -59,7 +59,12 @@ async fn a_task_stored_by_the_python_original_is_read_and_updated() {
 
     let stored = redis.cli(&["HGET", &key, "data"]).unwrap();
     let document: serde_json::Value = serde_json::from_str(&stored).unwrap();
-    let keys: Vec<&str> = document.as_object().unwrap().keys().map(String::as_str).collect();
+    let keys: Vec<&str> = document
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
     let mut expected = vec![
         "id",
         "title",
@@ -73,7 +78,10 @@ async fn a_task_stored_by_the_python_original_is_read_and_updated() {
     let mut sorted = keys.clone();
     sorted.sort();
     assert_eq!(sorted, expected, "the same document, no more, no less");
-    assert!(stored.starts_with(r#"{"id":"#), "fields in the original's order: {stored}");
+    assert!(
+        stored.starts_with(r#"{"id":"#),
+        "fields in the original's order: {stored}"
+    );
     assert_eq!(document["status"], "completed");
     assert_eq!(document["description"], serde_json::Value::Null);
     assert_eq!(document["created_at"], "2025-01-15T10:30:00.000000Z");

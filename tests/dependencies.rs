@@ -2,10 +2,32 @@
 //! must hold no Redis, Kafka, SQL, message-queue or HTTP client crate.
 
 const FORBIDDEN: &[&str] = &[
-    "redis", "deadpool-redis", "bb8-redis", "fred", "rdkafka", "kafka", "rskafka", "sqlx",
-    "diesel", "tokio-postgres", "postgres", "mysql", "mysql_async", "rusqlite", "mongodb",
-    "lapin", "async-nats", "nats", "reqwest", "ureq", "isahc", "surf", "hyper-tls", "attohttpc",
-    "curl", "awc",
+    "redis",
+    "deadpool-redis",
+    "bb8-redis",
+    "fred",
+    "rdkafka",
+    "kafka",
+    "rskafka",
+    "sqlx",
+    "diesel",
+    "tokio-postgres",
+    "postgres",
+    "mysql",
+    "mysql_async",
+    "rusqlite",
+    "mongodb",
+    "lapin",
+    "async-nats",
+    "nats",
+    "reqwest",
+    "ureq",
+    "isahc",
+    "surf",
+    "hyper-tls",
+    "attohttpc",
+    "curl",
+    "awc",
 ];
 
 /// Names of the crates in every `[dependencies]` table (including target-specific ones).
@@ -45,7 +67,10 @@ fn the_application_has_no_direct_infrastructure_client() {
     let manifest = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
         .expect("Cargo.toml is readable");
     let names = dependency_names(&manifest);
-    assert!(names.contains(&"dapr".to_string()), "the check reads the right table: {names:?}");
+    assert!(
+        names.contains(&"dapr".to_string()),
+        "the check reads the right table: {names:?}"
+    );
     assert_eq!(forbidden_in(&manifest), Vec::<String>::new());
 }
 

@@ -35,7 +35,11 @@ async fn health_and_reflection_answer_without_credentials() {
     let app = TestApp::task_api(&stack, Options::default()).await;
     let channel = app.channel().await;
     for service in ["", "liveness", "task.v1.TaskService"] {
-        assert_eq!(health(channel.clone(), service).await.unwrap(), 1, "{service:?}");
+        assert_eq!(
+            health(channel.clone(), service).await.unwrap(),
+            1,
+            "{service:?}"
+        );
     }
 
     let mut reflection = ServerReflectionClient::new(channel);
@@ -54,8 +58,14 @@ async fn health_and_reflection_answer_without_credentials() {
         panic!("expected a service list");
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    assert!(names.contains(&"task.v1.TaskService".to_string()), "{names:?}");
-    assert!(names.contains(&"grpc.health.v1.Health".to_string()), "{names:?}");
+    assert!(
+        names.contains(&"task.v1.TaskService".to_string()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_string()),
+        "{names:?}"
+    );
 }
 
 /// Before the sidecar answers, the app is alive but not ready; once it answers, it is ready.
@@ -63,13 +73,16 @@ async fn health_and_reflection_answer_without_credentials() {
 async fn readiness_waits_for_the_sidecar_and_liveness_does_not() {
     // Nothing listens on this port: the sidecar never answers.
     let sidecar_port = free_port().unwrap();
-    let mut settings = task_api::config::Settings::from_pairs([
-        ("APP_HOST", "127.0.0.1"),
-        ("APP_PORT", "0"),
-    ]);
-    settings.set("DAPR_GRPC_ENDPOINT", format!("http://127.0.0.1:{sidecar_port}"));
+    let mut settings =
+        task_api::config::Settings::from_pairs([("APP_HOST", "127.0.0.1"), ("APP_PORT", "0")]);
+    settings.set(
+        "DAPR_GRPC_ENDPOINT",
+        format!("http://127.0.0.1:{sidecar_port}"),
+    );
     let config = task_api::config::TaskApiConfig::from_settings(&settings).unwrap();
-    let app = task_api::startup::Application::task_api(config).await.unwrap();
+    let app = task_api::startup::Application::task_api(config)
+        .await
+        .unwrap();
     let port = app.port();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until(async {
@@ -84,7 +97,10 @@ async fn readiness_waits_for_the_sidecar_and_liveness_does_not() {
     assert_eq!(health(channel.clone(), "").await.unwrap(), 2, "NOT_SERVING");
     let mut tasks =
         TaskServiceClient::with_interceptor(channel.clone(), WithHeader("x-api-key", "k".into()));
-    let early = tasks.list_tasks(pb::ListTasksRequest::default()).await.unwrap_err();
+    let early = tasks
+        .list_tasks(pb::ListTasksRequest::default())
+        .await
+        .unwrap_err();
     assert_eq!(early.code(), Code::Unavailable, "{early:?}");
     let _ = stop.send(());
     server.await.unwrap().unwrap();
@@ -125,7 +141,13 @@ async fn a_failed_publish_is_reported_not_swallowed() {
         .await
         .unwrap_err();
     assert_eq!(failed.code(), Code::Internal, "{failed:?}");
-    assert!(failed.message().contains("task.created event could not be published"), "{}", failed.message());
+    assert!(
+        failed
+            .message()
+            .contains("task.created event could not be published"),
+        "{}",
+        failed.message()
+    );
     let info = failed.get_error_details().error_info().cloned().unwrap();
     assert_eq!(info.reason, "EVENT_NOT_PUBLISHED");
     let saved = client
@@ -168,8 +190,10 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
         assert!(started.elapsed() < Duration::from_secs(30), "never ready");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let mut client =
-        TaskServiceClient::with_interceptor(channel, WithHeader("x-api-key", stack.api_key().into()));
+    let mut client = TaskServiceClient::with_interceptor(
+        channel,
+        WithHeader("x-api-key", stack.api_key().into()),
+    );
     for n in 0..150 {
         create(&mut client, &format!("task {n}"), None).await;
     }
@@ -201,7 +225,10 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
         if let Some(status) = process.exit_status() {
             break status;
         }
-        assert!(Instant::now() < deadline, "task-api did not exit after SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "task-api did not exit after SIGTERM"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(status.code(), Some(0), "{}", process.log_tail(20));

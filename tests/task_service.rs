@@ -11,12 +11,17 @@ use tonic::Code;
 use tonic_types::StatusExt;
 
 async fn stack(components: ComponentSet) -> Stack {
-    Stack::builder().components(components).start().await.unwrap()
+    Stack::builder()
+        .components(components)
+        .start()
+        .await
+        .unwrap()
 }
 
 async fn crud(components: ComponentSet) {
     let stack = stack(components).await;
-    let (app, _notifications) = TestApp::task_api_with_notifications(&stack, Options::default()).await;
+    let (app, _notifications) =
+        TestApp::task_api_with_notifications(&stack, Options::default()).await;
     let mut client = app.client().await;
 
     let created = client
@@ -58,7 +63,10 @@ async fn crud(components: ComponentSet) {
         .unwrap()
         .into_inner();
     assert_eq!(updated.priority, 5);
-    assert_eq!(updated.title, created.title, "unset fields keep their value");
+    assert_eq!(
+        updated.title, created.title,
+        "unset fields keep their value"
+    );
     assert_eq!(updated.description, created.description);
     assert_ne!(updated.etag, created.etag);
 
@@ -266,9 +274,17 @@ async fn stale_etag_is_aborted(components: ComponentSet) {
         .await
         .unwrap_err();
     assert_eq!(stale_update.code(), Code::Aborted, "{stale_update:?}");
-    assert!(stale_update.message().contains(&moved.etag), "{}", stale_update.message());
+    assert!(
+        stale_update.message().contains(&moved.etag),
+        "{}",
+        stale_update.message()
+    );
     assert!(stale_update.message().contains("in_progress"));
-    let info = stale_update.get_error_details().error_info().cloned().unwrap();
+    let info = stale_update
+        .get_error_details()
+        .error_info()
+        .cloned()
+        .unwrap();
     assert_eq!(info.reason, "ETAG_MISMATCH");
     assert_eq!(info.metadata["current_etag"], moved.etag);
 
@@ -282,11 +298,16 @@ async fn stale_etag_is_aborted(components: ComponentSet) {
     assert_eq!(stale_delete.code(), Code::Aborted);
 
     let current = client
-        .get_task(pb::GetTaskRequest { id: task.id.clone() })
+        .get_task(pb::GetTaskRequest {
+            id: task.id.clone(),
+        })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(current.title, "contended", "nothing was written by the stale calls");
+    assert_eq!(
+        current.title, "contended",
+        "nothing was written by the stale calls"
+    );
     assert_eq!(current.etag, moved.etag);
 }
 
@@ -304,7 +325,8 @@ async fn stale_etag_is_aborted_on_redis() {
 /// Each change must survive: a lost update would leave one field at its old value.
 async fn concurrent_updates_lose_nothing(components: ComponentSet) {
     let stack = stack(components).await;
-    let (app, _notifications) = TestApp::task_api_with_notifications(&stack, Options::default()).await;
+    let (app, _notifications) =
+        TestApp::task_api_with_notifications(&stack, Options::default()).await;
     let mut client = app.client().await;
     let mut ids = Vec::new();
     for n in 0..16 {
@@ -377,7 +399,8 @@ async fn concurrent_updates_lose_nothing_on_redis() {
 
 async fn list_filters_and_pages(components: ComponentSet) {
     let stack = stack(components).await;
-    let (app, _notifications) = TestApp::task_api_with_notifications(&stack, Options::default()).await;
+    let (app, _notifications) =
+        TestApp::task_api_with_notifications(&stack, Options::default()).await;
     let mut client = app.client().await;
 
     // 300 tasks created concurrently (they spread over the index shards), every third completed.
@@ -450,7 +473,11 @@ async fn list_filters_and_pages(components: ComponentSet) {
 
     let (completed, _) = page_through(&mut client, TaskStatus::Completed, 7).await;
     assert_eq!(completed.len(), 100);
-    assert!(completed.iter().all(|t| t.status == TaskStatus::Completed as i32));
+    assert!(
+        completed
+            .iter()
+            .all(|t| t.status == TaskStatus::Completed as i32)
+    );
     let (pending, _) = page_through(&mut client, TaskStatus::Pending, 100).await;
     assert_eq!(pending.len(), 200);
     let (in_progress, _) = page_through(&mut client, TaskStatus::InProgress, 10).await;
@@ -544,7 +571,12 @@ async fn events_have_the_originals_shape() {
 
     let task = create(&mut client, "Watch the events", Some(3)).await;
     let created = probe.next_json(wait).await;
-    let fields: HashSet<&str> = created.as_object().unwrap().keys().map(String::as_str).collect();
+    let fields: HashSet<&str> = created
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
     assert_eq!(
         fields,
         HashSet::from(["event_type", "task_id", "title", "status", "timestamp"])
@@ -573,7 +605,10 @@ async fn events_have_the_originals_shape() {
         .await
         .unwrap();
     assert_eq!(probe.next_json(wait).await["event_type"], "task.updated");
-    client.update_task_status(status_change(TaskStatus::InProgress)).await.unwrap();
+    client
+        .update_task_status(status_change(TaskStatus::InProgress))
+        .await
+        .unwrap();
     let in_progress = probe.next_json(wait).await;
     assert_eq!(in_progress["event_type"], "task.in_progress");
     assert_eq!(in_progress["status"], "in_progress");
@@ -581,7 +616,9 @@ async fn events_have_the_originals_shape() {
 
     // Same status again: nothing changes, nothing is published.
     let before = client
-        .get_task(pb::GetTaskRequest { id: task.id.clone() })
+        .get_task(pb::GetTaskRequest {
+            id: task.id.clone(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -591,9 +628,15 @@ async fn events_have_the_originals_shape() {
         .unwrap()
         .into_inner();
     assert_eq!(again, before, "unchanged task, same ETag");
-    client.update_task_status(status_change(TaskStatus::Completed)).await.unwrap();
+    client
+        .update_task_status(status_change(TaskStatus::Completed))
+        .await
+        .unwrap();
     let completed = probe.next_json(wait).await;
-    assert_eq!(completed["event_type"], "task.completed", "no event for the no-op in between");
+    assert_eq!(
+        completed["event_type"], "task.completed",
+        "no event for the no-op in between"
+    );
 
     client
         .delete_task(pb::DeleteTaskRequest {

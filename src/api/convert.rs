@@ -38,7 +38,10 @@ pub fn status_from(field: &'static str, value: i32) -> Result<Option<TaskStatus>
         Ok(pb::TaskStatus::Pending) => Ok(Some(TaskStatus::Pending)),
         Ok(pb::TaskStatus::InProgress) => Ok(Some(TaskStatus::InProgress)),
         Ok(pb::TaskStatus::Completed) => Ok(Some(TaskStatus::Completed)),
-        Err(_) => Err(Violations::single(field, format!("{value} is not a TaskStatus"))),
+        Err(_) => Err(Violations::single(
+            field,
+            format!("{value} is not a TaskStatus"),
+        )),
     }
 }
 
@@ -76,7 +79,9 @@ pub fn changes(request: &pb::UpdateTaskRequest) -> Result<(TaskId, TaskChanges),
     match (id, changes) {
         (Ok(id), Ok(changes)) if changes.is_empty() => Err(Violations::single(
             "title",
-            format!("nothing to update for task {id}: set at least one of title, description, priority"),
+            format!(
+                "nothing to update for task {id}: set at least one of title, description, priority"
+            ),
         )),
         (Ok(id), Ok(changes)) => Ok((id, changes)),
         (Err(mut a), Err(b)) => {
@@ -90,7 +95,10 @@ pub fn changes(request: &pb::UpdateTaskRequest) -> Result<(TaskId, TaskChanges),
 /// The status a task must move to; unspecified is an error here.
 pub fn target_status(value: i32) -> Result<TaskStatus, Violations> {
     status_from("status", value)?.ok_or_else(|| {
-        Violations::single("status", "is required: one of PENDING, IN_PROGRESS, COMPLETED")
+        Violations::single(
+            "status",
+            "is required: one of PENDING, IN_PROGRESS, COMPLETED",
+        )
     })
 }
 

@@ -87,7 +87,11 @@ mod tests {
 
     #[test]
     fn validation_errors_name_the_field() {
-        let status: Status = Error::Invalid(Violations::single("title", "must be 1 to 200 characters long, got 0")).into();
+        let status: Status = Error::Invalid(Violations::single(
+            "title",
+            "must be 1 to 200 characters long, got 0",
+        ))
+        .into();
         assert_eq!(status.code(), Code::InvalidArgument);
         assert!(status.message().contains("title"));
         let details = status.get_error_details();

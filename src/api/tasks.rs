@@ -51,10 +51,7 @@ impl TaskService for TaskApi {
         let page = self.tasks.list(&query).await?;
         Ok(Response::new(pb::ListTasksResponse {
             tasks: page.tasks.iter().map(convert::task).collect(),
-            next_page_token: page
-                .next_page_token
-                .map(|t| t.encode())
-                .unwrap_or_default(),
+            next_page_token: page.next_page_token.map(|t| t.encode()).unwrap_or_default(),
         }))
     }
 

@@ -5,9 +5,14 @@ use dapr::dapr::proto::runtime::v1::{BindingEventRequest, ListInputBindingsRespo
 use tonic::Status;
 
 pub fn list() -> ListInputBindingsResponse {
-    ListInputBindingsResponse { bindings: Vec::new() }
+    ListInputBindingsResponse {
+        bindings: Vec::new(),
+    }
 }
 
 pub fn on_event(request: &BindingEventRequest) -> Status {
-    Status::not_found(format!("task-api has no input binding named {:?}", request.name))
+    Status::not_found(format!(
+        "task-api has no input binding named {:?}",
+        request.name
+    ))
 }

@@ -56,7 +56,11 @@ pub async fn on_invoke(
         .as_ref()
         .map(|ext| query_pairs(&ext.querystring))
         .unwrap_or_default();
-    let body = request.data.as_ref().map(|any| any.value.as_slice()).unwrap_or_default();
+    let body = request
+        .data
+        .as_ref()
+        .map(|any| any.value.as_slice())
+        .unwrap_or_default();
     let if_match = metadata
         .get("if-match")
         .and_then(|v| v.to_str().ok())
@@ -81,19 +85,24 @@ pub async fn on_invoke(
             }
             Verb::Get => {
                 let status = match param(&query, "status") {
-                    Some(text) => Some(text.parse::<TaskStatus>().map_err(|e| {
-                        invalid(&Violations::single("status", e.to_string()))
-                    })?),
+                    Some(text) => Some(
+                        text.parse::<TaskStatus>()
+                            .map_err(|e| invalid(&Violations::single("status", e.to_string())))?,
+                    ),
                     None => None,
                 };
                 let page_size = match param(&query, "page_size") {
                     Some(text) => text.parse::<i64>().map_err(|_| {
-                        invalid(&Violations::single("page_size", format!("{text:?} is not a number")))
+                        invalid(&Violations::single(
+                            "page_size",
+                            format!("{text:?} is not a number"),
+                        ))
                     })?,
                     None => 0,
                 };
-                let list = ListQuery::parse(status, page_size, param(&query, "page_token").unwrap_or(""))
-                    .map_err(|v| invalid(&v))?;
+                let list =
+                    ListQuery::parse(status, page_size, param(&query, "page_token").unwrap_or(""))
+                        .map_err(|v| invalid(&v))?;
                 let page = tasks.list(&list).await?;
                 json_response(&ListJson {
                     tasks: page.tasks.iter().map(TaskJson::from).collect(),
@@ -145,7 +154,12 @@ pub async fn on_invoke(
             let text = body
                 .status
                 .or_else(|| param(&query, "status").map(str::to_string))
-                .ok_or_else(|| invalid(&Violations::single("status", "is required: pending, in_progress or completed")))?;
+                .ok_or_else(|| {
+                    invalid(&Violations::single(
+                        "status",
+                        "is required: pending, in_progress or completed",
+                    ))
+                })?;
             let status = text
                 .parse::<TaskStatus>()
                 .map_err(|e| invalid(&Violations::single("status", e.to_string())))?;
@@ -189,7 +203,9 @@ async fn rpc(tasks: &Tasks, request: &InvokeRequest) -> Result<InvokeResponse, S
         "UpdateTask" => {
             let message: pb::UpdateTaskRequest = decode(&any, "task.v1.UpdateTaskRequest")?;
             let (id, changes) = convert::changes(&message).map_err(|v| invalid(&v))?;
-            let task = tasks.update(&id, &changes, convert::etag(&message.etag)).await?;
+            let task = tasks
+                .update(&id, &changes, convert::etag(&message.etag))
+                .await?;
             proto_response(&convert::task(&task), "task.v1.Task")
         }
         "UpdateTaskStatus" => {

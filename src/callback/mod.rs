@@ -11,8 +11,8 @@ mod topic;
 use dapr::dapr::proto::{
     common::v1::{InvokeRequest, InvokeResponse},
     runtime::v1::{
-        self as rt, app_callback_alpha_server::AppCallbackAlpha, app_callback_server::AppCallback,
-        app_callback_health_check_server::AppCallbackHealthCheck,
+        self as rt, app_callback_alpha_server::AppCallbackAlpha,
+        app_callback_health_check_server::AppCallbackHealthCheck, app_callback_server::AppCallback,
     },
 };
 use tonic::{Request, Response, Status};

@@ -3,8 +3,7 @@
 //! every subscription for the life of that sidecar).
 
 use dapr::dapr::proto::runtime::v1::{
-    BulkSubscribeConfig, ListTopicSubscriptionsResponse, TopicRoutes, TopicRule,
-    TopicSubscription,
+    BulkSubscribeConfig, ListTopicSubscriptionsResponse, TopicRoutes, TopicRule, TopicSubscription,
 };
 
 use crate::{config::TaskApiConfig, service::Route};

@@ -87,7 +87,12 @@ async fn handle(
     data_content_type: &str,
 ) -> TopicEventResponseStatus {
     let Some(route) = subscriptions.route(path, topic) else {
-        tracing::warn!(event_id = id, topic, path, "event on a path this app never subscribed: DROP");
+        tracing::warn!(
+            event_id = id,
+            topic,
+            path,
+            "event on a path this app never subscribed: DROP"
+        );
         return TopicEventResponseStatus::Drop;
     };
     let outcome = events

@@ -116,8 +116,8 @@ impl TaskEvent {
     /// Parses a received payload. Field order, spacing and number formats do not matter (daprd
     /// re-encodes JSON it wraps in a CloudEvent).
     pub fn from_json(bytes: &[u8]) -> Result<Self, EventParseError> {
-        let wire: Wire = serde_json::from_slice(bytes)
-            .map_err(|e| EventParseError::Malformed(e.to_string()))?;
+        let wire: Wire =
+            serde_json::from_slice(bytes).map_err(|e| EventParseError::Malformed(e.to_string()))?;
         let status = wire
             .status
             .parse::<TaskStatus>()

@@ -14,7 +14,7 @@ pub use event::{EventParseError, TaskEvent, TaskEventType};
 pub use notification::{NOTIFICATION_TYPE_TASK_COMPLETED, Notification, NotificationParseError};
 pub use status::{TaskStatus, UnknownStatus};
 pub use task::{
-    Description, NewTask, Priority, Task, TaskChanges, TaskId, Title, DESCRIPTION_MAX_CHARS,
-    TITLE_MAX_CHARS,
+    DESCRIPTION_MAX_CHARS, Description, NewTask, Priority, TITLE_MAX_CHARS, Task, TaskChanges,
+    TaskId, Title,
 };
 pub use validation::{FieldViolation, Violations};

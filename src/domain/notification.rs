@@ -49,7 +49,9 @@ impl Notification {
         if notification.task_id.is_empty() || notification.task_id.len() > 64 {
             return Err(invalid("task_id", "must be 1 to 64 characters"));
         }
-        if notification.message.is_empty() || notification.message.chars().count() > MESSAGE_MAX_CHARS {
+        if notification.message.is_empty()
+            || notification.message.chars().count() > MESSAGE_MAX_CHARS
+        {
             return Err(invalid("message", "must be 1 to 1000 characters"));
         }
         Ok(notification)
@@ -73,8 +75,13 @@ mod tests {
     #[test]
     fn rejects_bad_payloads() {
         assert!(Notification::from_json(b"{}").is_err());
-        assert!(Notification::from_json(br#"{"type":"other","task_id":"t","message":"m"}"#).is_err());
-        assert!(Notification::from_json(br#"{"type":"task_completed","task_id":"","message":"m"}"#).is_err());
+        assert!(
+            Notification::from_json(br#"{"type":"other","task_id":"t","message":"m"}"#).is_err()
+        );
+        assert!(
+            Notification::from_json(br#"{"type":"task_completed","task_id":"","message":"m"}"#)
+                .is_err()
+        );
         assert!(Notification::from_json(&Notification::task_completed("t").to_json()).is_ok());
     }
 }

@@ -319,6 +319,9 @@ mod tests {
         );
         assert!(!task.set_status(TaskStatus::Pending, now));
         assert!(task.set_status(TaskStatus::Completed, now));
-        assert!(task.set_status(TaskStatus::Pending, now), "reopening is allowed");
+        assert!(
+            task.set_status(TaskStatus::Pending, now),
+            "reopening is allowed"
+        );
     }
 }

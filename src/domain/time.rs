@@ -37,7 +37,9 @@ pub mod serde_format {
         serializer.serialize_str(&super::format(*at))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<DateTime<Utc>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<DateTime<Utc>, D::Error> {
         let text = String::deserialize(deserializer)?;
         super::parse(&text)
             .ok_or_else(|| D::Error::custom(format!("not an ISO 8601 date-time: {text:?}")))

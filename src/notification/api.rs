@@ -5,9 +5,7 @@ use tonic::{Request, Response, Status};
 use crate::{
     api::convert::timestamp,
     domain::time,
-    proto::notification::v1::{
-        self as pb, notification_service_server::NotificationService,
-    },
+    proto::notification::v1::{self as pb, notification_service_server::NotificationService},
     service::Error,
     sidecar::notifications::{NotificationStore, ReceivedNotification},
 };
@@ -44,11 +42,7 @@ impl NotificationService for NotificationApi {
         if task_id.is_empty() {
             return Err(Status::invalid_argument("task_id is required"));
         }
-        let notifications = self
-            .store
-            .for_task(task_id)
-            .await
-            .map_err(Error::from)?;
+        let notifications = self.store.for_task(task_id).await.map_err(Error::from)?;
         Ok(Response::new(pb::ListNotificationsResponse {
             notifications: notifications.iter().map(to_proto).collect(),
         }))

@@ -6,8 +6,7 @@ use dapr::dapr::proto::{
     common::v1::{InvokeRequest, InvokeResponse, http_extension::Verb},
     runtime::v1::{
         self as rt, app_callback_alpha_server::AppCallbackAlpha,
-        app_callback_server::AppCallback,
-        app_callback_health_check_server::AppCallbackHealthCheck,
+        app_callback_health_check_server::AppCallbackHealthCheck, app_callback_server::AppCallback,
         topic_event_response::TopicEventResponseStatus,
     },
 };
@@ -43,7 +42,9 @@ impl NotificationCallbacks {
         let id = header(IDEMPOTENCY_KEY)
             .map(str::to_string)
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        let sender = header("dapr-caller-app-id").unwrap_or("unknown").to_string();
+        let sender = header("dapr-caller-app-id")
+            .unwrap_or("unknown")
+            .to_string();
         let received = ReceivedNotification {
             id: id.clone(),
             kind: notification.kind.clone(),
@@ -100,9 +101,18 @@ impl AppCallback for NotificationCallbacks {
         let (verb, query) = request
             .http_extension
             .as_ref()
-            .map(|ext| (Verb::try_from(ext.verb).unwrap_or(Verb::None), ext.querystring.as_str()))
+            .map(|ext| {
+                (
+                    Verb::try_from(ext.verb).unwrap_or(Verb::None),
+                    ext.querystring.as_str(),
+                )
+            })
             .unwrap_or((Verb::None, ""));
-        let body = request.data.as_ref().map(|a| a.value.as_slice()).unwrap_or_default();
+        let body = request
+            .data
+            .as_ref()
+            .map(|a| a.value.as_slice())
+            .unwrap_or_default();
         match (request.method.trim_matches('/'), verb) {
             ("notify", Verb::Post | Verb::Put | Verb::None) => self.notify(&metadata, body).await,
             ("notifications", Verb::Get | Verb::None) => self.list(query).await,
@@ -204,7 +214,9 @@ impl AppCallbackHealthCheck for NotificationCallbacks {
         if self.readiness.is_ready() {
             Ok(Response::new(rt::HealthCheckResponse {}))
         } else {
-            Err(Status::unavailable("not ready: the Dapr sidecar is not answering (yet)"))
+            Err(Status::unavailable(
+                "not ready: the Dapr sidecar is not answering (yet)",
+            ))
         }
     }
 }

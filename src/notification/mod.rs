@@ -27,14 +27,15 @@ pub async fn build(config: NotificationConfig) -> Result<Application, StartupErr
     let sidecar = Sidecar::connect_lazy(&config.sidecar)?;
     let store = NotificationStore::new(StateStore::new(sidecar.clone(), &config.state_store));
     let (reporter, health_service) = tonic_health::server::health_reporter();
-    let readiness =
-        Readiness::new(reporter, &["notification.v1.NotificationService"]).await;
+    let readiness = Readiness::new(reporter, &["notification.v1.NotificationService"]).await;
     let callbacks = callbacks::NotificationCallbacks::new(store.clone(), readiness.clone());
-    let routes = Routes::new(NotificationServiceServer::new(api::NotificationApi::new(store)))
-        .add_service(AppCallbackServer::new(callbacks.clone()))
-        .add_service(AppCallbackAlphaServer::new(callbacks.clone()))
-        .add_service(AppCallbackHealthCheckServer::new(callbacks))
-        .add_service(health_service);
+    let routes = Routes::new(NotificationServiceServer::new(api::NotificationApi::new(
+        store,
+    )))
+    .add_service(AppCallbackServer::new(callbacks.clone()))
+    .add_service(AppCallbackAlphaServer::new(callbacks.clone()))
+    .add_service(AppCallbackHealthCheckServer::new(callbacks))
+    .add_service(health_service);
     Application::build(AppParts {
         name: "notification-service",
         address: config.server.address(),

@@ -52,9 +52,10 @@ impl From<SidecarError> for Error {
     fn from(error: SidecarError) -> Self {
         match error {
             SidecarError::Unavailable(message) => Error::Unavailable(message),
-            SidecarError::InvalidEtag(message) => {
-                Error::Invalid(Violations::single("etag", format!("is not a valid ETag ({message})")))
-            }
+            SidecarError::InvalidEtag(message) => Error::Invalid(Violations::single(
+                "etag",
+                format!("is not a valid ETag ({message})"),
+            )),
             other => Error::Internal(other.to_string()),
         }
     }

@@ -5,16 +5,11 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use super::Error;
 use crate::{
     domain::{
-        NewTask, Task, TaskChanges, TaskEvent, TaskEventType, TaskId, TaskStatus, Violations,
-        time,
+        NewTask, Task, TaskChanges, TaskEvent, TaskEventType, TaskId, TaskStatus, Violations, time,
     },
     sidecar::{
-        SidecarError, Versioned,
-        backoff,
-        events::EventPublisher,
-        index::IndexEntry,
-        state::MAX_ATTEMPTS,
-        tasks::TaskStore,
+        SidecarError, Versioned, backoff, events::EventPublisher, index::IndexEntry,
+        state::MAX_ATTEMPTS, tasks::TaskStore,
     },
 };
 
@@ -82,7 +77,9 @@ impl ListQuery {
                     format!("must be between 0 and {MAX_PAGE_SIZE}, got {n}"),
                 ));
             }
-            n => usize::try_from(n).unwrap_or(MAX_PAGE_SIZE).min(MAX_PAGE_SIZE),
+            n => usize::try_from(n)
+                .unwrap_or(MAX_PAGE_SIZE)
+                .min(MAX_PAGE_SIZE),
         };
         let page_token = match page_token {
             "" => None,
@@ -140,15 +137,28 @@ impl Tasks {
         while tasks.len() < query.page_size && position < entries.len() {
             let wanted = query.page_size - tasks.len();
             // With a status filter, read ahead: not every task will match.
-            let batch = if query.status.is_some() { wanted * 4 } else { wanted };
+            let batch = if query.status.is_some() {
+                wanted * 4
+            } else {
+                wanted
+            };
             let end = (position + batch.clamp(1, 400)).min(entries.len());
-            let ids: Vec<TaskId> = entries[position..end].iter().map(|e| e.id.clone()).collect();
-            for (entry, task) in entries[position..end].iter().zip(self.store.get_many(&ids).await?) {
+            let ids: Vec<TaskId> = entries[position..end]
+                .iter()
+                .map(|e| e.id.clone())
+                .collect();
+            for (entry, task) in entries[position..end]
+                .iter()
+                .zip(self.store.get_many(&ids).await?)
+            {
                 position += 1;
                 // An entry without a task: a create that failed half-way, or a delete whose
                 // index update failed. Skipped.
                 let Some(task) = task else { continue };
-                if query.status.is_none_or(|status| task.value.status == status) {
+                if query
+                    .status
+                    .is_none_or(|status| task.value.status == status)
+                {
                     tasks.push(task);
                     last_returned = Some(entry);
                     if tasks.len() == query.page_size {

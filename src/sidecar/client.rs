@@ -99,7 +99,9 @@ impl Sidecar {
             .connect_lazy();
         let token = match &config.api_token {
             Some(token) => Some(token.parse().map_err(|_| {
-                SidecarError::InvalidEndpoint("DAPR_API_TOKEN holds characters not allowed in gRPC metadata".into())
+                SidecarError::InvalidEndpoint(
+                    "DAPR_API_TOKEN holds characters not allowed in gRPC metadata".into(),
+                )
             })?),
             None => None,
         };

@@ -45,7 +45,10 @@ impl NotificationStore {
         format!("notifications-task-{}", key_fragment(task_id))
     }
 
-    pub async fn record(&self, notification: ReceivedNotification) -> Result<Recorded, SidecarError> {
+    pub async fn record(
+        &self,
+        notification: ReceivedNotification,
+    ) -> Result<Recorded, SidecarError> {
         self.state
             .update_document(&Self::key(&notification.task_id), |doc: &mut Document| {
                 if doc.notifications.iter().any(|n| n.id == notification.id) {

@@ -29,9 +29,15 @@ impl ProcessedEvents {
     }
 
     pub async fn remember(&self, event_id: &str) -> Result<(), SidecarError> {
-        let metadata = HashMap::from([("ttlInSeconds".to_string(), self.ttl.as_secs().to_string())]);
+        let metadata =
+            HashMap::from([("ttlInSeconds".to_string(), self.ttl.as_secs().to_string())]);
         self.state
-            .save(&Self::key(event_id), b"1".to_vec(), Write::Unconditional, metadata)
+            .save(
+                &Self::key(event_id),
+                b"1".to_vec(),
+                Write::Unconditional,
+                metadata,
+            )
             .await
     }
 }

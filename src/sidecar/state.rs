@@ -190,7 +190,11 @@ impl StateStore {
     /// Changes the JSON document under `key` with `change`, which returns whether it changed
     /// anything. The write is guarded by the ETag read (or by create-if-absent for a new
     /// document) and retried on conflict, so concurrent updates are never lost.
-    pub async fn update_document<T, F, R>(&self, key: &str, mut change: F) -> Result<R, SidecarError>
+    pub async fn update_document<T, F, R>(
+        &self,
+        key: &str,
+        mut change: F,
+    ) -> Result<R, SidecarError>
     where
         T: Serialize + DeserializeOwned + Default,
         F: FnMut(&mut T) -> (bool, R),

@@ -58,7 +58,10 @@ impl StoredTask {
                 Some(text) => Description::parse(&text).map_err(|v| v.description)?,
                 None => None,
             },
-            status: self.status.parse::<TaskStatus>().map_err(|e| e.to_string())?,
+            status: self
+                .status
+                .parse::<TaskStatus>()
+                .map_err(|e| e.to_string())?,
             priority: Priority::parse(self.priority).map_err(|v| v.description)?,
             created_at: time("created_at", &self.created_at)?,
             updated_at: time("updated_at", &self.updated_at)?,

@@ -4,7 +4,8 @@
 use std::time::{Duration, Instant};
 
 use dapr::dapr::proto::runtime::v1::{
-    self as rt, app_callback_server::{AppCallback, AppCallbackServer},
+    self as rt,
+    app_callback_server::{AppCallback, AppCallbackServer},
 };
 use devstack::{Sidecar, Stack};
 use task_api::{
@@ -69,7 +70,10 @@ fn settings(stack: &Stack, grpc_port: u16, options: &Options) -> Settings {
         ("APP_PORT", "0"),
         ("SIDECAR_WAIT_SECONDS", "60"),
     ]);
-    settings.set("DAPR_GRPC_ENDPOINT", format!("http://127.0.0.1:{grpc_port}"));
+    settings.set(
+        "DAPR_GRPC_ENDPOINT",
+        format!("http://127.0.0.1:{grpc_port}"),
+    );
     if let Some(token) = &options.app_api_token {
         settings.set("APP_API_TOKEN", token.clone());
     }
@@ -93,13 +97,18 @@ impl TestApp {
         let builder = stack.sidecar(options.app_id.unwrap_or("task-api")).unwrap();
         let config = TaskApiConfig::from_settings(&settings(stack, builder.grpc_port(), &options))
             .map_err(|e| e.to_string())?;
-        let app = Application::task_api(config).await.map_err(|e| e.to_string())?;
+        let app = Application::task_api(config)
+            .await
+            .map_err(|e| e.to_string())?;
         Self::run(stack, app, builder, options).await
     }
 
     /// notification-service, then task-api, on `stack` (completions get notified, so the
     /// synchronous in-memory pub/sub is never held up by redelivery attempts).
-    pub async fn task_api_with_notifications(stack: &Stack, options: Options) -> (TestApp, TestApp) {
+    pub async fn task_api_with_notifications(
+        stack: &Stack,
+        options: Options,
+    ) -> (TestApp, TestApp) {
         let notifications = Self::notification_service(stack, Options::default()).await;
         (Self::task_api(stack, options).await, notifications)
     }
@@ -334,10 +343,7 @@ impl EventProbe {
     /// Fails if any event arrives within `quiet`.
     pub async fn expect_none(&mut self, quiet: Duration) {
         if let Ok(Some(event)) = tokio::time::timeout(quiet, self.events.recv()).await {
-            panic!(
-                "unexpected event: {}",
-                String::from_utf8_lossy(&event.data)
-            );
+            panic!("unexpected event: {}", String::from_utf8_lossy(&event.data));
         }
     }
 }
@@ -353,7 +359,10 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(started.elapsed() < within, "condition not met within {within:?}");
+        assert!(
+            started.elapsed() < within,
+            "condition not met within {within:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

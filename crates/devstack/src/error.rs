@@ -3,9 +3,7 @@ use std::{io, path::PathBuf, time::Duration};
 /// Why the local runtime could not be started.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error(
-        "{what} is not installed ({detail}). Install it with: {install}"
-    )]
+    #[error("{what} is not installed ({detail}). Install it with: {install}")]
     Missing {
         what: &'static str,
         detail: String,
@@ -33,10 +31,7 @@ pub enum Error {
     #[error("port {port} is already in use ({what})")]
     PortInUse { port: u16, what: String },
     #[error("could not prepare {what}: {source}")]
-    Io {
-        what: String,
-        source: io::Error,
-    },
+    Io { what: String, source: io::Error },
     #[error("could not connect a Dapr client to {address}: {detail}")]
     Client { address: String, detail: String },
 }

@@ -77,7 +77,8 @@ async fn send(
 }
 
 fn parse(raw: &[u8]) -> std::io::Result<Response> {
-    let invalid = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
+    let invalid =
+        |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")

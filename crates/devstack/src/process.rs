@@ -93,7 +93,11 @@ impl ManagedProcess {
     pub fn log_tail(&self, lines: usize) -> String {
         let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
         let skip = log.len().saturating_sub(lines);
-        log.iter().skip(skip).cloned().collect::<Vec<_>>().join("\n")
+        log.iter()
+            .skip(skip)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// Whether any output line so far contains `needle`.

@@ -39,7 +39,14 @@ impl Redis {
         let mut command = Command::new(program);
         command
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "yes"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+            ])
             .arg("--dir")
             .arg(dir);
         let mut process = ManagedProcess::spawn("redis", command, sink)?;
@@ -83,7 +90,9 @@ impl Redis {
             .args(args)
             .output()
             .map_err(Error::io("redis-cli"))?;
-        Ok(String::from_utf8_lossy(&output.stdout).trim_end().to_string())
+        Ok(String::from_utf8_lossy(&output.stdout)
+            .trim_end()
+            .to_string())
     }
 }
 

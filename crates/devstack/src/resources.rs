@@ -69,8 +69,8 @@ pub(crate) fn render(
     std::fs::create_dir_all(target).map_err(Error::io("the resources directory"))?;
     for dir in ["common", set.directory()] {
         let source = components.join(dir);
-        let entries = std::fs::read_dir(&source)
-            .map_err(Error::io(format!("{}", source.display())))?;
+        let entries =
+            std::fs::read_dir(&source).map_err(Error::io(format!("{}", source.display())))?;
         for entry in entries {
             let path = entry.map_err(Error::io("a component file"))?.path();
             if path.extension().is_some_and(|e| e == "yaml") {

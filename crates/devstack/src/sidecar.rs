@@ -115,7 +115,12 @@ impl<'a> SidecarBuilder<'a> {
         let mut command = Command::new(&stack.binaries().daprd);
         command
             .args(["--mode", "standalone", "--app-id", &self.app_id])
-            .args(["--app-protocol", "grpc", "--app-channel-address", "127.0.0.1"])
+            .args([
+                "--app-protocol",
+                "grpc",
+                "--app-channel-address",
+                "127.0.0.1",
+            ])
             .args(["--dapr-listen-addresses", "127.0.0.1"])
             .args(["--dapr-grpc-port", &self.grpc_port.to_string()])
             .args(["--dapr-http-port", &self.http_port.to_string()])
@@ -167,10 +172,9 @@ impl<'a> SidecarBuilder<'a> {
             }
             process.check_running()?;
             if started.elapsed() > READY_TIMEOUT {
-                return Err(process.not_ready(
-                    READY_TIMEOUT,
-                    "/v1.0/healthz did not answer 204".into(),
-                ));
+                return Err(
+                    process.not_ready(READY_TIMEOUT, "/v1.0/healthz did not answer 204".into())
+                );
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
@@ -223,6 +227,11 @@ impl Sidecar {
 
     pub fn log_contains(&self, needle: &str) -> bool {
         self.process.log_contains(needle)
+    }
+
+    /// daprd's log lines that contain `needle`.
+    pub fn process_log_lines(&self, needle: &str) -> Vec<String> {
+        self.process.log_lines_with(needle)
     }
 
     /// A `dapr` crate client for this sidecar (carrying its `DAPR_API_TOKEN`, if any).

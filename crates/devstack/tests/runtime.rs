@@ -9,8 +9,8 @@ use std::time::Duration;
 use dapr::dapr::proto::{
     common::v1::{InvokeRequest, InvokeResponse, StateItem},
     runtime::v1::{
-        self as rt, DeleteStateRequest, GetStateRequest, InvokeServiceRequest,
-        PublishEventRequest, SaveStateRequest, ScheduleJobRequest,
+        self as rt, DeleteStateRequest, GetStateRequest, InvokeServiceRequest, PublishEventRequest,
+        SaveStateRequest, ScheduleJobRequest,
         app_callback_server::{AppCallback, AppCallbackServer},
         dapr_client::DaprClient,
     },
@@ -22,8 +22,14 @@ use tonic::{Code, Request, Response, Status, transport::Channel};
 /// What the minimal app saw.
 #[derive(Debug)]
 enum Seen {
-    Topic { topic: String, data: serde_json::Value },
-    Job { name: String, data: Vec<u8> },
+    Topic {
+        topic: String,
+        data: serde_json::Value,
+    },
+    Job {
+        name: String,
+        data: Vec<u8>,
+    },
 }
 
 struct MinimalApp {
@@ -169,7 +175,11 @@ async fn get(dapr: &mut DaprClient<Channel>, key: &str) -> (String, String) {
 }
 
 async fn state_round_trip(components: ComponentSet) {
-    let stack = Stack::builder().components(components).start().await.unwrap();
+    let stack = Stack::builder()
+        .components(components)
+        .start()
+        .await
+        .unwrap();
     let (port, _seen) = start_minimal_app().await;
     let sidecar = stack
         .sidecar("smoke")
@@ -219,13 +229,26 @@ async fn state_round_trip(components: ComponentSet) {
     .await
     .unwrap();
     let (value, etag) = get(&mut dapr, "k").await;
-    assert!(value.is_empty() && etag.is_empty(), "a deleted key reads back empty");
+    assert!(
+        value.is_empty() && etag.is_empty(),
+        "a deleted key reads back empty"
+    );
 
     if components == ComponentSet::Redis {
         let redis = stack.redis().unwrap();
         save(&mut dapr, "seen-in-redis", "v", None).await.unwrap();
-        assert_eq!(redis.cli(&["HGET", "smoke||seen-in-redis", "data"]).unwrap(), "v");
-        assert_eq!(redis.cli(&["HGET", "smoke||seen-in-redis", "version"]).unwrap(), "1");
+        assert_eq!(
+            redis
+                .cli(&["HGET", "smoke||seen-in-redis", "data"])
+                .unwrap(),
+            "v"
+        );
+        assert_eq!(
+            redis
+                .cli(&["HGET", "smoke||seen-in-redis", "version"])
+                .unwrap(),
+            "1"
+        );
         let malformed = save(&mut dapr, "seen-in-redis", "w", Some("not-a-number"))
             .await
             .unwrap_err();
@@ -234,7 +257,11 @@ async fn state_round_trip(components: ComponentSet) {
 }
 
 async fn publish_reaches_subscriber(components: ComponentSet) {
-    let stack = Stack::builder().components(components).start().await.unwrap();
+    let stack = Stack::builder()
+        .components(components)
+        .start()
+        .await
+        .unwrap();
     let (port, mut seen) = start_minimal_app().await;
     let sidecar = stack
         .sidecar("smoke")
@@ -263,7 +290,11 @@ async fn publish_reaches_subscriber(components: ComponentSet) {
 }
 
 async fn invoke_between_two_sidecars(components: ComponentSet) {
-    let stack = Stack::builder().components(components).start().await.unwrap();
+    let stack = Stack::builder()
+        .components(components)
+        .start()
+        .await
+        .unwrap();
     let (port, _seen) = start_minimal_app().await;
     let _callee = stack
         .sidecar("callee")
@@ -376,11 +407,9 @@ async fn redis_job_fires_on_job_event() {
 #[tokio::test]
 async fn a_missing_daprd_names_the_install_command() {
     // Point the harness at binaries that do not exist: it must fail, naming the install command.
-    let error = devstack::Binaries::locate_at(
-        "/nonexistent/daprd".into(),
-        "/nonexistent/scheduler".into(),
-    )
-    .unwrap_err()
-    .to_string();
+    let error =
+        devstack::Binaries::locate_at("/nonexistent/daprd".into(), "/nonexistent/scheduler".into())
+            .unwrap_err()
+            .to_string();
     assert!(error.contains("tools/dapr/install.sh"), "{error}");
 }

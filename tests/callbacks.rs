@@ -1,0 +1,628 @@
+//! AppCallback semantics against the real daprd: two apps, their sidecars, Redis.
+
+mod common;
+
+use std::{collections::HashMap, time::Duration};
+
+use common::{Options, TestApp, create, eventually};
+use dapr::dapr::proto::{
+    common::v1::InvokeRequest,
+    runtime::v1::{
+        self as rt, InvokeServiceRequest, PublishEventRequest,
+        app_callback_client::AppCallbackClient, dapr_client::DaprClient,
+        topic_event_bulk_request_entry::Event, topic_event_response::TopicEventResponseStatus,
+    },
+};
+use devstack::{ComponentSet, Stack, http};
+use prost::Message;
+use task_api::{
+    domain::{TaskEvent, TaskEventType, TaskStatus, time},
+    proto::{
+        notification::v1::ListNotificationsRequest,
+        task::v1::{self as pb, task_service_client::TaskServiceClient},
+    },
+};
+use tonic::{Code, metadata::MetadataValue};
+
+async fn redis_stack() -> Stack {
+    Stack::builder()
+        .components(ComponentSet::Redis)
+        .start()
+        .await
+        .unwrap()
+}
+
+async fn notifications_for(notifications: &TestApp, task_id: &str) -> usize {
+    notifications
+        .notifications_client()
+        .await
+        .list_notifications(ListNotificationsRequest {
+            task_id: task_id.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .notifications
+        .len()
+}
+
+/// Waits until `task_id` has `count` notifications, then checks no more arrive for a while.
+async fn expect_exactly(notifications: &TestApp, task_id: &str, count: usize, within: Duration) {
+    eventually(within, || async {
+        (notifications_for(notifications, task_id).await >= count).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(notifications_for(notifications, task_id).await, count);
+}
+
+async fn complete(client: &mut common::Client, id: &str) {
+    client
+        .update_task_status(pb::UpdateTaskStatusRequest {
+            id: id.into(),
+            status: pb::TaskStatus::Completed as i32,
+            etag: String::new(),
+        })
+        .await
+        .unwrap();
+}
+
+async fn publish(sidecar: &devstack::Sidecar, data: Vec<u8>, content_type: &str, event_id: &str) {
+    let mut dapr = DaprClient::new(sidecar.channel().await.unwrap());
+    dapr.publish_event(PublishEventRequest {
+        pubsub_name: "pubsub".into(),
+        topic: "task-events".into(),
+        data,
+        data_content_type: content_type.into(),
+        metadata: HashMap::from([("cloudevent.id".to_string(), event_id.to_string())]),
+    })
+    .await
+    .unwrap();
+}
+
+fn completed_event(task_id: &str) -> Vec<u8> {
+    TaskEvent {
+        event_type: TaskEventType::StatusChanged(TaskStatus::Completed),
+        task_id: task_id.into(),
+        title: "t".into(),
+        status: TaskStatus::Completed,
+        timestamp: time::now(),
+    }
+    .to_json()
+}
+
+#[tokio::test]
+async fn a_completion_notifies_exactly_once_even_when_redelivered() {
+    let stack = redis_stack().await;
+    let (app, notifications) =
+        TestApp::task_api_with_notifications(&stack, Options::default()).await;
+    let mut client = app.client().await;
+
+    let task = create(&mut client, "finish me", None).await;
+    complete(&mut client, &task.id).await;
+    expect_exactly(&notifications, &task.id, 1, Duration::from_secs(20)).await;
+    let received = notifications
+        .notifications_client()
+        .await
+        .list_notifications(ListNotificationsRequest {
+            task_id: task.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .notifications;
+    assert_eq!(received[0].r#type, "task_completed");
+    assert_eq!(
+        received[0].message,
+        format!("Task {} has been completed", task.id)
+    );
+    assert_eq!(received[0].sender_app_id, "task-api");
+
+    // The same CloudEvent delivered twice: one notification.
+    let other = create(&mut client, "duplicated", None).await;
+    let event = completed_event(&other.id);
+    let id = format!("duplicate-{}", other.id);
+    publish(&app.sidecar, event.clone(), "application/json", &id).await;
+    publish(&app.sidecar, event, "application/json", &id).await;
+    expect_exactly(&notifications, &other.id, 1, Duration::from_secs(20)).await;
+}
+
+/// notification-service is down when the event first arrives: RETRY, redelivery, and one
+/// notification once it is up.
+#[tokio::test]
+async fn a_transient_failure_is_retried_until_the_notification_goes_out() {
+    let stack = redis_stack().await;
+    let app = TestApp::task_api(&stack, Options::default()).await;
+    let mut client = app.client().await;
+    let task = create(&mut client, "notify later", None).await;
+    complete(&mut client, &task.id).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let notifications = TestApp::notification_service(&stack, Options::default()).await;
+    expect_exactly(&notifications, &task.id, 1, Duration::from_secs(40)).await;
+}
+
+#[tokio::test]
+async fn poison_messages_land_in_the_dead_letter_topic_and_are_recorded() {
+    let stack = redis_stack().await;
+    let (app, _notifications) =
+        TestApp::task_api_with_notifications(&stack, Options::default()).await;
+    let caller = stack.sidecar("operator").unwrap().start().await.unwrap();
+
+    publish(
+        &app.sidecar,
+        b"this is not a task event".to_vec(),
+        "text/plain",
+        "poison-text",
+    )
+    .await;
+    publish(
+        &app.sidecar,
+        br#"{"event_type":"task.exploded","task_id":"x","title":"x","status":"pending","timestamp":"2025-01-15T10:30:00"}"#.to_vec(),
+        "application/json",
+        "poison-unknown-type",
+    )
+    .await;
+
+    let letters = eventually(Duration::from_secs(30), || async {
+        let response = http::get(
+            caller.http_port(),
+            "/v1.0/invoke/task-api/method/dead-letters",
+        )
+        .await
+        .ok()?;
+        let letters = response.json().ok()?;
+        let ids: Vec<String> = letters
+            .as_array()?
+            .iter()
+            .filter_map(|l| l["id"].as_str().map(str::to_string))
+            .collect();
+        (ids.contains(&"poison-text".to_string())
+            && ids.contains(&"poison-unknown-type".to_string()))
+        .then_some(letters)
+    })
+    .await;
+    let text = letters
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["id"] == "poison-text")
+        .unwrap();
+    assert_eq!(text["topic"], "task-events-deadletter");
+    assert!(
+        text["data"]
+            .as_str()
+            .unwrap()
+            .contains("this is not a task event")
+    );
+
+    // task-api is still serving.
+    let mut client = app.client().await;
+    create(&mut client, "still alive", None).await;
+}
+
+#[tokio::test]
+async fn http_callers_reach_the_task_operations_through_their_sidecar() {
+    let stack = redis_stack().await;
+    let (app, _notifications) =
+        TestApp::task_api_with_notifications(&stack, Options::default()).await;
+    let caller = stack
+        .sidecar("web-frontend")
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    let port = caller.http_port();
+    let json = [("content-type", "application/json")];
+    let timeout = Duration::from_secs(10);
+    let call = |method: &'static str, path: String, body: &'static str| async move {
+        http::request(port, method, &path, &json, body.as_bytes(), timeout)
+            .await
+            .unwrap()
+    };
+    let base = "/v1.0/invoke/task-api/method";
+
+    let created = call(
+        "POST",
+        format!("{base}/tasks"),
+        r#"{"title":"From HTTP","priority":3}"#,
+    )
+    .await;
+    assert_eq!(created.status, 200, "{}", created.text());
+    assert_eq!(created.header("content-type"), Some("application/json"));
+    let task = created.json().unwrap();
+    let id = task["id"].as_str().unwrap().to_string();
+    assert_eq!(task["title"], "From HTTP");
+    assert_eq!(task["priority"], 3);
+    assert_eq!(task["description"], serde_json::Value::Null);
+    assert_eq!(task["etag"], "1");
+
+    let got = call("GET", format!("{base}/tasks/{id}"), "").await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.json().unwrap()["title"], "From HTTP");
+
+    let listed = call(
+        "GET",
+        format!("{base}/tasks?status=pending&page_size=5"),
+        "",
+    )
+    .await;
+    assert_eq!(listed.status, 200);
+    assert_eq!(listed.json().unwrap()["tasks"][0]["id"], id.as_str());
+
+    let started = call(
+        "PUT",
+        format!("{base}/tasks/{id}/status?status=in_progress"),
+        "",
+    )
+    .await;
+    assert_eq!(started.status, 200, "{}", started.text());
+    assert_eq!(started.json().unwrap()["status"], "in_progress");
+
+    let stale = call(
+        "PUT",
+        format!("{base}/tasks/{id}/status"),
+        r#"{"status":"completed","etag":"1"}"#,
+    )
+    .await;
+    assert_eq!(stale.status, 409, "a stale ETag: {}", stale.text());
+
+    let invalid = call("POST", format!("{base}/tasks"), r#"{"title":""}"#).await;
+    assert_eq!(invalid.status, 400, "{}", invalid.text());
+    assert!(invalid.text().contains("title"));
+    let not_json = call("POST", format!("{base}/tasks"), "{").await;
+    assert_eq!(not_json.status, 400);
+    let missing = call("GET", format!("{base}/tasks/no-such-task"), "").await;
+    assert_eq!(missing.status, 404);
+    let unknown = call("GET", format!("{base}/reports"), "").await;
+    assert_eq!(unknown.status, 404);
+    assert!(unknown.text().contains("reports"), "{}", unknown.text());
+
+    let deleted = call("DELETE", format!("{base}/tasks/{id}"), "").await;
+    assert_eq!(deleted.status, 200);
+    assert_eq!(
+        call("GET", format!("{base}/tasks/{id}"), "").await.status,
+        404
+    );
+    drop(app);
+}
+
+/// gRPC callers: proxying (`dapr-app-id` on their own sidecar) and InvokeService.
+#[tokio::test]
+async fn grpc_callers_reach_task_api_through_their_sidecar() {
+    let stack = redis_stack().await;
+    let token = "app-token-for-task-api";
+    let (app, _notifications) = TestApp::task_api_with_notifications(
+        &stack,
+        Options {
+            app_api_token: Some(token.into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let caller = stack.sidecar("reporting").unwrap().start().await.unwrap();
+
+    // Proxying: the real TaskService RPC, sent to the caller's own sidecar. task-api's sidecar
+    // adds the app token, so no API key is needed.
+    let mut proxied = TaskServiceClient::with_interceptor(
+        caller.channel().await.unwrap(),
+        common::WithHeader("dapr-app-id", "task-api".into()),
+    );
+    let created = proxied
+        .create_task(pb::CreateTaskRequest {
+            title: "through the proxy".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let read = proxied
+        .get_task(pb::GetTaskRequest {
+            id: created.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(read.title, "through the proxy");
+    let missing = proxied
+        .get_task(pb::GetTaskRequest { id: "nope".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+
+    // InvokeService with protobuf payloads.
+    let mut dapr = DaprClient::new(caller.channel().await.unwrap());
+    let invoke = |method: &str, payload: Vec<u8>, type_name: &str| InvokeServiceRequest {
+        id: "task-api".into(),
+        message: Some(InvokeRequest {
+            method: method.into(),
+            data: Some(prost_types::Any {
+                type_url: format!("type.googleapis.com/{type_name}"),
+                value: payload,
+            }),
+            content_type: "application/x-protobuf".into(),
+            http_extension: None,
+        }),
+    };
+    let response = dapr
+        .invoke_service(invoke(
+            "CreateTask",
+            pb::CreateTaskRequest {
+                title: "through InvokeService".into(),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+            "task.v1.CreateTaskRequest",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let any = response.data.unwrap();
+    assert_eq!(any.type_url, "type.googleapis.com/task.v1.Task");
+    let task = pb::Task::decode(any.value.as_slice()).unwrap();
+    assert_eq!(task.title, "through InvokeService");
+    let got = dapr
+        .invoke_service(invoke(
+            "GetTask",
+            pb::GetTaskRequest {
+                id: task.id.clone(),
+            }
+            .encode_to_vec(),
+            "task.v1.GetTaskRequest",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        pb::Task::decode(got.data.unwrap().value.as_slice())
+            .unwrap()
+            .id,
+        task.id
+    );
+    let unknown = dapr
+        .invoke_service(invoke("Explode", Vec::new(), "task.v1.Nothing"))
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+    assert!(
+        unknown.message().contains("Explode"),
+        "{}",
+        unknown.message()
+    );
+    drop(app);
+}
+
+/// With APP_API_TOKEN set, callbacks need the token: a caller without it is refused; daprd,
+/// which sends it, delivers events.
+#[tokio::test]
+async fn callbacks_require_the_app_token_when_set() {
+    let stack = redis_stack().await;
+    let token = "callback-token";
+    let (app, notifications) = TestApp::task_api_with_notifications(
+        &stack,
+        Options {
+            app_api_token: Some(token.into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut callback = AppCallbackClient::new(app.channel().await);
+    let event = rt::TopicEventRequest {
+        id: "forged".into(),
+        topic: "task-events".into(),
+        pubsub_name: "pubsub".into(),
+        path: "/task-events".into(),
+        data: completed_event("forged-task"),
+        data_content_type: "application/json".into(),
+        ..Default::default()
+    };
+    let refused = callback.on_topic_event(event.clone()).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    let mut wrong = tonic::Request::new(event.clone());
+    wrong
+        .metadata_mut()
+        .insert("dapr-api-token", MetadataValue::from_static("guess"));
+    assert_eq!(
+        callback.on_topic_event(wrong).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    let invoke = callback
+        .on_invoke(InvokeRequest {
+            method: "dead-letters".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(invoke.code(), Code::Unauthenticated);
+    // The three daprd calls without a token stay open.
+    callback.list_topic_subscriptions(()).await.unwrap();
+    callback.list_input_bindings(()).await.unwrap();
+
+    let mut with_token = tonic::Request::new(rt::TopicEventRequest {
+        path: "/task-events/completed".into(),
+        ..event
+    });
+    with_token
+        .metadata_mut()
+        .insert("dapr-api-token", MetadataValue::from_static(token));
+    let accepted = callback
+        .on_topic_event(with_token)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(accepted.status, TopicEventResponseStatus::Success as i32);
+
+    // Through daprd (which sends the token) everything flows.
+    let mut client = app.client().await;
+    let task = create(&mut client, "tokened", None).await;
+    complete(&mut client, &task.id).await;
+    expect_exactly(&notifications, &task.id, 1, Duration::from_secs(20)).await;
+}
+
+#[tokio::test]
+async fn with_app_health_checks_on_the_app_is_healthy_and_receives_events() {
+    let stack = redis_stack().await;
+    let notifications = TestApp::notification_service(&stack, Options::default()).await;
+    let app = TestApp::task_api(
+        &stack,
+        Options {
+            app_health_check: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut client = app.client().await;
+    let task = create(&mut client, "health-checked", None).await;
+    complete(&mut client, &task.id).await;
+    expect_exactly(&notifications, &task.id, 1, Duration::from_secs(20)).await;
+    // Probes every second for the whole test, none failed.
+    let log = app.sidecar.log_contains("unhealthy");
+    assert!(!log, "daprd saw the app unhealthy");
+}
+
+/// Bulk delivery (OnBulkTopicEvent): one status per entry, the same per-event rules.
+#[tokio::test]
+async fn bulk_events_get_one_status_per_entry() {
+    let stack = redis_stack().await;
+    let (app, notifications) = TestApp::task_api_with_notifications(
+        &stack,
+        Options {
+            settings: vec![("BULK_SUBSCRIBE", "true".into())],
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut client = app.client().await;
+
+    // Through daprd, with bulk subscription on.
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        let task = create(&mut client, &format!("bulk {n}"), None).await;
+        complete(&mut client, &task.id).await;
+        ids.push(task.id);
+    }
+    for id in &ids {
+        expect_exactly(&notifications, id, 1, Duration::from_secs(30)).await;
+    }
+
+    // Straight to the callback: a good entry, a malformed one, an unknown type, a raw one.
+    let mut callback = AppCallbackClient::new(app.channel().await);
+    let entry = |id: &str, data: Vec<u8>| rt::TopicEventBulkRequestEntry {
+        entry_id: id.into(),
+        content_type: "application/cloudevents+json".into(),
+        metadata: HashMap::new(),
+        event: Some(Event::CloudEvent(rt::TopicEventCeRequest {
+            id: format!("ce-{id}"),
+            data_content_type: "application/json".into(),
+            data,
+            ..Default::default()
+        })),
+    };
+    let response = callback
+        .on_bulk_topic_event(rt::TopicEventBulkRequest {
+            id: "bulk-1".into(),
+            topic: "task-events".into(),
+            pubsub_name: "pubsub".into(),
+            path: "/task-events".into(),
+            entries: vec![
+                entry("good", completed_event(&ids[0])),
+                entry("malformed", b"{".to_vec()),
+                entry("unknown", br#"{"event_type":"task.nope","task_id":"x","title":"x","status":"pending","timestamp":"2025-01-15T10:30:00"}"#.to_vec()),
+                rt::TopicEventBulkRequestEntry {
+                    entry_id: "empty".into(),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let statuses: HashMap<String, i32> = response
+        .statuses
+        .into_iter()
+        .map(|s| (s.entry_id, s.status))
+        .collect();
+    assert_eq!(statuses.len(), 4, "one status per entry");
+    assert_eq!(statuses["good"], TopicEventResponseStatus::Success as i32);
+    assert_eq!(statuses["malformed"], TopicEventResponseStatus::Drop as i32);
+    assert_eq!(statuses["unknown"], TopicEventResponseStatus::Drop as i32);
+    assert_eq!(statuses["empty"], TopicEventResponseStatus::Drop as i32);
+    // The good entry is a new completion of the first task (a new timestamp, so a new
+    // idempotency key): exactly one more notification.
+    expect_exactly(&notifications, &ids[0], 2, Duration::from_secs(10)).await;
+
+    // The Alpha1 twin answers the same way.
+    let mut alpha =
+        dapr::dapr::proto::runtime::v1::app_callback_alpha_client::AppCallbackAlphaClient::new(
+            app.channel().await,
+        );
+    let alpha_response = alpha
+        .on_bulk_topic_event_alpha1(rt::TopicEventBulkRequest {
+            path: "/task-events".into(),
+            topic: "task-events".into(),
+            entries: vec![entry("again", b"[]".to_vec())],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        alpha_response.statuses[0].status,
+        TopicEventResponseStatus::Drop as i32
+    );
+}
+
+/// Jobs and bindings task-api does not use are answered deliberately.
+#[tokio::test]
+async fn unused_callbacks_answer_deliberately() {
+    let stack = Stack::builder().scheduler(true).start().await.unwrap();
+    let app = TestApp::task_api(&stack, Options::default()).await;
+    let mut callback = AppCallbackClient::new(app.channel().await);
+    let bindings = callback.list_input_bindings(()).await.unwrap().into_inner();
+    assert!(bindings.bindings.is_empty());
+    let binding = callback
+        .on_binding_event(rt::BindingEventRequest {
+            name: "cron".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(binding.code(), Code::NotFound);
+    let job = callback
+        .on_job_event(rt::JobEventRequest {
+            name: "unknown-job".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        job.code(),
+        Code::NotFound,
+        "NOT_FOUND: daprd counts it delivered"
+    );
+
+    // A real job through the scheduler reaches OnJobEvent and is not retried.
+    let mut dapr = DaprClient::new(app.sidecar.channel().await.unwrap());
+    dapr.schedule_job(rt::ScheduleJobRequest {
+        job: Some(rt::Job {
+            name: "stray".into(),
+            due_time: Some("0s".into()),
+            ..Default::default()
+        }),
+        overwrite: true,
+    })
+    .await
+    .unwrap();
+    let triggered = "processing triggered job stray";
+    eventually(Duration::from_secs(20), || async {
+        app.sidecar.log_contains(triggered).then_some(())
+    })
+    .await;
+    // The job's default failure policy would retry three times a second apart; NOT_FOUND is
+    // final, so after a few seconds it was still handled once.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let handled = app.sidecar.process_log_lines(triggered);
+    assert_eq!(handled.len(), 1, "{handled:?}");
+    assert!(handled[0].contains("non-retriable"), "{handled:?}");
+}

@@ -552,11 +552,13 @@ async fn bulk_events_get_one_status_per_entry() {
     // idempotency key): exactly one more notification.
     expect_exactly(&notifications, &ids[0], 2, Duration::from_secs(10)).await;
 
-    // The Alpha1 twin answers the same way.
+    // The Alpha1 twin (deprecated, still called by older runtimes) answers the same way.
+    #[allow(deprecated)]
     let mut alpha =
         dapr::dapr::proto::runtime::v1::app_callback_alpha_client::AppCallbackAlphaClient::new(
             app.channel().await,
         );
+    #[allow(deprecated)]
     let alpha_response = alpha
         .on_bulk_topic_event_alpha1(rt::TopicEventBulkRequest {
             path: "/task-events".into(),

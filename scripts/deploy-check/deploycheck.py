@@ -24,6 +24,7 @@ import argparse
 import dataclasses
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -973,8 +974,10 @@ def run_checks(ctx: Context, manifests: Path, src: Path) -> list[Result]:
 
 def print_results(results: list[Result]) -> None:
     for r in results:
-        print(f"{'PASS' if r.ok else 'FAIL'} {r.name} ({r.summary})" if r.ok else
-              f"FAIL {r.name}: {len(r.errors)} problem(s)")
+        if r.ok:
+            print(f"PASS {r.name} ({r.summary})")
+        else:
+            print(f"FAIL {r.name}: {len(r.errors)} problem(s)")
         for e in r.errors:
             print(f"    - {e}")
         for n in r.notes:
@@ -1066,6 +1069,9 @@ BREAKS = [
     ("the code's default state store changes", "src/config.rs",
      'DEFAULT_STATE_STORE: &str = "statestore"', 'DEFAULT_STATE_STORE: &str = "tasks"',
      "uses Dapr component 'tasks'"),
+    ("the code's default topic changes", "src/config.rs",
+     'DEFAULT_TASK_EVENTS_TOPIC: &str = "task-events"',
+     'DEFAULT_TASK_EVENTS_TOPIC: &str = "tasks"', "the code uses task-events-deadletter, tasks"),
     ("the code's default port changes", "src/config.rs",
      "TASK_API_DEFAULT_PORT: u16 = 50051", "TASK_API_DEFAULT_PORT: u16 = 8080",
      "listens on 8080 by default"),
@@ -1128,7 +1134,8 @@ def main() -> int:
     parser.add_argument("--crds", type=Path, required=True)
     parser.add_argument("--annotations", type=Path)
     args = parser.parse_args()
-    ctx = Context(kustomize=args.kustomize.split(), kubernetes_validate=[args.kubernetes_validate],
+    ctx = Context(kustomize=shlex.split(args.kustomize),
+                  kubernetes_validate=[args.kubernetes_validate],
                   kubernetes_version=args.kubernetes_version, crds_dir=args.crds,
                   annotations_file=args.annotations, repo=args.repo)
     manifests, src = args.repo / "manifests", args.repo / "src"

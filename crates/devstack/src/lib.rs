@@ -31,11 +31,13 @@ mod scheduler;
 mod sidecar;
 mod stack;
 
+pub mod walkthrough;
+
 pub use binaries::{Binaries, install_command};
 pub use error::Error;
-pub use ports::free_port;
+pub use ports::{ensure_free, free_port};
 pub use process::{LogSink, ManagedProcess};
-pub use redis::Redis;
+pub use redis::{Redis, ping as redis_answers};
 pub use resources::{ComponentSet, repo_root};
 pub use scheduler::Scheduler;
 pub use sidecar::{Sidecar, SidecarBuilder};

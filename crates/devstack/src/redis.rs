@@ -96,7 +96,8 @@ impl Redis {
     }
 }
 
-async fn ping(port: u16) -> bool {
+/// Whether a Redis server answers PING on 127.0.0.1:`port`.
+pub async fn ping(port: u16) -> bool {
     let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)).await else {
         return false;
     };

@@ -63,6 +63,14 @@ impl<'a> SidecarBuilder<'a> {
         self.grpc_port
     }
 
+    /// Listens on these gRPC and HTTP API ports instead of free ones (the run command uses
+    /// Dapr's well-known ports, so the commands in the README work as printed).
+    pub fn api_ports(mut self, grpc: u16, http: u16) -> Self {
+        self.grpc_port = grpc;
+        self.http_port = http;
+        self
+    }
+
     /// `APP_API_TOKEN`: daprd sends it to the app as `dapr-api-token`.
     pub fn app_api_token(mut self, token: &str) -> Self {
         self.app_api_token = Some(token.to_string());
@@ -265,6 +273,29 @@ impl Sidecar {
                 address: self.grpc_endpoint(),
                 detail: e.to_string(),
             })
+    }
+
+    /// Waits until daprd reports topic subscriptions for its app (it reads them once the app is
+    /// healthy); events published before that are not delivered.
+    pub async fn wait_for_subscriptions(&mut self, timeout: Duration) -> Result<(), Error> {
+        let started = Instant::now();
+        loop {
+            if let Ok(response) = http::get(self.http_port, "/v1.0/metadata").await
+                && let Ok(metadata) = response.json()
+                && metadata["subscriptions"]
+                    .as_array()
+                    .is_some_and(|subscriptions| !subscriptions.is_empty())
+            {
+                return Ok(());
+            }
+            self.process.check_running()?;
+            if started.elapsed() > timeout {
+                return Err(self
+                    .process
+                    .not_ready(timeout, "no topic subscriptions reported".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Stops daprd now (SIGTERM, then SIGKILL after `grace`).

@@ -20,6 +20,7 @@ pub struct StackBuilder {
     sink: LogSink,
     api_key: Option<String>,
     redis_port: Option<u16>,
+    external_redis: Option<String>,
     extra_resources: Vec<(String, String)>,
 }
 
@@ -54,6 +55,12 @@ impl StackBuilder {
         self
     }
 
+    /// Uses the Redis already serving at `address` instead of starting one.
+    pub fn external_redis(mut self, address: &str) -> Self {
+        self.external_redis = Some(address.to_string());
+        self
+    }
+
     /// Adds a resource file (e.g. a declarative Subscription) next to the rendered components.
     pub fn extra_resource(mut self, file_name: &str, yaml: &str) -> Self {
         self.extra_resources
@@ -68,6 +75,7 @@ impl StackBuilder {
             .tempdir()
             .map_err(Error::io("the stack directory"))?;
         let redis = match self.components {
+            ComponentSet::Redis if self.external_redis.is_some() => None,
             ComponentSet::Redis => Some(match self.redis_port {
                 Some(port) => Redis::start_on(dir.path(), port, self.sink.clone()).await?,
                 None => Redis::start(dir.path(), self.sink.clone()).await?,
@@ -92,7 +100,7 @@ impl StackBuilder {
         let resources_dir = dir.path().join("resources");
         let config_path = dir.path().join("config.yaml");
         let substitutions = Substitutions {
-            redis_address: redis.as_ref().map(Redis::address),
+            redis_address: redis.as_ref().map(Redis::address).or(self.external_redis),
             secrets_file,
             name_resolution_db: dir.path().join("nameresolution.db"),
         };
@@ -147,6 +155,7 @@ impl Stack {
             sink: LogSink::Capture,
             api_key: None,
             redis_port: None,
+            external_redis: None,
             extra_resources: Vec::new(),
         }
     }

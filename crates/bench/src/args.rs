@@ -1,0 +1,151 @@
+//! Command-line options.
+
+use std::{path::PathBuf, time::Duration};
+
+pub const USAGE: &str = "usage: task-api-bench [options]
+
+Starts Redis, notification-service and task-api with their Dapr sidecars, then measures task-api
+against the Dapr calls it makes (the ceiling) at each concurrency level.
+
+  --concurrency LIST     in-flight requests per level, comma-separated (default 1,16,64)
+  --duration-secs N      measured seconds per scenario and level (default 10)
+  --warmup-secs X        unmeasured seconds before each measurement (default 1)
+  --get-pool N           tasks created up front for GetTask and the mix (default 1000)
+  --max-pool N           most pending tasks prepared for one status-change run (default 40000)
+  --out PATH             where the JSON results go (default target/bench/results.json)
+  --smoke                a few seconds in all: concurrency 1,4, 1 s per scenario, small pools
+  -h, --help             this text";
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Args {
+    pub concurrency: Vec<usize>,
+    pub duration: Duration,
+    pub warmup: Duration,
+    pub get_pool: usize,
+    pub max_pool: usize,
+    /// Most completions per level whose notification is timed.
+    pub sample_cap: usize,
+    pub out: PathBuf,
+    pub smoke: bool,
+}
+
+#[derive(Debug)]
+pub enum Parsed {
+    Run(Args),
+    Help,
+}
+
+/// Reads the options; `--smoke` changes the defaults, explicit options still win.
+pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
+    let mut concurrency = None;
+    let mut duration = None;
+    let mut warmup = None;
+    let mut get_pool = None;
+    let mut max_pool = None;
+    let mut out = None;
+    let mut smoke = false;
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let (name, inline) = match arg.split_once('=') {
+            Some((name, value)) => (name.to_string(), Some(value.to_string())),
+            None => (arg.clone(), None),
+        };
+        let mut value = || -> Result<String, String> {
+            match &inline {
+                Some(value) => Ok(value.clone()),
+                None => args.next().ok_or_else(|| format!("{name} needs a value")),
+            }
+        };
+        match name.as_str() {
+            "-h" | "--help" => return Ok(Parsed::Help),
+            "--smoke" => smoke = true,
+            "--concurrency" => concurrency = Some(parse_levels(&value()?)?),
+            "--duration-secs" => duration = Some(number(&name, &value()?, 1, 3600)?),
+            "--warmup-secs" => warmup = Some(seconds(&name, &value()?)?),
+            "--get-pool" => get_pool = Some(number(&name, &value()?, 1, 100_000)?),
+            "--max-pool" => max_pool = Some(number(&name, &value()?, 1, 1_000_000)?),
+            "--out" => out = Some(PathBuf::from(value()?)),
+            _ => return Err(format!("unknown option {arg:?}")),
+        }
+    }
+    Ok(Parsed::Run(Args {
+        concurrency: concurrency.unwrap_or_else(|| {
+            if smoke {
+                vec![1, 4]
+            } else {
+                vec![1, 16, 64]
+            }
+        }),
+        duration: Duration::from_secs(duration.unwrap_or(if smoke { 1 } else { 10 }) as u64),
+        warmup: warmup.unwrap_or(Duration::from_millis(if smoke { 300 } else { 1000 })),
+        get_pool: get_pool.unwrap_or(if smoke { 50 } else { 1000 }),
+        max_pool: max_pool.unwrap_or(if smoke { 2000 } else { 40_000 }),
+        sample_cap: if smoke { 50 } else { 300 },
+        out: out.unwrap_or_else(|| PathBuf::from("target/bench/results.json")),
+        smoke,
+    }))
+}
+
+fn parse_levels(text: &str) -> Result<Vec<usize>, String> {
+    let mut levels = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let level = number("--concurrency", part, 1, 1024)?;
+        if !levels.contains(&level) {
+            levels.push(level);
+        }
+    }
+    if levels.is_empty() {
+        return Err("--concurrency needs at least one level".into());
+    }
+    Ok(levels)
+}
+
+fn number(name: &str, text: &str, min: usize, max: usize) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{name} must be a whole number from {min} to {max}, got {text:?}"
+        )),
+    }
+}
+
+fn seconds(name: &str, text: &str) -> Result<Duration, String> {
+    match text.parse::<f64>() {
+        Ok(s) if (0.0..=60.0).contains(&s) => Ok(Duration::from_secs_f64(s)),
+        _ => Err(format!("{name} must be 0 to 60 seconds, got {text:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> Result<Args, String> {
+        match parse(args.iter().map(|a| a.to_string()))? {
+            Parsed::Run(args) => Ok(args),
+            Parsed::Help => Err("help".into()),
+        }
+    }
+
+    #[test]
+    fn defaults_and_smoke() {
+        let normal = run(&[]).unwrap();
+        assert_eq!(normal.concurrency, [1, 16, 64]);
+        assert_eq!(normal.duration, Duration::from_secs(10));
+        let smoke = run(&["--smoke"]).unwrap();
+        assert_eq!(smoke.concurrency, [1, 4]);
+        assert_eq!(smoke.duration, Duration::from_secs(1));
+        let both = run(&["--smoke", "--concurrency=2"]).unwrap();
+        assert_eq!(both.concurrency, [2]);
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        assert!(run(&["--concurrency", "0"]).is_err());
+        assert!(run(&["--concurrency", "a,b"]).is_err());
+        assert!(run(&["--duration-secs"]).is_err());
+        assert!(run(&["--warmup-secs", "-1"]).is_err());
+        assert!(run(&["--bogus"]).is_err());
+    }
+}

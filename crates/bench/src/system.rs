@@ -1,0 +1,213 @@
+//! The system under test: Redis, notification-service and task-api, each app with its daprd.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use devstack::{AppProcess, ComponentSet, LogSink, ManagedProcess, Sidecar, Stack, free_port};
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+use crate::error::{BenchError, Result, setup};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// One app and its sidecar.
+pub struct App {
+    pub name: &'static str,
+    pub port: u16,
+    pub process: ManagedProcess,
+    pub sidecar: Sidecar,
+}
+
+impl App {
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    pub fn sidecar_pid(&mut self) -> u32 {
+        self.sidecar.process().pid()
+    }
+
+    /// Fails, with the end of its log, if the app or its sidecar has exited.
+    pub fn check_running(&mut self) -> Result<()> {
+        let name = self.name;
+        if let Some(status) = self.process.exit_status() {
+            return Err(setup(format!(
+                "{name} exited ({status}). Its last log lines:\n{}",
+                self.process.log_tail(40)
+            )));
+        }
+        let sidecar = self.sidecar.process();
+        if let Some(status) = sidecar.exit_status() {
+            return Err(setup(format!(
+                "{name}'s daprd exited ({status}). Its last log lines:\n{}",
+                sidecar.log_tail(40)
+            )));
+        }
+        Ok(())
+    }
+
+    /// The app first, so it finishes its requests while its sidecar still answers.
+    fn stop(&mut self) {
+        self.process.stop(STOP_GRACE);
+        self.sidecar.stop(STOP_GRACE);
+    }
+}
+
+/// Everything started. Fields drop in order: the apps before the stack they run on.
+pub struct System {
+    pub task_api: App,
+    pub notifications: App,
+    pub stack: Stack,
+}
+
+impl System {
+    /// Starts Redis, then notification-service (task-api invokes it), then task-api.
+    pub async fn start() -> Result<Self> {
+        let binaries = app_binaries()?;
+        let stack = Stack::builder()
+            .components(ComponentSet::Redis)
+            .scheduler(false)
+            .log_sink(LogSink::Capture)
+            .start()
+            .await?;
+        let notifications = start_app(
+            &stack,
+            "notification-service",
+            &binaries.join("notification-service"),
+        )
+        .await?;
+        let task_api = start_app(&stack, "task-api", &binaries.join("task-api")).await?;
+        Ok(Self {
+            task_api,
+            notifications,
+            stack,
+        })
+    }
+
+    pub fn redis_address(&self) -> Result<String> {
+        self.stack
+            .redis()
+            .map(|redis| redis.address())
+            .ok_or_else(|| setup("the stack runs without Redis"))
+    }
+
+    pub fn check_running(&mut self) -> Result<()> {
+        self.task_api.check_running()?;
+        self.notifications.check_running()
+    }
+
+    /// SIGTERM to each app, then its sidecar: task-api first, as it calls the other.
+    pub fn stop(&mut self) {
+        self.task_api.stop();
+        self.notifications.stop();
+    }
+}
+
+/// The app binaries are built next to this one (`cargo build --release -p task-api -p bench`).
+fn app_binaries() -> Result<PathBuf> {
+    let exe = std::env::current_exe()
+        .map_err(|e| setup(format!("cannot tell where the benchmark runs from: {e}")))?;
+    let dir = exe
+        .parent()
+        .ok_or_else(|| setup("cannot tell where the benchmark runs from"))?;
+    for binary in ["task-api", "notification-service"] {
+        if !dir.join(binary).is_file() {
+            return Err(setup(format!(
+                "{binary} is not built next to the benchmark in {}; run scripts/bench, which builds it",
+                dir.display()
+            )));
+        }
+    }
+    Ok(dir.to_path_buf())
+}
+
+/// Starts an app as users run it: its sidecar's gRPC port is known before either starts, the
+/// app comes first, daprd waits for its port, and the app is ready once its health says so.
+async fn start_app(stack: &Stack, name: &'static str, binary: &Path) -> Result<App> {
+    let port = free_port()?;
+    let sidecar = stack.sidecar(name)?.app_port(port).log_level("warn");
+    let mut command = Command::new(binary);
+    // A clean environment, so settings of the calling shell (AUTH_DISABLED, ...) cannot change
+    // what is measured. Logging at warn: under load, info lines would cost more than the work.
+    command
+        .env_clear()
+        .env("APP_HOST", "127.0.0.1")
+        .env("APP_PORT", port.to_string())
+        .env("DAPR_GRPC_PORT", sidecar.grpc_port().to_string())
+        .env("RUST_LOG", "warn")
+        .env("LOG_FORMAT", "text");
+    let mut process = stack.spawn_app(AppProcess {
+        name: name.to_string(),
+        command,
+    })?;
+    let sidecar = match sidecar.start().await {
+        Ok(sidecar) => sidecar,
+        Err(e) => {
+            return Err(setup(format!(
+                "{e}\n{name}'s last log lines:\n{}",
+                process.log_tail(40)
+            )));
+        }
+    };
+    wait_serving(name, port, &mut process).await?;
+    Ok(App {
+        name,
+        port,
+        process,
+        sidecar,
+    })
+}
+
+async fn wait_serving(name: &str, port: u16, process: &mut ManagedProcess) -> Result<()> {
+    let mut health = HealthClient::new(lazy_channel(port, name)?);
+    let started = Instant::now();
+    loop {
+        let request = HealthCheckRequest {
+            service: String::new(),
+        };
+        if let Ok(answer) = health.check(request).await
+            && answer.get_ref().status == ServingStatus::Serving as i32
+        {
+            return Ok(());
+        }
+        process.check_running()?;
+        if started.elapsed() > READY_TIMEOUT {
+            return Err(setup(format!(
+                "{name} did not report SERVING within {READY_TIMEOUT:?}. Its last log lines:\n{}",
+                process.log_tail(40)
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn endpoint(port: u16, what: &str) -> Result<Endpoint> {
+    Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .map(|e| e.tcp_nodelay(true).connect_timeout(Duration::from_secs(3)))
+        .map_err(|e| BenchError::Connect {
+            what: what.to_string(),
+            detail: e.to_string(),
+        })
+}
+
+fn lazy_channel(port: u16, what: &str) -> Result<Channel> {
+    Ok(endpoint(port, what)?.connect_lazy())
+}
+
+/// One HTTP/2 connection to `port`.
+pub async fn channel(port: u16, what: &str) -> Result<Channel> {
+    endpoint(port, what)?
+        .connect()
+        .await
+        .map_err(|e| BenchError::Connect {
+            what: what.to_string(),
+            detail: e.to_string(),
+        })
+}

@@ -53,6 +53,13 @@ pub fn trace_id(traceparent: &str) -> Option<&str> {
     (trace_id.len() == 32 && trace_id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(trace_id)
 }
 
+/// A fresh W3C `traceparent` (version 00, sampled).
+fn new_traceparent() -> Option<HeaderValue> {
+    let trace = format!("{:016x}{:016x}", fastrand::u64(1..), fastrand::u64(..));
+    let span = format!("{:016x}", fastrand::u64(1..));
+    HeaderValue::from_str(&format!("00-{trace}-{span}-01")).ok()
+}
+
 /// Logs each request's outcome and keeps its `traceparent` for outbound calls.
 #[derive(Debug, Clone, Default)]
 pub struct RequestLogLayer;
@@ -88,7 +95,13 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let method = request.uri().path().to_string();
-        let traceparent = request.headers().get("traceparent").cloned();
+        // A call without a trace context starts one, so its log line and its calls to the
+        // sidecar share an id.
+        let traceparent = request
+            .headers()
+            .get("traceparent")
+            .cloned()
+            .or_else(new_traceparent);
         let caller = request
             .headers()
             .get("dapr-caller-app-id")
@@ -169,6 +182,12 @@ fn log_outcome(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn new_trace_contexts_are_valid() {
+        let header = new_traceparent().unwrap();
+        assert!(trace_id(header.to_str().unwrap()).is_some());
+    }
 
     #[test]
     fn reads_the_trace_id_of_a_traceparent() {

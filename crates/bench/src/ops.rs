@@ -1,0 +1,442 @@
+//! The requests a worker sends: task-api's TaskService calls, and the ceiling, which makes the
+//! same Dapr calls task-api makes for each of them straight to task-api's daprd.
+//!
+//! The ceiling keeps to keys under `bench-ceiling-` and publishes to the `bench-ceiling` topic,
+//! which nobody subscribes to, so task-api's data and event handling are untouched. Its payloads
+//! are built with task-api's own types and encoders (the stored task document, the event JSON,
+//! the list-index shard), so both sides move the same bytes.
+
+use std::collections::{BTreeMap, HashMap};
+
+use dapr::dapr::proto::{
+    common::v1::{Etag, StateItem, StateOptions, state_options::StateConcurrency},
+    runtime::v1::{
+        GetBulkStateRequest, GetStateRequest, PublishEventRequest, SaveStateRequest,
+        dapr_client::DaprClient,
+    },
+};
+use serde::{Deserialize, Serialize};
+use task_api::{
+    domain::{NewTask, Task, TaskEvent, TaskEventType, TaskId, TaskStatus, time},
+    proto::task::v1::{self as pb, task_service_client::TaskServiceClient},
+    sidecar::{backoff, index::SHARDS, state::MAX_ATTEMPTS, tasks::encode_task},
+};
+use tonic::{
+    Request, Status,
+    metadata::{Ascii, MetadataValue},
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::Channel,
+};
+
+use crate::error::{Result, setup};
+
+pub const STATE_STORE: &str = "statestore";
+pub const PUBSUB: &str = "pubsub";
+/// task-api's topic, whose backlog the benchmark waits out between runs.
+pub const TASK_EVENTS_TOPIC: &str = "task-events";
+const CEILING_TOPIC: &str = "bench-ceiling";
+
+pub const TITLE: &str = "Benchmark task";
+pub const DESCRIPTION: &str = "Created by task-api-bench to measure the service.";
+pub const PRIORITY: i32 = 3;
+/// Tasks per list page in the mixed workload.
+pub const LIST_PAGE_SIZE: usize = 20;
+/// task-api reads its list index with this bulk parallelism.
+const BULK_PARALLELISM: i32 = 16;
+/// Bulk reads of the whole list index grow with the number of tasks; the ceiling must not fail
+/// where task-api would not.
+const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// Sends task-api's API key on every call.
+#[derive(Clone)]
+pub struct ApiKey(MetadataValue<Ascii>);
+
+impl Interceptor for ApiKey {
+    fn call(&mut self, mut request: Request<()>) -> std::result::Result<Request<()>, Status> {
+        request.metadata_mut().insert("x-api-key", self.0.clone());
+        Ok(request)
+    }
+}
+
+pub type TaskClient = TaskServiceClient<InterceptedService<Channel, ApiKey>>;
+
+pub fn task_client(channel: Channel, api_key: &str) -> Result<TaskClient> {
+    let key = api_key
+        .parse()
+        .map_err(|_| setup("the API key is not valid gRPC metadata"))?;
+    Ok(TaskServiceClient::with_interceptor(channel, ApiKey(key)))
+}
+
+/// A failed call, in one line.
+pub fn describe(status: &Status) -> String {
+    format!("{:?}: {}", status.code(), status.message())
+}
+
+pub fn create_request() -> pb::CreateTaskRequest {
+    pb::CreateTaskRequest {
+        title: TITLE.into(),
+        description: Some(DESCRIPTION.into()),
+        priority: Some(PRIORITY),
+    }
+}
+
+/// CreateTask through task-api; the new task's id.
+pub async fn create(client: &mut TaskClient) -> std::result::Result<String, String> {
+    let task = client
+        .create_task(create_request())
+        .await
+        .map_err(|s| describe(&s))?
+        .into_inner();
+    if task.id.is_empty() {
+        return Err("CreateTask answered a task without an id".into());
+    }
+    Ok(task.id)
+}
+
+pub async fn get(client: &mut TaskClient, id: &str) -> std::result::Result<(), String> {
+    let task = client
+        .get_task(pb::GetTaskRequest { id: id.to_string() })
+        .await
+        .map_err(|s| describe(&s))?
+        .into_inner();
+    if task.id != id {
+        return Err(format!("GetTask({id}) answered task {:?}", task.id));
+    }
+    Ok(())
+}
+
+/// Completes a pending task. Without an ETag, as a caller that only wants the task done.
+pub async fn complete(client: &mut TaskClient, id: &str) -> std::result::Result<(), String> {
+    let task = client
+        .update_task_status(pb::UpdateTaskStatusRequest {
+            id: id.to_string(),
+            status: pb::TaskStatus::Completed as i32,
+            etag: String::new(),
+        })
+        .await
+        .map_err(|s| describe(&s))?
+        .into_inner();
+    if task.status != pb::TaskStatus::Completed as i32 {
+        return Err(format!("task {id} is not completed after UpdateTaskStatus"));
+    }
+    Ok(())
+}
+
+pub async fn list(client: &mut TaskClient) -> std::result::Result<(), String> {
+    let page = client
+        .list_tasks(pb::ListTasksRequest {
+            status: pb::TaskStatus::Unspecified as i32,
+            page_size: LIST_PAGE_SIZE as i32,
+            page_token: String::new(),
+        })
+        .await
+        .map_err(|s| describe(&s))?
+        .into_inner();
+    if page.tasks.is_empty() {
+        return Err("ListTasks answered an empty page".into());
+    }
+    Ok(())
+}
+
+/// task-api's list-index shard key for shard `n`.
+fn task_api_shard_key(n: u32) -> String {
+    format!("tasks-index-{n:02}")
+}
+
+fn ceiling_shard_key(n: u32) -> String {
+    format!("bench-ceiling-tasks-index-{n:02}")
+}
+
+/// A ceiling key read like a pooled task by GetTask.
+pub fn ceiling_get_key(n: usize) -> String {
+    format!("bench-ceiling-get-{n}")
+}
+
+/// A ceiling key changed like a task by UpdateTaskStatus.
+pub fn ceiling_update_key(n: usize) -> String {
+    format!("bench-ceiling-update-{n}")
+}
+
+/// The shard task-api's index puts `id` in: the same FNV-1a hash, so the ceiling's creates
+/// spread over its 64 shards (and collide on them) as task-api's do.
+fn shard_of(id: &str) -> u32 {
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in id.bytes() {
+        hash ^= u32::from(byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    hash % SHARDS
+}
+
+/// A list-index shard document, as task-api stores it.
+#[derive(Default, Serialize, Deserialize)]
+struct Shard {
+    tasks: BTreeMap<String, i64>,
+}
+
+pub fn new_task() -> Result<NewTask> {
+    NewTask::parse(TITLE, Some(DESCRIPTION), Some(i64::from(PRIORITY)))
+        .map_err(|v| setup(format!("the benchmark's task is invalid: {v}")))
+}
+
+/// A pending task as CreateTask would make it.
+fn pending_task(template: &NewTask) -> Task {
+    Task::create(TaskId::generate(), template.clone(), time::now())
+}
+
+fn state_item(key: String, value: Vec<u8>, etag: Option<String>) -> StateItem {
+    let concurrency = if etag.is_some() {
+        StateConcurrency::ConcurrencyFirstWrite
+    } else {
+        StateConcurrency::ConcurrencyLastWrite
+    };
+    StateItem {
+        key,
+        value,
+        etag: etag.map(|value| Etag { value }),
+        metadata: HashMap::new(),
+        options: Some(StateOptions {
+            concurrency: concurrency as i32,
+            consistency: 0,
+        }),
+    }
+}
+
+/// The ceiling's client of task-api's daprd.
+#[derive(Clone)]
+pub struct Ceiling {
+    dapr: DaprClient<Channel>,
+    template: NewTask,
+}
+
+type CallResult = std::result::Result<(), String>;
+
+impl Ceiling {
+    pub fn new(channel: Channel, template: NewTask) -> Self {
+        let dapr = DaprClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        Self { dapr, template }
+    }
+
+    async fn get_state(&mut self, key: &str) -> std::result::Result<(Vec<u8>, String), String> {
+        let response = self
+            .dapr
+            .get_state(GetStateRequest {
+                store_name: STATE_STORE.into(),
+                key: key.to_string(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| describe(&s))?
+            .into_inner();
+        Ok((response.data, response.etag))
+    }
+
+    async fn save(&mut self, items: Vec<StateItem>) -> std::result::Result<(), Status> {
+        self.dapr
+            .save_state(SaveStateRequest {
+                store_name: STATE_STORE.into(),
+                states: items,
+            })
+            .await
+            .map(|_| ())
+    }
+
+    async fn get_bulk(&mut self, keys: Vec<String>) -> std::result::Result<usize, String> {
+        let response = self
+            .dapr
+            .get_bulk_state(GetBulkStateRequest {
+                store_name: STATE_STORE.into(),
+                keys,
+                parallelism: BULK_PARALLELISM,
+                metadata: HashMap::new(),
+            })
+            .await
+            .map_err(|s| describe(&s))?
+            .into_inner();
+        if let Some(failed) = response.items.iter().find(|item| !item.error.is_empty()) {
+            return Err(format!("reading {}: {}", failed.key, failed.error));
+        }
+        Ok(response.items.iter().filter(|i| !i.data.is_empty()).count())
+    }
+
+    async fn publish(&mut self, event: &TaskEvent) -> CallResult {
+        self.dapr
+            .publish_event(PublishEventRequest {
+                pubsub_name: PUBSUB.into(),
+                topic: CEILING_TOPIC.into(),
+                data: event.to_json(),
+                data_content_type: "application/json".into(),
+                metadata: HashMap::new(),
+            })
+            .await
+            .map_err(|s| describe(&s))?;
+        Ok(())
+    }
+
+    /// CreateTask's calls: the ETag-guarded read-modify-write of the task's index shard
+    /// (retried on conflict, as task-api does), the task write, its read-back, the event.
+    pub async fn create(&mut self) -> CallResult {
+        let task = pending_task(&self.template);
+        let shard_key = ceiling_shard_key(shard_of(task.id.as_str()));
+        let mut attempt = 1;
+        loop {
+            let (data, etag) = self.get_state(&shard_key).await?;
+            let mut shard: Shard = if data.is_empty() {
+                Shard::default()
+            } else {
+                serde_json::from_slice(&data).map_err(|e| format!("{shard_key}: {e}"))?
+            };
+            shard
+                .tasks
+                .insert(task.id.to_string(), task.created_at.timestamp_micros());
+            let bytes = serde_json::to_vec(&shard).map_err(|e| e.to_string())?;
+            // A shard that does not exist yet is written create-if-absent, like task-api does.
+            let mut item = state_item(shard_key.clone(), bytes, (!data.is_empty()).then_some(etag));
+            if let Some(options) = &mut item.options {
+                options.concurrency = StateConcurrency::ConcurrencyFirstWrite as i32;
+            }
+            match self.save(vec![item]).await {
+                Ok(()) => break,
+                // Redis reports a lost create-if-absent as a plain error, not ABORTED.
+                Err(status)
+                    if attempt < MAX_ATTEMPTS
+                        && (status.code() == tonic::Code::Aborted || data.is_empty()) =>
+                {
+                    backoff(attempt).await;
+                    attempt += 1;
+                }
+                Err(status) => return Err(describe(&status)),
+            }
+        }
+        let key = format!("bench-ceiling-task-{}", task.id);
+        self.save(vec![state_item(key.clone(), encode_task(&task), None)])
+            .await
+            .map_err(|s| describe(&s))?;
+        let (stored, _) = self.get_state(&key).await?;
+        if stored.is_empty() {
+            return Err(format!("{key} was not stored"));
+        }
+        self.publish(&TaskEvent::of(TaskEventType::Created, &task))
+            .await
+    }
+
+    /// GetTask's one call.
+    pub async fn get(&mut self, n: usize) -> CallResult {
+        let key = ceiling_get_key(n);
+        let (data, _) = self.get_state(&key).await?;
+        if data.is_empty() {
+            return Err(format!("{key} is missing"));
+        }
+        Ok(())
+    }
+
+    /// UpdateTaskStatus's calls: read, ETag-guarded write, read-back, event.
+    pub async fn complete(&mut self, n: usize) -> CallResult {
+        let key = ceiling_update_key(n);
+        let (data, etag) = self.get_state(&key).await?;
+        if data.is_empty() {
+            return Err(format!("{key} is missing"));
+        }
+        let mut task = pending_task(&self.template);
+        task.set_status(TaskStatus::Completed, time::now());
+        self.save(vec![state_item(key.clone(), encode_task(&task), Some(etag))])
+            .await
+            .map_err(|s| describe(&s))?;
+        let (stored, _) = self.get_state(&key).await?;
+        if stored.is_empty() {
+            return Err(format!("{key} vanished"));
+        }
+        self.publish(&TaskEvent::of(
+            TaskEventType::StatusChanged(TaskStatus::Completed),
+            &task,
+        ))
+        .await
+    }
+
+    /// ListTasks' calls for a first page: every index shard in one bulk read, then the page's
+    /// tasks in another.
+    pub async fn list(&mut self, first: usize, pool: usize) -> CallResult {
+        self.get_bulk((0..SHARDS).map(ceiling_shard_key).collect())
+            .await?;
+        let keys = (0..LIST_PAGE_SIZE)
+            .map(|i| ceiling_get_key((first + i) % pool.max(1)))
+            .collect();
+        let found = self.get_bulk(keys).await?;
+        if found == 0 {
+            return Err("the ceiling's page is empty".into());
+        }
+        Ok(())
+    }
+
+    /// Writes `count` task documents under the get and update keys the ceiling reads and
+    /// changes, in batches.
+    pub async fn seed(&mut self, count: usize) -> Result<()> {
+        let mut items = Vec::new();
+        for n in 0..count {
+            let document = encode_task(&pending_task(&self.template));
+            items.push(state_item(ceiling_get_key(n), document.clone(), None));
+            items.push(state_item(ceiling_update_key(n), document, None));
+            if items.len() >= 200 || n + 1 == count {
+                self.save(std::mem::take(&mut items))
+                    .await
+                    .map_err(|s| setup(format!("seeding the ceiling's keys: {}", describe(&s))))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies task-api's list-index shards to the ceiling's, so both read and rewrite
+    /// documents of the same size.
+    pub async fn copy_index(&mut self) -> Result<()> {
+        let response = self
+            .dapr
+            .get_bulk_state(GetBulkStateRequest {
+                store_name: STATE_STORE.into(),
+                keys: (0..SHARDS).map(task_api_shard_key).collect(),
+                parallelism: BULK_PARALLELISM,
+                metadata: HashMap::new(),
+            })
+            .await
+            .map_err(|s| setup(format!("reading task-api's index: {}", describe(&s))))?
+            .into_inner();
+        let mut by_key: HashMap<String, Vec<u8>> = response
+            .items
+            .into_iter()
+            .map(|item| (item.key, item.data))
+            .collect();
+        let items = (0..SHARDS)
+            .map(|n| {
+                let data = by_key
+                    .remove(&task_api_shard_key(n))
+                    .filter(|d| !d.is_empty())
+                    .unwrap_or_else(|| br#"{"tasks":{}}"#.to_vec());
+                state_item(ceiling_shard_key(n), data, None)
+            })
+            .collect();
+        self.save(items)
+            .await
+            .map_err(|s| setup(format!("copying the index: {}", describe(&s))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_match_task_apis_keys() {
+        assert_eq!(task_api_shard_key(7), "tasks-index-07");
+        assert!(shard_of("3f1c9a9e-2b7d-4e7c-9a51-0c0b5f6d2a11") < SHARDS);
+        let used: std::collections::HashSet<u32> = (0..2000)
+            .map(|_| shard_of(TaskId::generate().as_str()))
+            .collect();
+        assert_eq!(used.len(), SHARDS as usize);
+    }
+
+    #[test]
+    fn the_benchmark_task_is_valid() {
+        assert!(new_task().is_ok());
+    }
+}

@@ -9,6 +9,7 @@ use std::{
     future::Future,
     net::SocketAddr,
     pin::Pin,
+    process::ExitCode,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -26,7 +27,7 @@ use crate::{
     api::TaskApi,
     auth::{ApiKey, AuthLayer, AuthPolicy},
     callback::{Subscriptions, TaskCallbacks},
-    config::{AuthConfig, ConfigError, SidecarConfig, TaskApiConfig},
+    config::{AuthConfig, ConfigError, LogFormat, Settings, SidecarConfig, TaskApiConfig},
     health::Readiness,
     proto::{self, task::v1::task_service_server::TaskServiceServer},
     service::{EventHandler, Tasks},
@@ -39,7 +40,7 @@ use crate::{
         secrets::{ApiKeySecret, SecretError},
         tasks::TaskStore,
     },
-    telemetry::RequestLogLayer,
+    telemetry::{self, RequestLogLayer},
 };
 
 /// How often a ready app checks that its sidecar still answers.
@@ -397,6 +398,41 @@ async fn watch_sidecar(sidecar: Sidecar, readiness: Readiness) {
                 }
             }
         }
+    }
+}
+
+/// The whole `main` of an app binary: read the settings (environment and flags), start logging,
+/// build the app, serve until SIGTERM or SIGINT. Exit code 2 for bad settings, 1 when the app
+/// could not start or had to stop, 0 after a clean shutdown.
+pub async fn run_binary<C, B, Fut>(
+    name: &str,
+    parse: impl FnOnce(&Settings) -> Result<C, ConfigError>,
+    log_format: impl FnOnce(&C) -> LogFormat,
+    build: B,
+) -> ExitCode
+where
+    B: FnOnce(C) -> Fut,
+    Fut: Future<Output = Result<Application, StartupError>>,
+{
+    let config = match Settings::from_env_and_args(std::env::args().skip(1)).and_then(|s| parse(&s))
+    {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("{name}: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(log_format(&config));
+    let app = match build(config).await {
+        Ok(app) => app,
+        Err(error) => {
+            tracing::error!("cannot start: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match app.run_until(shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(_) => ExitCode::FAILURE,
     }
 }
 

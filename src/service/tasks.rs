@@ -1,6 +1,7 @@
 //! Task use cases: create, get, list, update, change status, delete.
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use chrono::{DateTime, Utc};
 
 use super::Error;
 use crate::{
@@ -91,6 +92,13 @@ impl ListQuery {
             page_token,
         })
     }
+}
+
+/// What a read-modify-write does with the task it read.
+enum Plan {
+    Unchanged,
+    Replace(Task, TaskEventType),
+    Delete,
 }
 
 #[derive(Debug, Clone)]
@@ -185,8 +193,13 @@ impl Tasks {
         changes: &TaskChanges,
         expected_etag: Option<&str>,
     ) -> Result<Versioned<Task>, Error> {
-        self.modify(id, expected_etag, |task, now| {
-            task.apply(changes, now).then_some(TaskEventType::Updated)
+        self.apply(id, expected_etag, |current, now| {
+            let mut task = current.clone();
+            if task.apply(changes, now) {
+                Plan::Replace(task, TaskEventType::Updated)
+            } else {
+                Plan::Unchanged
+            }
         })
         .await
     }
@@ -198,59 +211,59 @@ impl Tasks {
         status: TaskStatus,
         expected_etag: Option<&str>,
     ) -> Result<Versioned<Task>, Error> {
-        self.modify(id, expected_etag, |task, now| {
-            task.set_status(status, now)
-                .then_some(TaskEventType::StatusChanged(status))
+        self.apply(id, expected_etag, |current, now| {
+            let mut task = current.clone();
+            if task.set_status(status, now) {
+                Plan::Replace(task, TaskEventType::StatusChanged(status))
+            } else {
+                Plan::Unchanged
+            }
         })
         .await
     }
 
     pub async fn delete(&self, id: &TaskId, expected_etag: Option<&str>) -> Result<(), Error> {
-        for attempt in 1..=MAX_ATTEMPTS {
-            let current = self.get(id).await?;
-            check_expected(&current, expected_etag)?;
-            match self.store.delete(id, &current.etag).await {
-                Ok(()) => {
-                    let event = TaskEvent {
-                        timestamp: time::now(),
-                        ..TaskEvent::of(TaskEventType::Deleted, &current.value)
-                    };
-                    self.publish(event, current).await?;
-                    return Ok(());
-                }
-                Err(SidecarError::EtagMismatch(_)) => {
-                    self.after_conflict(id, expected_etag, attempt).await?;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(Error::Contended {
-            id: id.clone(),
-            attempts: MAX_ATTEMPTS,
-        })
+        self.apply(id, expected_etag, |_, _| Plan::Delete)
+            .await
+            .map(|_| ())
     }
 
-    /// Optimistic read-modify-write. With the caller's ETag, a conflict is the caller's to
-    /// resolve (ABORTED). Without one, the change is re-applied to a fresh read, a bounded
+    /// Optimistic read-modify-write: `plan` decides from the current task what to write, and
+    /// the write is guarded by the ETag read. With the caller's ETag, a conflict is the caller's
+    /// to resolve (ABORTED). Without one, the plan is made again on a fresh read, a bounded
     /// number of times, so concurrent writers never overwrite each other's changes.
-    async fn modify<F>(
+    ///
+    /// Returns the task as saved (or, for a delete, as it was).
+    async fn apply<F>(
         &self,
         id: &TaskId,
         expected_etag: Option<&str>,
-        mut change: F,
+        mut plan: F,
     ) -> Result<Versioned<Task>, Error>
     where
-        F: FnMut(&mut Task, chrono::DateTime<chrono::Utc>) -> Option<TaskEventType>,
+        F: FnMut(&Task, DateTime<Utc>) -> Plan,
     {
         for attempt in 1..=MAX_ATTEMPTS {
             let current = self.get(id).await?;
             check_expected(&current, expected_etag)?;
-            let mut task = current.value.clone();
-            let Some(event_type) = change(&mut task, time::now()) else {
-                return Ok(current);
+            let now = time::now();
+            let written = match plan(&current.value, now) {
+                Plan::Unchanged => return Ok(current),
+                Plan::Replace(task, event_type) => self
+                    .store
+                    .replace(&task, &current.etag)
+                    .await
+                    .map(|saved| (saved, TaskEvent::of(event_type, &task))),
+                Plan::Delete => self.store.delete(id, &current.etag).await.map(|()| {
+                    let event = TaskEvent {
+                        timestamp: now,
+                        ..TaskEvent::of(TaskEventType::Deleted, &current.value)
+                    };
+                    (current, event)
+                }),
             };
-            match self.store.replace(&task, &current.etag).await {
-                Ok(saved) => return self.publish(TaskEvent::of(event_type, &task), saved).await,
+            match written {
+                Ok((task, event)) => return self.publish(event, task).await,
                 Err(SidecarError::EtagMismatch(_)) => {
                     self.after_conflict(id, expected_etag, attempt).await?;
                 }

@@ -89,7 +89,9 @@ async fn the_kubernetes_configurations_and_resiliency_load_in_a_real_daprd() {
             .await
             .unwrap_or_else(|e| panic!("daprd refused {name}: {e}"));
         assert!(
-            sidecar.log_contains(&format!("Loading Resiliency configuration: {resiliency_name}")),
+            sidecar.log_contains(&format!(
+                "Loading Resiliency configuration: {resiliency_name}"
+            )),
             "{app_id}: the Resiliency is in scope and loaded"
         );
         let errors = sidecar.process_log_lines("level=error");

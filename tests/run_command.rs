@@ -98,18 +98,37 @@ async fn the_readme_walkthrough_works_against_the_run_command() {
     let list = method("task.v1.TaskService/ListTasks");
     let complete = method("task.v1.TaskService/UpdateTaskStatus");
     let notifications = method("notification.v1.NotificationService/ListNotifications");
-    assert_eq!(commands.len(), 7, "the README walkthrough changed: {commands:#?}");
     assert_eq!(
-        (create.len(), get.len(), update.len(), list.len(), complete.len(), notifications.len()),
+        commands.len(),
+        7,
+        "the README walkthrough changed: {commands:#?}"
+    );
+    assert_eq!(
+        (
+            create.len(),
+            get.len(),
+            update.len(),
+            list.len(),
+            complete.len(),
+            notifications.len()
+        ),
         (1, 1, 2, 1, 1, 1)
     );
 
     let mut script = Command::new(repo_root().join("scripts/run"));
-    script.current_dir(repo_root()).env_remove("TASK_API_COMPONENTS");
+    script
+        .current_dir(repo_root())
+        .env_remove("TASK_API_COMPONENTS");
     let mut stack_run = ManagedProcess::spawn("scripts/run", script, LogSink::Capture).unwrap();
-    stack_run.wait_for_log("==> ready:", READY_TIMEOUT).await.unwrap();
+    stack_run
+        .wait_for_log("==> ready:", READY_TIMEOUT)
+        .await
+        .unwrap();
     // The banner follows the ready line.
-    stack_run.wait_for_log("logs follow", Duration::from_secs(10)).await.unwrap();
+    stack_run
+        .wait_for_log("logs follow", Duration::from_secs(10))
+        .await
+        .unwrap();
     let banner = stack_run.log_tail(200);
     let key = banner
         .lines()
@@ -119,8 +138,15 @@ async fn the_readme_walkthrough_works_against_the_run_command() {
         .lines()
         .find_map(|l| field(l, "working directory"))
         .expect("the banner prints the working directory");
-    for (printed, readme) in [(&create[0], "CreateTask"), (&list[0], "ListTasks"), (&complete[0], "UpdateTaskStatus")] {
-        assert!(banner.contains(printed.as_str()), "the {readme} command is printed as in the README");
+    for (printed, readme) in [
+        (&create[0], "CreateTask"),
+        (&list[0], "ListTasks"),
+        (&complete[0], "UpdateTaskStatus"),
+    ] {
+        assert!(
+            banner.contains(printed.as_str()),
+            "the {readme} command is printed as in the README"
+        );
     }
 
     let key = key.as_str();
@@ -132,7 +158,11 @@ async fn the_readme_walkthrough_works_against_the_run_command() {
     assert_eq!(task["title"], "Learn Dapr building blocks");
     assert_eq!(task["priority"], 2);
     assert_eq!(task["status"], "TASK_STATUS_PENDING");
-    let vars = [("TASK_API_KEY", key), ("TASK_ID", id.as_str()), ("ETAG", etag.as_str())];
+    let vars = [
+        ("TASK_API_KEY", key),
+        ("TASK_ID", id.as_str()),
+        ("ETAG", etag.as_str()),
+    ];
 
     let (ok, out) = sh(&get[0], &vars);
     assert!(ok, "{out}");
@@ -152,11 +182,13 @@ async fn the_readme_walkthrough_works_against_the_run_command() {
 
     let (ok, out) = sh(&list[0], &vars);
     assert!(ok, "{out}");
-    assert!(json(&out)["tasks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|t| t["id"] == id.as_str()));
+    assert!(
+        json(&out)["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["id"] == id.as_str())
+    );
 
     let (ok, out) = sh(&complete[0], &vars);
     assert!(ok, "{out}");
@@ -173,10 +205,16 @@ async fn the_readme_walkthrough_works_against_the_run_command() {
             assert_eq!(list[0]["type"], "task_completed");
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(20), "no notification: {out}");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no notification: {out}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(stack_run.log_contains("[notification-service]"), "app logs are prefixed");
+    assert!(
+        stack_run.log_contains("[notification-service]"),
+        "app logs are prefixed"
+    );
 
     // Ctrl-C: everything stops, cleanly, and nothing is left behind.
     stack_run.signal(libc::SIGINT);
@@ -185,7 +223,10 @@ async fn the_readme_walkthrough_works_against_the_run_command() {
         if let Some(status) = stack_run.exit_status() {
             break status;
         }
-        assert!(Instant::now() < deadline, "scripts/run did not stop on SIGINT");
+        assert!(
+            Instant::now() < deadline,
+            "scripts/run did not stop on SIGINT"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(status.code(), Some(0), "{}", stack_run.log_tail(30));

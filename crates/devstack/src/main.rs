@@ -10,8 +10,8 @@ use std::{
 };
 
 use devstack::{
-    AppProcess, ComponentSet, LogSink, ManagedProcess, Sidecar, Stack, ensure_free,
-    redis_answers, walkthrough,
+    AppProcess, ComponentSet, LogSink, ManagedProcess, Sidecar, Stack, ensure_free, redis_answers,
+    walkthrough,
 };
 
 /// Ports as Dapr users know them: the app ports the manifests use, and daprd's defaults (3500 /
@@ -106,10 +106,14 @@ async fn up(redis: bool) -> Result<(), String> {
     if redis {
         builder = builder.components(ComponentSet::Redis);
         if redis_answers(REDIS_PORT).await {
-            say(&format!("using the Redis already running on 127.0.0.1:{REDIS_PORT}"));
+            say(&format!(
+                "using the Redis already running on 127.0.0.1:{REDIS_PORT}"
+            ));
             builder = builder.external_redis(&format!("127.0.0.1:{REDIS_PORT}"));
         } else {
-            say(&format!("starting Redis on 127.0.0.1:{REDIS_PORT} (nothing persisted)"));
+            say(&format!(
+                "starting Redis on 127.0.0.1:{REDIS_PORT} (nothing persisted)"
+            ));
             builder = builder.redis_port(REDIS_PORT);
         }
     }

@@ -3,61 +3,12 @@
 //! Components need a cluster: the `kubernetes` secret store and secret references. The
 //! self-hosted components in components/ are loaded by every other integration test.)
 
-use std::{path::PathBuf, process::Command, time::Duration};
+mod common;
 
-use devstack::{Stack, repo_root};
+use std::time::Duration;
 
-/// The rendered overlay, by the same kustomize scripts/check-deploy uses.
-fn render_overlay() -> String {
-    let overlay = repo_root().join("manifests/overlays/docker-desktop");
-    let cache = std::env::var_os("TASK_API_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/task-api")
-        });
-    let built = cache.join("bin/kustomize-v5.5.0");
-    let mut command = if let Ok(custom) = std::env::var("KUSTOMIZE") {
-        let mut parts = custom.split_whitespace();
-        let mut command = Command::new(parts.next().unwrap_or("kustomize"));
-        command.args(parts);
-        command
-    } else if built.is_file() {
-        let mut command = Command::new(built);
-        command.arg("build");
-        command
-    } else {
-        let mut command = Command::new("kubectl");
-        command.arg("kustomize");
-        command
-    };
-    let output = command
-        .arg(&overlay)
-        .output()
-        .expect("kustomize (kubectl, or the one scripts/check-deploy builds) runs");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
-}
-
-/// The documents of `kind` (top-level `kind:` line), with their metadata names.
-fn documents<'a>(rendered: &'a str, kind: &str) -> Vec<(String, &'a str)> {
-    rendered
-        .split("\n---\n")
-        .filter(|doc| doc.lines().any(|l| l == format!("kind: {kind}")))
-        .map(|doc| {
-            let name = doc
-                .lines()
-                .skip_while(|l| *l != "metadata:")
-                .find_map(|l| l.strip_prefix("  name: "))
-                .unwrap_or_default()
-                .to_string();
-            (name, doc)
-        })
-        .collect()
-}
+use common::kubernetes::{documents, render_overlay};
+use devstack::Stack;
 
 #[tokio::test]
 async fn the_kubernetes_configurations_and_resiliency_load_in_a_real_daprd() {

@@ -48,6 +48,8 @@ pub struct Options {
     pub app_api_token: Option<String>,
     pub app_health_check: bool,
     pub app_id: Option<&'static str>,
+    /// A Configuration file for the sidecar instead of the stack's.
+    pub config_file: Option<std::path::PathBuf>,
 }
 
 /// A running app with its sidecar. Dropping it stops both.
@@ -146,6 +148,9 @@ impl TestApp {
         }
         if options.app_health_check {
             builder = builder.app_health_check(1);
+        }
+        if let Some(path) = &options.config_file {
+            builder = builder.config_file(path.clone());
         }
         let sidecar = builder.start().await.map_err(|e| e.to_string())?;
         let mut app = TestApp {
@@ -364,5 +369,64 @@ where
             "condition not met within {within:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The Kubernetes manifests, rendered as `kubectl apply -k` would apply them.
+pub mod kubernetes {
+    use std::{path::PathBuf, process::Command};
+
+    use devstack::repo_root;
+
+    /// The rendered overlay, by the same kustomize scripts/check-deploy uses.
+    pub fn render_overlay() -> String {
+        let overlay = repo_root().join("manifests/overlays/docker-desktop");
+        let cache = std::env::var_os("TASK_API_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/task-api")
+            });
+        let built = cache.join("bin/kustomize-v5.5.0");
+        let mut command = if let Ok(custom) = std::env::var("KUSTOMIZE") {
+            let mut parts = custom.split_whitespace();
+            let mut command = Command::new(parts.next().unwrap_or("kustomize"));
+            command.args(parts);
+            command
+        } else if built.is_file() {
+            let mut command = Command::new(built);
+            command.arg("build");
+            command
+        } else {
+            let mut command = Command::new("kubectl");
+            command.arg("kustomize");
+            command
+        };
+        let output = command
+            .arg(&overlay)
+            .output()
+            .expect("kustomize (kubectl, or the one scripts/check-deploy builds) runs");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    /// The documents of `kind` (top-level `kind:` line), with their metadata names.
+    pub fn documents<'a>(rendered: &'a str, kind: &str) -> Vec<(String, &'a str)> {
+        rendered
+            .split("\n---\n")
+            .filter(|doc| doc.lines().any(|l| l == format!("kind: {kind}")))
+            .map(|doc| {
+                let name = doc
+                    .lines()
+                    .skip_while(|l| *l != "metadata:")
+                    .find_map(|l| l.strip_prefix("  name: "))
+                    .unwrap_or_default()
+                    .to_string();
+                (name, doc)
+            })
+            .collect()
     }
 }

@@ -1,5 +1,6 @@
 // Pins the Dapr runtime that task-api is developed and tested against. Nothing here is
-// application code: tools/dapr/install.sh builds daprd and the scheduler from these modules.
+// application code: tools/dapr/install.sh builds daprd, the scheduler and sentry from these
+// modules.
 // `go mod tidy` cannot run here: it wants every package of every build tag, including the Pulsar
 // pub/sub whose forked dependencies the module proxy does not serve (install.sh leaves it out).
 module task-api/tools/dapr
@@ -481,4 +482,5 @@ replace github.com/dapr/durabletask-go => github.com/dapr/durabletask-go v0.12.1
 tool (
 	github.com/dapr/dapr/cmd/daprd
 	github.com/dapr/dapr/cmd/scheduler
+	github.com/dapr/dapr/cmd/sentry
 )

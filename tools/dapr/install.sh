@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the pinned Dapr runtime (daprd and the scheduler, v1.18.3) from the Go module proxy into a
+# Builds the pinned Dapr runtime (daprd, the scheduler and sentry, v1.18.3) from the Go module proxy into a
 # cache outside the repository, and reuses that build while its inputs are unchanged.
 #
 #   tools/dapr/install.sh          build if needed, then print the bin directory on the last line
@@ -31,7 +31,7 @@ inputs_hash() {
 }
 
 build_is_current() {
-  [ -x "$bin_dir/daprd" ] && [ -x "$bin_dir/scheduler" ] &&
+  [ -x "$bin_dir/daprd" ] && [ -x "$bin_dir/scheduler" ] && [ -x "$bin_dir/sentry" ] &&
     [ "$(cat "$build_dir/inputs.sha256" 2>/dev/null)" = "$(inputs_hash)" ] &&
     [ "$("$bin_dir/daprd" --version 2>/dev/null)" = "$DAPR_VERSION" ]
 }
@@ -43,7 +43,7 @@ if [ "${1:-}" = "--print" ]; then
 fi
 
 if build_is_current; then
-  say "daprd and scheduler $DAPR_VERSION already built in $bin_dir"
+  say "daprd, scheduler and sentry $DAPR_VERSION already built in $bin_dir"
   echo "$bin_dir"
   exit 0
 fi
@@ -95,11 +95,17 @@ phase "compiling scheduler"
   -ldflags "$ldflags" -o "$bin_dir.new/scheduler" github.com/dapr/dapr/cmd/scheduler)
 done_phase
 
+# Sentry issues the mTLS identities access-control policies check; the tests run it locally.
+phase "compiling sentry"
+(cd "$here" && go build -modfile "$build_dir/build.go.mod" -trimpath \
+  -ldflags "$ldflags" -o "$bin_dir.new/sentry" github.com/dapr/dapr/cmd/sentry)
+done_phase
+
 built_version=$("$bin_dir.new/daprd" --version)
 [ "$built_version" = "$DAPR_VERSION" ] || die "built daprd reports version '$built_version', expected $DAPR_VERSION"
 
 rm -rf "$bin_dir"
 mv "$bin_dir.new" "$bin_dir"
 inputs_hash >"$build_dir/inputs.sha256"
-say "daprd $DAPR_VERSION and scheduler ready in $bin_dir ($(( $(date +%s) - total_started ))s)"
+say "daprd, scheduler and sentry $DAPR_VERSION ready in $bin_dir ($(( $(date +%s) - total_started ))s)"
 echo "$bin_dir"

@@ -12,6 +12,7 @@ use crate::{Error, resources::repo_root};
 pub struct Binaries {
     pub daprd: PathBuf,
     pub scheduler: PathBuf,
+    pub sentry: PathBuf,
 }
 
 /// The command that builds the pinned Dapr runtime.
@@ -20,15 +21,12 @@ pub fn install_command() -> String {
 }
 
 impl Binaries {
-    /// Finds the binaries: `DAPRD_PATH` and `DAPR_SCHEDULER_PATH` when both are set, else the
+    /// Finds the binaries: `DAPR_BIN_DIR` (holding daprd, scheduler and sentry) when set, else the
     /// build made by `tools/dapr/install.sh` (which is asked, not rebuilt: a missing or stale
     /// build is an error that names the install command).
     pub fn locate() -> Result<Self, Error> {
-        if let (Some(daprd), Some(scheduler)) = (
-            std::env::var_os("DAPRD_PATH"),
-            std::env::var_os("DAPR_SCHEDULER_PATH"),
-        ) {
-            return Self::locate_at(PathBuf::from(daprd), PathBuf::from(scheduler));
+        if let Some(dir) = std::env::var_os("DAPR_BIN_DIR") {
+            return Self::locate_in(&PathBuf::from(dir));
         }
         let script = repo_root().join("tools/dapr/install.sh");
         let output = Command::new(&script)
@@ -47,12 +45,14 @@ impl Binaries {
             });
         }
         let bin_dir = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
-        Self::locate_at(bin_dir.join("daprd"), bin_dir.join("scheduler"))
+        Self::locate_in(&bin_dir)
     }
 
-    /// Uses the binaries at these paths, if both are executables.
-    pub fn locate_at(daprd: PathBuf, scheduler: PathBuf) -> Result<Self, Error> {
-        for path in [&daprd, &scheduler] {
+    /// Uses the binaries in `dir`, if they are all there and executable.
+    pub fn locate_in(dir: &Path) -> Result<Self, Error> {
+        let (daprd, scheduler, sentry) =
+            (dir.join("daprd"), dir.join("scheduler"), dir.join("sentry"));
+        for path in [&daprd, &scheduler, &sentry] {
             if !is_executable(path) {
                 return Err(Error::Missing {
                     what: "daprd 1.18.3",
@@ -61,7 +61,11 @@ impl Binaries {
                 });
             }
         }
-        Ok(Self { daprd, scheduler })
+        Ok(Self {
+            daprd,
+            scheduler,
+            sentry,
+        })
     }
 }
 

@@ -28,6 +28,7 @@ mod process;
 mod redis;
 mod resources;
 mod scheduler;
+mod sentry;
 mod sidecar;
 mod stack;
 
@@ -40,6 +41,7 @@ pub use process::{LogSink, ManagedProcess};
 pub use redis::{Redis, ping as redis_answers};
 pub use resources::{ComponentSet, repo_root};
 pub use scheduler::Scheduler;
+pub use sentry::Sentry;
 pub use sidecar::{Sidecar, SidecarBuilder};
 pub use stack::{AppProcess, Stack, StackBuilder};
 

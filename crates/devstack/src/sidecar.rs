@@ -152,6 +152,12 @@ impl<'a> SidecarBuilder<'a> {
         if let Some(address) = stack.scheduler_address() {
             command.args(["--scheduler-host-address", &address]);
         }
+        if let Some(sentry) = stack.sentry() {
+            command
+                .arg("--enable-mtls")
+                .args(["--sentry-address", &sentry.address()])
+                .env("DAPR_TRUST_ANCHORS", sentry.trust_anchors());
+        }
         if let Some(interval) = self.app_health_check {
             command
                 .arg("--enable-app-health-check")

@@ -9,7 +9,7 @@ use std::{
 
 use crate::{
     Binaries, ComponentSet, DEV_API_KEY_FIELD, DEV_API_KEY_SECRET, Error, LogSink, ManagedProcess,
-    Redis, Scheduler, SidecarBuilder,
+    Redis, Scheduler, Sentry, SidecarBuilder,
     resources::{self, Substitutions},
 };
 
@@ -17,6 +17,7 @@ use crate::{
 pub struct StackBuilder {
     components: ComponentSet,
     scheduler: bool,
+    sentry: bool,
     sink: LogSink,
     api_key: Option<String>,
     redis_port: Option<u16>,
@@ -34,6 +35,12 @@ impl StackBuilder {
     /// Also start the scheduler and point every sidecar at it (Jobs API).
     pub fn scheduler(mut self, on: bool) -> Self {
         self.scheduler = on;
+        self
+    }
+
+    /// Also start Sentry and run every sidecar with mTLS (needed for access-control policies).
+    pub fn sentry(mut self, on: bool) -> Self {
+        self.sentry = on;
         self
     }
 
@@ -88,6 +95,12 @@ impl StackBuilder {
             None
         };
 
+        let sentry = if self.sentry {
+            Some(Sentry::start(&binaries, dir.path(), self.sink.clone()).await?)
+        } else {
+            None
+        };
+
         let api_key = match self.api_key {
             Some(key) => key,
             None => random_hex(16)?,
@@ -120,6 +133,7 @@ impl StackBuilder {
             resources_dir,
             config_path,
             scheduler,
+            sentry,
             redis,
             dir,
         })
@@ -137,6 +151,7 @@ pub struct Stack {
     config_path: PathBuf,
     // Fields drop in order: processes before the directory they work in.
     scheduler: Option<Scheduler>,
+    sentry: Option<Sentry>,
     redis: Option<Redis>,
     dir: tempfile::TempDir,
 }
@@ -152,6 +167,7 @@ impl Stack {
         StackBuilder {
             components: ComponentSet::InMemory,
             scheduler: false,
+            sentry: false,
             sink: LogSink::Capture,
             api_key: None,
             redis_port: None,
@@ -191,6 +207,10 @@ impl Stack {
 
     pub fn scheduler_address(&self) -> Option<String> {
         self.scheduler.as_ref().map(Scheduler::address)
+    }
+
+    pub fn sentry(&self) -> Option<&Sentry> {
+        self.sentry.as_ref()
     }
 
     pub fn binaries(&self) -> &Binaries {

@@ -70,13 +70,11 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
         }
     }
     Ok(Parsed::Run(Args {
-        concurrency: concurrency.unwrap_or_else(|| {
-            if smoke {
-                vec![1, 4]
-            } else {
-                vec![1, 16, 64]
-            }
-        }),
+        concurrency: concurrency.unwrap_or_else(
+            || {
+                if smoke { vec![1, 4] } else { vec![1, 16, 64] }
+            },
+        ),
         duration: Duration::from_secs(duration.unwrap_or(if smoke { 1 } else { 10 }) as u64),
         warmup: warmup.unwrap_or(Duration::from_millis(if smoke { 300 } else { 1000 })),
         get_pool: get_pool.unwrap_or(if smoke { 50 } else { 1000 }),

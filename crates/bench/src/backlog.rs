@@ -176,7 +176,10 @@ mod tests {
             panic!("not an array")
         };
         assert_eq!(items[0].field("pending"), Some(&Reply::Int(0)));
-        assert_eq!(items[0].field("name").and_then(Reply::text), Some("task-api"));
+        assert_eq!(
+            items[0].field("name").and_then(Reply::text),
+            Some("task-api")
+        );
         assert_eq!(items[1], Reply::Nil);
         assert_eq!(parse(&reply[..20]).unwrap(), None);
         assert_eq!(

@@ -341,9 +341,13 @@ impl Ceiling {
         }
         let mut task = pending_task(&self.template);
         task.set_status(TaskStatus::Completed, time::now());
-        self.save(vec![state_item(key.clone(), encode_task(&task), Some(etag))])
-            .await
-            .map_err(|s| describe(&s))?;
+        self.save(vec![state_item(
+            key.clone(),
+            encode_task(&task),
+            Some(etag),
+        )])
+        .await
+        .map_err(|s| describe(&s))?;
         let (stored, _) = self.get_state(&key).await?;
         if stored.is_empty() {
             return Err(format!("{key} vanished"));
@@ -385,6 +389,25 @@ impl Ceiling {
             }
         }
         Ok(())
+    }
+
+    /// Fails unless task-api's index holds `id` in the shard the ceiling would pick for it:
+    /// a check that the ceiling spreads its creates over the shards as task-api does.
+    pub async fn expect_indexed(&mut self, id: &str) -> Result<()> {
+        let key = task_api_shard_key(shard_of(id));
+        let (data, _) = self
+            .get_state(&key)
+            .await
+            .map_err(|e| setup(format!("reading {key}: {e}")))?;
+        let shard: Shard = serde_json::from_slice(&data)
+            .map_err(|e| setup(format!("{key} is not an index shard: {e}")))?;
+        if shard.tasks.contains_key(id) {
+            Ok(())
+        } else {
+            Err(setup(format!(
+                "task {id} is not in {key}: the ceiling's shard choice no longer matches task-api's"
+            )))
+        }
     }
 
     /// Copies task-api's list-index shards to the ceiling's, so both read and rewrite

@@ -98,6 +98,20 @@ impl System {
             .ok_or_else(|| setup("the stack runs without Redis"))
     }
 
+    /// The last `lines` log lines of every app and sidecar, for a failed run.
+    pub fn log_tails(&mut self, lines: usize) -> String {
+        let mut out = String::new();
+        for app in [&mut self.task_api, &mut self.notifications] {
+            let name = app.name;
+            out.push_str(&format!(
+                "----- {name} -----\n{}\n----- {name}'s daprd -----\n{}\n",
+                app.process.log_tail(lines),
+                app.sidecar.process().log_tail(lines)
+            ));
+        }
+        out
+    }
+
     pub fn check_running(&mut self) -> Result<()> {
         self.task_api.check_running()?;
         self.notifications.check_running()

@@ -299,7 +299,7 @@ impl Application {
             .layer(RequestLogLayer)
             .layer(AuthLayer(auth))
             .add_routes(routes)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
+            .serve_with_incoming_shutdown(incoming(listener), stop)
             .await;
         become_ready.abort();
         if let Some(error) = fatal.lock().unwrap_or_else(|e| e.into_inner()).take() {
@@ -310,6 +310,21 @@ impl Application {
         tracing::info!(app = name, "stopped");
         Ok(())
     }
+}
+
+/// Accepted connections with Nagle's algorithm off: small gRPC frames would otherwise wait for
+/// the peer's delayed ACK (tens of milliseconds) before going out.
+fn incoming(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    TcpListenerStream::new(listener).map(|accepted| {
+        accepted.inspect(|stream| {
+            if let Err(error) = stream.set_nodelay(true) {
+                tracing::debug!(%error, "could not set TCP_NODELAY");
+            }
+        })
+    })
 }
 
 /// Adds server reflection (v1 and v1alpha, so every grpcurl works) for the app's own services

@@ -11,7 +11,7 @@ against the Dapr calls it makes (the ceiling) at each concurrency level.
   --duration-secs N      measured seconds per scenario and level (default 10)
   --warmup-secs X        unmeasured seconds before each measurement (default 1)
   --get-pool N           tasks created up front for GetTask and the mix (default 1000)
-  --max-pool N           most pending tasks prepared for one status-change run (default 40000)
+  --max-pool N           most pending tasks prepared for one status-change run (default 100000)
   --out PATH             where the JSON results go (default target/bench/results.json)
   --smoke                a few seconds in all: concurrency 1,4, 1 s per scenario, small pools
   -h, --help             this text";
@@ -78,7 +78,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
         duration: Duration::from_secs(duration.unwrap_or(if smoke { 1 } else { 10 }) as u64),
         warmup: warmup.unwrap_or(Duration::from_millis(if smoke { 300 } else { 1000 })),
         get_pool: get_pool.unwrap_or(if smoke { 50 } else { 1000 }),
-        max_pool: max_pool.unwrap_or(if smoke { 2000 } else { 40_000 }),
+        max_pool: max_pool.unwrap_or(if smoke { 5_000 } else { 100_000 }),
         sample_cap: if smoke { 50 } else { 300 },
         out: out.unwrap_or_else(|| PathBuf::from("target/bench/results.json")),
         smoke,

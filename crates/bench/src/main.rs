@@ -37,11 +37,13 @@ use crate::{
 /// Workers sharing one HTTP/2 connection: tonic multiplexes their requests over it, and with a
 /// connection per 16 the client's connection handling stays off the critical path.
 const WORKERS_PER_CONNECTION: usize = 16;
-/// Longest wait for the event backlog of a run to be handled before the next run starts.
-const SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Longest wait for the event backlog of a run to be handled before the next run starts (a
+/// status-change run at 16 or 64 in flight leaves about a minute of notifications behind on two
+/// cores).
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Longest wait for sampled notifications once the backlog is handled.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
-/// Callers creating tasks for the pools (not measured).
+/// Callers creating the GetTask pool and deleting a level's tasks (not measured).
 const POOL_CONCURRENCY: usize = 32;
 
 fn say(line: &str) {
@@ -145,7 +147,15 @@ impl Bench<'_> {
     /// Waits until task-api has handled every event published so far.
     async fn settle(&mut self, after: &str) -> Result<()> {
         match backlog::wait_drained(&self.redis, ops::TASK_EVENTS_TOPIC, SETTLE_TIMEOUT).await {
-            Ok(Some(_)) => Ok(()),
+            Ok(Some(waited)) => {
+                if waited >= Duration::from_secs(2) {
+                    say(&format!(
+                        "the events published during {after} took another {:.1} s to handle",
+                        waited.as_secs_f64()
+                    ));
+                }
+                Ok(())
+            }
             Ok(None) => {
                 let note = format!(
                     "task events published during {after} were still being handled after {SETTLE_TIMEOUT:?}; the next run shared the machine with them"
@@ -158,10 +168,30 @@ impl Bench<'_> {
         }
     }
 
-    async fn create_pool(&self, count: usize) -> Result<Vec<String>> {
-        load::create_tasks(&self.task_clients, count, POOL_CONCURRENCY)
-            .await
-            .map_err(|e| setup(format!("creating tasks for the pools: {e}")))
+    /// `count` pending tasks for status changes, written straight to the state store with
+    /// task-api's own encoder: UpdateTaskStatus reads and writes only the task's document, so
+    /// to it they are tasks like any other, and writing tens of thousands in bulk takes
+    /// seconds where CreateTask would take minutes. They stay out of the list index (as tasks
+    /// written by another service would), so ListTasks does not grow with them.
+    async fn pending_tasks(&mut self, count: usize) -> Result<Vec<String>> {
+        say(&format!("writing {count} pending tasks for status changes"));
+        self.ceilings[0].write_pending_tasks(count).await
+    }
+
+    /// Deletes the tasks a level created through CreateTask, so every level starts from the same
+    /// list index (and the index, which ListTasks reads whole in one message, stays below
+    /// daprd's 4 MiB message limit).
+    async fn clean_up(&mut self, concurrency: usize, ids: Vec<String>) -> Result<()> {
+        say(&format!(
+            "deleting the {} tasks created at {concurrency}",
+            ids.len()
+        ));
+        if let Err(e) = load::delete_tasks(&self.task_clients, ids, POOL_CONCURRENCY).await {
+            let note = format!("cleaning up after concurrency {concurrency}: {e}");
+            say(&format!("warning: {note}"));
+            self.notes.push(note);
+        }
+        self.settle("the clean-up").await
     }
 }
 
@@ -278,6 +308,8 @@ async fn bench(args: &Args, system: &mut System) -> Result<Option<String>> {
             args.duration.as_secs()
         ));
         let sample_memory = c == max_concurrency;
+        // Every task this level creates, deleted at its end.
+        let mut level_ids: Vec<String> = Vec::new();
 
         // CreateTask. The ceiling runs first, on a copy of task-api's index, so both start
         // from shards of the same size.
@@ -290,7 +322,7 @@ async fn bench(args: &Args, system: &mut System) -> Result<Option<String>> {
             .await;
         bench.settle("CreateTask").await?;
         collected.add(Scenario::Create, c, &api, &ceiling, sample_memory);
-        let created = api.created;
+        level_ids.extend(api.created);
 
         // GetTask over the pool.
         let (ceiling, _) = bench
@@ -301,15 +333,14 @@ async fn bench(args: &Args, system: &mut System) -> Result<Option<String>> {
             .await;
         collected.add(Scenario::Get, c, &api, &ceiling, sample_memory);
 
-        let status = status_run(&mut bench, &mut collected, c, created, &notifications).await?;
+        let status = status_run(&mut bench, &mut collected, c, &notifications).await?;
         deliveries_by_level.insert(c, status.deliveries);
 
         // The mix, starting with the pending tasks the status run left.
         let mut pending = status.leftover;
         let buffer = 4 * c + 200;
         if pending.len() < buffer {
-            pending.extend(bench.create_pool(buffer - pending.len()).await?);
-            bench.settle("the pool creation").await?;
+            pending.extend(bench.pending_tasks(buffer - pending.len()).await?);
         }
         bench.ceilings[0].copy_index().await?;
         let (ceiling, _) = bench
@@ -320,7 +351,9 @@ async fn bench(args: &Args, system: &mut System) -> Result<Option<String>> {
             .await;
         bench.settle("the mix").await?;
         collected.add(Scenario::Mixed, c, &api, &ceiling, sample_memory);
+        level_ids.extend(api.created);
         system.check_running()?;
+        bench.clean_up(c, level_ids).await?;
     }
     let Collected {
         mut results,
@@ -416,33 +449,26 @@ async fn bench(args: &Args, system: &mut System) -> Result<Option<String>> {
 
 /// UpdateTaskStatus at one level, then the delivery check of its sampled completions.
 ///
-/// Every measured call completes a different pending task (a real pending-to-completed change
-/// that publishes `task.completed` and sends one notification): the pool holds the tasks the
-/// CreateTask run just made, topped up to 1.5 times that many (status changes cost about what
-/// creates do), within --max-pool. If it still runs out, the run ends early and reports the
-/// seconds it measured. Completing and reopening the same tasks instead would publish reopen
-/// events that are not part of the scenario, and a task completed twice gets two notifications.
+/// Every measured call completes a different pending task: a real pending-to-completed change
+/// that publishes `task.completed` and sends one notification. Completing and reopening the
+/// same tasks instead would put reopen calls and their events into the measurement, and would
+/// give a task several notifications. The pool is sized from the ceiling's run just before,
+/// which task-api does not outpace, with a margin (within --max-pool); should it run out
+/// anyway, the run ends early and reports the seconds it measured.
 async fn status_run(
     bench: &mut Bench<'_>,
     collected: &mut Collected,
     c: usize,
-    created: Vec<String>,
     notifications: &tonic::transport::Channel,
 ) -> Result<StatusRun> {
-    let need = (created.len() * 3 / 2 + 4 * c).min(bench.args.max_pool);
-    let mut pool = created;
-    pool.truncate(need);
-    if pool.len() < need {
-        say(&format!(
-            "creating {} pending tasks for UpdateTaskStatus at {c}",
-            need - pool.len()
-        ));
-        pool.extend(bench.create_pool(need - pool.len()).await?);
-        bench.settle("the pool creation").await?;
-    }
     let (ceiling, _) = bench
         .measure(Side::Ceiling, Scenario::Status, c, Vec::new())
         .await;
+    let calls: usize = ceiling.latencies.iter().map(Vec::len).sum();
+    let seconds = bench.args.warmup.as_secs_f64() + bench.args.duration.as_secs_f64();
+    let expected = calls as f64 / ceiling.measured_secs.max(0.001) * seconds;
+    let need = ((expected * 1.25) as usize + 4 * c).min(bench.args.max_pool);
+    let pool = bench.pending_tasks(need).await?;
     let (api, shared) = bench
         .measure(Side::TaskApi, Scenario::Status, c, pool)
         .await;
@@ -457,7 +483,7 @@ async fn status_run(
         c == bench.max_concurrency,
     );
     Ok(StatusRun {
-        leftover: shared.into_pending(),
+        leftover: shared.drain_pending(),
         deliveries,
     })
 }

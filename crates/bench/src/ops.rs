@@ -19,7 +19,12 @@ use serde::{Deserialize, Serialize};
 use task_api::{
     domain::{NewTask, Task, TaskEvent, TaskEventType, TaskId, TaskStatus, time},
     proto::task::v1::{self as pb, task_service_client::TaskServiceClient},
-    sidecar::{backoff, index::SHARDS, state::MAX_ATTEMPTS, tasks::encode_task},
+    sidecar::{
+        backoff,
+        index::SHARDS,
+        state::MAX_ATTEMPTS,
+        tasks::{encode_task, task_key},
+    },
 };
 use tonic::{
     Request, Status,
@@ -67,9 +72,13 @@ pub fn task_client(channel: Channel, api_key: &str) -> Result<TaskClient> {
     Ok(TaskServiceClient::with_interceptor(channel, ApiKey(key)))
 }
 
-/// A failed call, in one line.
+/// A failed call, in one line of at most about 300 characters.
 pub fn describe(status: &Status) -> String {
-    format!("{:?}: {}", status.code(), status.message())
+    let message = status.message();
+    match message.char_indices().nth(300) {
+        Some((cut, _)) => format!("{:?}: {}...", status.code(), &message[..cut]),
+        None => format!("{:?}: {message}", status.code()),
+    }
 }
 
 pub fn create_request() -> pb::CreateTaskRequest {
@@ -119,6 +128,17 @@ pub async fn complete(client: &mut TaskClient, id: &str) -> std::result::Result<
     if task.status != pb::TaskStatus::Completed as i32 {
         return Err(format!("task {id} is not completed after UpdateTaskStatus"));
     }
+    Ok(())
+}
+
+pub async fn delete(client: &mut TaskClient, id: &str) -> std::result::Result<(), String> {
+    client
+        .delete_task(pb::DeleteTaskRequest {
+            id: id.to_string(),
+            etag: String::new(),
+        })
+        .await
+        .map_err(|s| describe(&s))?;
     Ok(())
 }
 
@@ -391,6 +411,24 @@ impl Ceiling {
         Ok(())
     }
 
+    /// Writes `count` pending tasks under task-api's keys (`task-<id>`), as CreateTask stores
+    /// them, in batches; their ids.
+    pub async fn write_pending_tasks(&mut self, count: usize) -> Result<Vec<String>> {
+        let mut ids = Vec::with_capacity(count);
+        let mut items = Vec::new();
+        for n in 0..count {
+            let task = pending_task(&self.template);
+            items.push(state_item(task_key(&task.id), encode_task(&task), None));
+            ids.push(task.id.to_string());
+            if items.len() >= 500 || n + 1 == count {
+                self.save(std::mem::take(&mut items))
+                    .await
+                    .map_err(|s| setup(format!("writing pending tasks: {}", describe(&s))))?;
+            }
+        }
+        Ok(ids)
+    }
+
     /// Fails unless task-api's index holds `id` in the shard the ceiling would pick for it:
     /// a check that the ceiling spreads its creates over the shards as task-api does.
     pub async fn expect_indexed(&mut self, id: &str) -> Result<()> {
@@ -410,32 +448,43 @@ impl Ceiling {
         }
     }
 
-    /// Copies task-api's list-index shards to the ceiling's, so both read and rewrite
-    /// documents of the same size.
-    pub async fn copy_index(&mut self) -> Result<()> {
+    /// All 64 shards of an index in one bulk read: key to (document, ETag).
+    async fn read_index(
+        &mut self,
+        key: fn(u32) -> String,
+    ) -> Result<HashMap<String, (Vec<u8>, String)>> {
         let response = self
             .dapr
             .get_bulk_state(GetBulkStateRequest {
                 store_name: STATE_STORE.into(),
-                keys: (0..SHARDS).map(task_api_shard_key).collect(),
+                keys: (0..SHARDS).map(key).collect(),
                 parallelism: BULK_PARALLELISM,
                 metadata: HashMap::new(),
             })
             .await
-            .map_err(|s| setup(format!("reading task-api's index: {}", describe(&s))))?
+            .map_err(|s| setup(format!("reading index shards: {}", describe(&s))))?
             .into_inner();
-        let mut by_key: HashMap<String, Vec<u8>> = response
+        Ok(response
             .items
             .into_iter()
-            .map(|item| (item.key, item.data))
-            .collect();
+            .filter(|item| !item.data.is_empty())
+            .map(|item| (item.key, (item.data, item.etag)))
+            .collect())
+    }
+
+    /// Copies task-api's list-index shards to the ceiling's, so both read and rewrite
+    /// documents of the same size. Each write carries the ceiling shard's current ETag: the
+    /// Redis store refuses an unguarded write to a key once it was written first-write.
+    pub async fn copy_index(&mut self) -> Result<()> {
+        let mut task_api = self.read_index(task_api_shard_key).await?;
+        let mut ceiling = self.read_index(ceiling_shard_key).await?;
         let items = (0..SHARDS)
             .map(|n| {
-                let data = by_key
+                let data = task_api
                     .remove(&task_api_shard_key(n))
-                    .filter(|d| !d.is_empty())
-                    .unwrap_or_else(|| br#"{"tasks":{}}"#.to_vec());
-                state_item(ceiling_shard_key(n), data, None)
+                    .map_or_else(|| br#"{"tasks":{}}"#.to_vec(), |(data, _)| data);
+                let etag = ceiling.remove(&ceiling_shard_key(n)).map(|(_, etag)| etag);
+                state_item(ceiling_shard_key(n), data, etag)
             })
             .collect();
         self.save(items)

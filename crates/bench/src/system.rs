@@ -204,7 +204,13 @@ async fn wait_serving(name: &str, port: u16, process: &mut ManagedProcess) -> Re
 
 fn endpoint(port: u16, what: &str) -> Result<Endpoint> {
     Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
-        .map(|e| e.tcp_nodelay(true).connect_timeout(Duration::from_secs(3)))
+        .map(|e| {
+            // daprd reports a failed call's details in its trailers; a failed bulk call can
+            // exceed h2's default 16 KiB header list and would then surface as a bare reset.
+            e.tcp_nodelay(true)
+                .connect_timeout(Duration::from_secs(3))
+                .http2_max_header_list_size(1 << 20)
+        })
         .map_err(|e| BenchError::Connect {
             what: what.to_string(),
             detail: e.to_string(),

@@ -652,3 +652,78 @@ async fn events_have_the_originals_shape() {
     assert_eq!(deleted["status"], "completed");
     probe.expect_none(Duration::from_millis(500)).await;
 }
+
+/// The list index larger than daprd's 4 MiB message limit still lists: it is read in groups.
+#[tokio::test]
+async fn a_list_index_over_four_mebibytes_still_lists() {
+    use dapr::dapr::proto::{
+        common::v1::{Etag, StateItem},
+        runtime::v1::{GetStateRequest, SaveStateRequest, dapr_client::DaprClient},
+    };
+    let stack = stack(ComponentSet::Redis).await;
+    let (app, _notifications) =
+        TestApp::task_api_with_notifications(&stack, Options::default()).await;
+    let mut client = app.client().await;
+    let mut real = Vec::new();
+    for n in 0..25 {
+        real.push(create(&mut client, &format!("real {n}"), None).await.id);
+    }
+
+    // 80,000 more index entries (about 5 MB in all), created "later" than the real tasks, written
+    // straight into the shard documents.
+    let mut dapr = DaprClient::new(app.sidecar.channel().await.unwrap());
+    let later = 4_102_444_800_000_000_i64; // 2100-01-01
+    for shard in 0..64 {
+        let key = format!("tasks-index-{shard:02}");
+        let current = dapr
+            .get_state(GetStateRequest {
+                store_name: "statestore".into(),
+                key: key.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut document: serde_json::Value = if current.data.is_empty() {
+            serde_json::json!({"tasks": {}})
+        } else {
+            serde_json::from_slice(&current.data).unwrap()
+        };
+        let tasks = document["tasks"].as_object_mut().unwrap();
+        for n in 0..1250 {
+            tasks.insert(
+                format!("{:08x}-0000-4000-8000-{shard:04x}{n:08x}", n),
+                serde_json::json!(later + n as i64),
+            );
+        }
+        dapr.save_state(SaveStateRequest {
+            store_name: "statestore".into(),
+            states: vec![StateItem {
+                key,
+                value: serde_json::to_vec(&document).unwrap(),
+                etag: (!current.etag.is_empty()).then(|| Etag {
+                    value: current.etag.clone(),
+                }),
+                ..Default::default()
+            }],
+        })
+        .await
+        .unwrap();
+    }
+
+    let page = client
+        .list_tasks(pb::ListTasksRequest {
+            page_size: 25,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let listed: Vec<String> = page.tasks.into_iter().map(|t| t.id).collect();
+    assert_eq!(listed.len(), 25);
+    assert_eq!(
+        listed.iter().collect::<HashSet<_>>(),
+        real.iter().collect::<HashSet<_>>()
+    );
+    assert!(!page.next_page_token.is_empty(), "the other entries follow");
+}

@@ -94,6 +94,9 @@ impl Sidecar {
             .connect_timeout(Duration::from_secs(3))
             .timeout(config.call_timeout)
             .tcp_nodelay(true)
+            // daprd sends error details in trailers; past h2's default 16 KiB header-list
+            // limit a long one would surface only as an opaque protocol error.
+            .http2_max_header_list_size(256 * 1024)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_while_idle(true)
             .connect_lazy();

@@ -157,6 +157,12 @@ async fn start_app(stack: &Stack, name: &'static str, binary: &Path) -> Result<A
         .env("DAPR_GRPC_PORT", sidecar.grpc_port().to_string())
         .env("RUST_LOG", "warn")
         .env("LOG_FORMAT", "text");
+    // Runtime tuning knobs pass through, so their effect can be measured.
+    for knob in ["TOKIO_WORKER_THREADS", "MALLOC_ARENA_MAX"] {
+        if let Some(value) = std::env::var_os(knob) {
+            command.env(knob, value);
+        }
+    }
     let mut process = stack.spawn_app(AppProcess {
         name: name.to_string(),
         command,

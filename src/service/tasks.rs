@@ -50,8 +50,12 @@ impl PageToken {
         }
     }
 
-    fn is_before(&self, entry: &IndexEntry) -> bool {
-        (self.created_micros, &self.id) < (entry.created_micros, &entry.id)
+    /// The index position the next page starts after.
+    fn entry(&self) -> IndexEntry {
+        IndexEntry {
+            created_micros: self.created_micros,
+            id: self.id.clone(),
+        }
     }
 }
 
@@ -135,14 +139,9 @@ impl Tasks {
 
     /// Tasks oldest first (creation time, then id), optionally of one status.
     pub async fn list(&self, query: &ListQuery) -> Result<Page, Error> {
-        let entries = self.store.index().all().await?;
-        let mut position = match &query.page_token {
-            Some(token) => entries.partition_point(|entry| !token.is_before(entry)),
-            None => 0,
-        };
+        let mut cursor = query.page_token.as_ref().map(PageToken::entry);
         let mut tasks = Vec::with_capacity(query.page_size);
-        let mut last_returned = None;
-        while tasks.len() < query.page_size && position < entries.len() {
+        loop {
             let wanted = query.page_size - tasks.len();
             // With a status filter, read ahead: not every task will match.
             let batch = if query.status.is_some() {
@@ -150,16 +149,14 @@ impl Tasks {
             } else {
                 wanted
             };
-            let end = (position + batch.clamp(1, 400)).min(entries.len());
-            let ids: Vec<TaskId> = entries[position..end]
-                .iter()
-                .map(|e| e.id.clone())
-                .collect();
-            for (entry, task) in entries[position..end]
-                .iter()
-                .zip(self.store.get_many(&ids).await?)
-            {
-                position += 1;
+            let (entries, more) = self
+                .store
+                .index()
+                .next_after(cursor.as_ref(), batch.clamp(1, 400))
+                .await?;
+            let ids: Vec<TaskId> = entries.iter().map(|e| e.id.clone()).collect();
+            let found = self.store.get_many(&ids).await?;
+            for (position, (entry, task)) in entries.iter().zip(found).enumerate() {
                 // An entry without a task: a create that failed half-way, or a delete whose
                 // index update failed. Skipped.
                 let Some(task) = task else { continue };
@@ -168,23 +165,25 @@ impl Tasks {
                     .is_none_or(|status| task.value.status == status)
                 {
                     tasks.push(task);
-                    last_returned = Some(entry);
                     if tasks.len() == query.page_size {
-                        break;
+                        let rest = more || position + 1 < entries.len();
+                        return Ok(Page {
+                            tasks,
+                            next_page_token: rest.then(|| PageToken::after(entry)),
+                        });
                     }
                 }
             }
-        }
-        let next_page_token = match last_returned {
-            Some(entry) if tasks.len() == query.page_size && position < entries.len() => {
-                Some(PageToken::after(entry))
+            match entries.last() {
+                Some(last) if more => cursor = Some(last.clone()),
+                _ => {
+                    return Ok(Page {
+                        tasks,
+                        next_page_token: None,
+                    });
+                }
             }
-            _ => None,
-        };
-        Ok(Page {
-            tasks,
-            next_page_token,
-        })
+        }
     }
 
     pub async fn update(

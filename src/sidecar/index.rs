@@ -7,23 +7,27 @@
 //!
 //! - A create changes one shard (chosen by a stable hash of the id) with an ETag-guarded
 //!   read-modify-write, so concurrent creates contend on 64 keys, not one.
-//! - A list reads all shards in one bulk call, merges and sorts them by (creation time, id):
-//!   oldest first, a stable order in which new tasks append at the end, so paging with a
-//!   keyset token never skips or repeats a task.
+//! - A list reads all shards and keeps the oldest entries after its page token, by (creation
+//!   time, id): a stable order in which new tasks append at the end, so paging with a keyset
+//!   token never skips or repeats a task. Shards are parsed entry by entry into a bounded
+//!   selection, so a list holds about a page of entries in memory, whatever the index size.
 //! - Entries hold only facts that never change (id, creation time). Status and other fields are
 //!   read from the tasks themselves, so the index never disagrees with a task.
 //!
-//! Limits: every list reads the whole index (about 60 bytes per task, in 8 concurrent reads to
-//! stay under daprd's 4 MiB message size), and every create rewrites one shard (1/64 of it).
+//! Limits: every list reads the whole index over the wire (about 60 bytes per task, in 8
+//! concurrent reads to stay under daprd's 4 MiB message size), and every create rewrites one shard (1/64 of it).
 //! That is comfortable up to roughly 100,000 tasks (a list then moves ~6 MB); beyond that, use
 //! a state store with query support. Tasks written by another implementation without an index
 //! entry (the Python original kept none) are readable by id but not listed. The shard count is
 //! part of the stored format: changing it needs a re-index.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BinaryHeap};
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::{
+    Deserialize, Deserializer, Serialize,
+    de::{DeserializeSeed, MapAccess, Visitor},
+};
 
 use super::{SidecarError, StateStore};
 use crate::domain::TaskId;
@@ -74,8 +78,15 @@ impl TaskIndex {
             .await
     }
 
-    /// Every entry, oldest first.
-    pub async fn all(&self) -> Result<Vec<IndexEntry>, SidecarError> {
+    /// The (up to) `limit` oldest entries after `cursor`, oldest first, and whether more follow.
+    ///
+    /// Shards are parsed as they arrive, keeping only the best `limit` candidates, so a list
+    /// holds a page's worth of entries in memory, not the whole index.
+    pub async fn next_after(
+        &self,
+        cursor: Option<&IndexEntry>,
+        limit: usize,
+    ) -> Result<(Vec<IndexEntry>, bool), SidecarError> {
         // daprd sends no gRPC message over 4 MiB (its --max-body-size), so the shards are read
         // in groups, concurrently, rather than in one bulk call.
         let mut reads = tokio::task::JoinSet::new();
@@ -88,27 +99,131 @@ impl TaskIndex {
                 Ok::<_, SidecarError>(group.into_iter().zip(stored).collect::<Vec<_>>())
             });
         }
-        let mut shards = Vec::with_capacity(keys.len());
+        let mut selection = Selection::new(cursor, limit);
         while let Some(read) = reads.join_next().await {
             let read = read.map_err(|e| SidecarError::Failed {
                 code: tonic::Code::Internal,
                 message: format!("reading the list index: {e}"),
-            })?;
-            shards.extend(read?);
-        }
-        let mut entries = Vec::new();
-        for (key, stored) in &shards {
-            let Some(stored) = stored else { continue };
-            let shard: Shard = super::state::decode(key, &stored.value)?;
-            for (id, created_micros) in shard.tasks {
-                // An id that does not parse was not written by this service; skip it.
-                if let Ok(id) = TaskId::parse(&id) {
-                    entries.push(IndexEntry { created_micros, id });
+            })??;
+            for (key, stored) in read {
+                if let Some(stored) = stored {
+                    selection.offer_shard(&key, &stored.value)?;
                 }
             }
         }
-        entries.sort_unstable();
-        Ok(entries)
+        Ok(selection.finish())
+    }
+}
+
+/// The `limit` smallest entries after a cursor, chosen while shards stream past.
+struct Selection<'c> {
+    cursor: Option<(i64, &'c str)>,
+    limit: usize,
+    /// A max-heap: its top is the worst entry kept, the first to go.
+    kept: BinaryHeap<IndexEntry>,
+    more: bool,
+}
+
+impl<'c> Selection<'c> {
+    fn new(cursor: Option<&'c IndexEntry>, limit: usize) -> Self {
+        Self {
+            cursor: cursor.map(|c| (c.created_micros, c.id.as_str())),
+            limit: limit.max(1),
+            kept: BinaryHeap::with_capacity(limit.max(1) + 1),
+            more: false,
+        }
+    }
+
+    fn offer(&mut self, created_micros: i64, id: &str) {
+        if self
+            .cursor
+            .is_some_and(|cursor| (created_micros, id) <= cursor)
+        {
+            return;
+        }
+        if self.kept.len() == self.limit {
+            self.more = true;
+            let worst = self.kept.peek().map(|w| (w.created_micros, w.id.as_str()));
+            if worst.is_some_and(|worst| (created_micros, id) >= worst) {
+                return;
+            }
+            self.kept.pop();
+        }
+        // An id that does not parse was not written by this service; skip it.
+        if let Ok(id) = TaskId::parse(id) {
+            self.kept.push(IndexEntry { created_micros, id });
+        }
+    }
+
+    /// Visits one stored shard's entries without building the map.
+    fn offer_shard(&mut self, key: &str, bytes: &[u8]) -> Result<(), SidecarError> {
+        let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+        ShardSeed(self)
+            .deserialize(&mut deserializer)
+            .map_err(|e| SidecarError::Corrupt {
+                key: key.to_string(),
+                reason: e.to_string(),
+            })
+    }
+
+    fn finish(self) -> (Vec<IndexEntry>, bool) {
+        (self.kept.into_sorted_vec(), self.more)
+    }
+}
+
+/// `{"tasks": {"<id>": <micros>, ...}}`, fed entry by entry into a [`Selection`].
+struct ShardSeed<'s, 'c>(&'s mut Selection<'c>);
+
+impl<'de> DeserializeSeed<'de> for ShardSeed<'_, '_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ShardSeed<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a list-index shard document")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(field) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if field == "tasks" {
+                map.next_value_seed(EntriesSeed(&mut *self.0))?;
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+struct EntriesSeed<'s, 'c>(&'s mut Selection<'c>);
+
+impl<'de> DeserializeSeed<'de> for EntriesSeed<'_, '_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for EntriesSeed<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a map of task ids to creation times")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        // Ids are plain ASCII, so they borrow from the stored bytes: no allocation per entry.
+        while let Some((id, created_micros)) = map.next_entry::<&'de str, i64>()? {
+            self.0.offer(created_micros, id);
+        }
+        Ok(())
     }
 }
 
@@ -145,6 +260,28 @@ mod tests {
             used.insert(shard_of(&TaskId::generate()));
         }
         assert_eq!(used.len(), SHARDS as usize, "uuids reach every shard");
+    }
+
+    #[test]
+    fn selection_keeps_the_oldest_after_the_cursor() {
+        let cursor = IndexEntry {
+            created_micros: 2,
+            id: TaskId::parse("b").unwrap(),
+        };
+        let mut selection = Selection::new(Some(&cursor), 2);
+        let shard = br#"{"tasks":{"a":1,"b":2,"c":2,"d":5,"e":3,"f":4}}"#;
+        selection.offer_shard("tasks-index-00", shard).unwrap();
+        let (entries, more) = selection.finish();
+        let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["c", "e"], "after (2, b): (2, c), then (3, e)");
+        assert!(more, "(4, f) and (5, d) follow");
+
+        let mut everything = Selection::new(None, 10);
+        everything.offer_shard("k", shard).unwrap();
+        let (all, more) = everything.finish();
+        assert_eq!(all.len(), 6);
+        assert!(!more);
+        assert!(Selection::new(None, 1).offer_shard("k", b"[]").is_err());
     }
 
     #[test]

@@ -53,6 +53,15 @@ pub async fn get(port: u16, path: &str) -> std::io::Result<Response> {
     request(port, "GET", path, &[], &[], Duration::from_secs(5)).await
 }
 
+/// `Some(())` once GET `path` answers `status` (a readiness probe).
+pub async fn answers(port: u16, path: &str, status: u16) -> Option<()> {
+    get(port, path)
+        .await
+        .ok()
+        .filter(|response| response.status == status)
+        .map(|_| ())
+}
+
 async fn send(
     port: u16,
     method: &str,

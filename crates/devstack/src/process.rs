@@ -139,6 +139,31 @@ impl ManagedProcess {
         }
     }
 
+    /// Polls `probe` until it yields a value; fails if the process exits first or `timeout`
+    /// passes (`what` says what was awaited).
+    pub async fn wait_until<T, F, Fut>(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        mut probe: F,
+    ) -> Result<T, Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        let started = Instant::now();
+        loop {
+            if let Some(value) = probe().await {
+                return Ok(value);
+            }
+            self.check_running()?;
+            if started.elapsed() > timeout {
+                return Err(self.not_ready(timeout, what.to_string()));
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     pub(crate) fn not_ready(&self, waited: Duration, detail: String) -> Error {
         Error::NotReady {
             name: self.name.clone(),

@@ -1,10 +1,6 @@
 //! A private Redis server: loopback only, a free port, nothing persisted.
 
-use std::{
-    path::Path,
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::{path::Path, process::Command, time::Duration};
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -50,18 +46,12 @@ impl Redis {
             .arg("--dir")
             .arg(dir);
         let mut process = ManagedProcess::spawn("redis", command, sink)?;
-        let started = Instant::now();
-        let timeout = Duration::from_secs(10);
-        loop {
-            if ping(port).await {
-                return Ok(Self { process, port });
-            }
-            process.check_running()?;
-            if started.elapsed() > timeout {
-                return Err(process.not_ready(timeout, "no PONG".into()));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        process
+            .wait_until(Duration::from_secs(10), "no PONG", || async {
+                ping(port).await.then_some(())
+            })
+            .await?;
+        Ok(Self { process, port })
     }
 
     pub fn port(&self) -> u16 {

@@ -1,10 +1,6 @@
 //! The Dapr scheduler (Jobs API), with its embedded etcd, on loopback ports.
 
-use std::{
-    path::Path,
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::{path::Path, process::Command, time::Duration};
 
 use crate::{Binaries, Error, LogSink, ManagedProcess, free_port, http};
 
@@ -47,20 +43,14 @@ impl Scheduler {
             .arg(&data_dir)
             .current_dir(dir);
         let mut process = ManagedProcess::spawn("scheduler", command, sink)?;
-        let started = Instant::now();
-        let timeout = Duration::from_secs(60);
-        loop {
-            if let Ok(response) = http::get(healthz, "/healthz").await
-                && response.status == 200
-            {
-                return Ok(Self { process, port });
-            }
-            process.check_running()?;
-            if started.elapsed() > timeout {
-                return Err(process.not_ready(timeout, "healthz did not answer 200".into()));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        process
+            .wait_until(
+                Duration::from_secs(60),
+                "healthz did not answer 200",
+                || http::answers(healthz, "/healthz", 200),
+            )
+            .await?;
+        Ok(Self { process, port })
     }
 
     /// `127.0.0.1:<port>`, for daprd's `--scheduler-host-address`.

@@ -2,11 +2,7 @@
 //! match callers by the SPIFFE identity in their certificate, so they can only be tested with
 //! Sentry running. On first start it creates its own root and issuer in its directory.
 
-use std::{
-    path::Path,
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::{path::Path, process::Command, time::Duration};
 
 use crate::{Binaries, Error, LogSink, ManagedProcess, free_port, http};
 
@@ -52,25 +48,22 @@ impl Sentry {
             .args(["--trust-domain", "localhost"])
             .current_dir(dir);
         let mut process = ManagedProcess::spawn("sentry", command, sink)?;
-        let started = Instant::now();
-        let timeout = Duration::from_secs(30);
-        loop {
-            if let Ok(response) = http::get(healthz, "/healthz").await
-                && response.status == 200
-                && let Ok(trust_anchors) = std::fs::read_to_string(credentials.join("ca.crt"))
-            {
-                return Ok(Self {
-                    process,
-                    port,
-                    trust_anchors,
-                });
-            }
-            process.check_running()?;
-            if started.elapsed() > timeout {
-                return Err(process.not_ready(timeout, "healthz did not answer 200".into()));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let root = credentials.join("ca.crt");
+        let trust_anchors = process
+            .wait_until(
+                Duration::from_secs(30),
+                "healthz did not answer 200",
+                || async {
+                    http::answers(healthz, "/healthz", 200).await?;
+                    std::fs::read_to_string(&root).ok()
+                },
+            )
+            .await?;
+        Ok(Self {
+            process,
+            port,
+            trust_anchors,
+        })
     }
 
     /// `127.0.0.1:<port>`, for daprd's `--sentry-address`.

@@ -1,10 +1,6 @@
 //! A daprd sidecar for one app.
 
-use std::{
-    path::PathBuf,
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::{path::PathBuf, process::Command, time::Duration};
 
 use crate::{Error, LogSink, ManagedProcess, Stack, free_port, http};
 
@@ -177,21 +173,12 @@ impl<'a> SidecarBuilder<'a> {
         let name = format!("daprd {}", self.app_id);
         let mut process = ManagedProcess::spawn(&name, command, self.sink.clone())?;
 
-        let started = Instant::now();
-        loop {
-            if let Ok(response) = http::get(self.http_port, "/v1.0/healthz").await
-                && response.status == 204
-            {
-                break;
-            }
-            process.check_running()?;
-            if started.elapsed() > READY_TIMEOUT {
-                return Err(
-                    process.not_ready(READY_TIMEOUT, "/v1.0/healthz did not answer 204".into())
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        let http_port = self.http_port;
+        process
+            .wait_until(READY_TIMEOUT, "/v1.0/healthz did not answer 204", || {
+                http::answers(http_port, "/v1.0/healthz", 204)
+            })
+            .await?;
         Ok(Sidecar {
             process,
             app_id: self.app_id,
@@ -284,24 +271,18 @@ impl Sidecar {
     /// Waits until daprd reports topic subscriptions for its app (it reads them once the app is
     /// healthy); events published before that are not delivered.
     pub async fn wait_for_subscriptions(&mut self, timeout: Duration) -> Result<(), Error> {
-        let started = Instant::now();
-        loop {
-            if let Ok(response) = http::get(self.http_port, "/v1.0/metadata").await
-                && let Ok(metadata) = response.json()
-                && metadata["subscriptions"]
-                    .as_array()
-                    .is_some_and(|subscriptions| !subscriptions.is_empty())
-            {
-                return Ok(());
-            }
-            self.process.check_running()?;
-            if started.elapsed() > timeout {
-                return Err(self
-                    .process
-                    .not_ready(timeout, "no topic subscriptions reported".into()));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let http_port = self.http_port;
+        self.process
+            .wait_until(timeout, "no topic subscriptions reported", || async move {
+                let metadata = http::get(http_port, "/v1.0/metadata")
+                    .await
+                    .ok()?
+                    .json()
+                    .ok()?;
+                let subscriptions = metadata["subscriptions"].as_array()?;
+                (!subscriptions.is_empty()).then_some(())
+            })
+            .await
     }
 
     /// Stops daprd now (SIGTERM, then SIGKILL after `grace`).

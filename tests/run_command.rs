@@ -115,6 +115,38 @@ async fn the_readme_walkthrough_works_against_the_run_command() {
         (1, 1, 2, 1, 1, 1)
     );
 
+    // A port already served by someone else: the run command stops at once and names it.
+    let squatter = loop {
+        match std::net::TcpListener::bind("127.0.0.1:50052") {
+            Ok(listener) => break listener,
+            // Held by a closing connection of an earlier test; it frees itself.
+            Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+        }
+    };
+    let mut refused = Command::new(repo_root().join("scripts/run"));
+    refused
+        .current_dir(repo_root())
+        .env_remove("TASK_API_COMPONENTS");
+    let mut refused = ManagedProcess::spawn("scripts/run", refused, LogSink::Capture).unwrap();
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let status = loop {
+        if let Some(status) = refused.exit_status() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "scripts/run did not fail on a taken port"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(!status.success());
+    assert!(
+        refused.log_contains("port 50052 is already in use"),
+        "{}",
+        refused.log_tail(10)
+    );
+    drop(squatter);
+
     let mut script = Command::new(repo_root().join("scripts/run"));
     script
         .current_dir(repo_root())

@@ -96,8 +96,7 @@ async fn up(redis: bool) -> Result<(), String> {
             (app.dapr_http, format!("the {} sidecar's HTTP API", app.id)),
             (app.dapr_grpc, format!("the {} sidecar's gRPC API", app.id)),
         ] {
-            ensure_free(port, &format!("needed for {what}"))
-                .map_err(|e| format!("{e}: stop whatever uses it and try again"))?;
+            wait_for_port(port, &what).await?;
         }
     }
     let binaries = app_binaries()?;
@@ -222,6 +221,34 @@ async fn start_app(stack: &Stack, app: &App, binaries: &Path) -> Result<Running,
             .map_err(|e| e.to_string())?;
     }
     Ok(Running { process, sidecar })
+}
+
+/// Fails at once when a server listens on `port`. A port held only by a closing connection
+/// (TIME_WAIT; Dapr's 50001/50002 lie in Linux's range for outgoing connections) frees itself
+/// within a minute, so that is waited out.
+async fn wait_for_port(port: u16, what: &str) -> Result<(), String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(70);
+    let mut said = false;
+    loop {
+        if ensure_free(port, what).is_ok() {
+            return Ok(());
+        }
+        let listening = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok();
+        if listening || std::time::Instant::now() > deadline {
+            return Err(format!(
+                "port {port} is already in use (needed for {what}): stop whatever uses it and try again"
+            ));
+        }
+        if !said {
+            say(&format!(
+                "port {port} ({what}) is held by a closing connection; waiting up to a minute for it"
+            ));
+            said = true;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// Waits for Ctrl-C / SIGTERM, or for a process that stops on its own (an error).

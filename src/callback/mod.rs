@@ -2,7 +2,7 @@
 //! this one only routes the calls there.
 
 mod bindings;
-mod health;
+pub(crate) mod health;
 mod invoke;
 mod jobs;
 pub mod subscriptions;

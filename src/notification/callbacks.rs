@@ -211,12 +211,6 @@ impl AppCallbackHealthCheck for NotificationCallbacks {
         &self,
         _: Request<()>,
     ) -> Result<Response<rt::HealthCheckResponse>, Status> {
-        if self.readiness.is_ready() {
-            Ok(Response::new(rt::HealthCheckResponse {}))
-        } else {
-            Err(Status::unavailable(
-                "not ready: the Dapr sidecar is not answering (yet)",
-            ))
-        }
+        crate::callback::health::check(&self.readiness).map(Response::new)
     }
 }

@@ -17,7 +17,8 @@ pub const NOTIFICATION_DEFAULT_PORT: u16 = 50052;
 pub const DEFAULT_STATE_STORE: &str = "statestore";
 pub const DEFAULT_PUBSUB: &str = "pubsub";
 pub const DEFAULT_TASK_EVENTS_TOPIC: &str = "task-events";
-pub const DEFAULT_DEAD_LETTER_TOPIC: &str = "task-events-deadletter";
+pub const DEFAULT_OUTBOX_TOPIC: &str = "task-events-outbox";
+pub const DEFAULT_RETRY_TOPIC: &str = "task-events-retry";
 pub const DEFAULT_SECRET_STORE: &str = "secretstore";
 pub const DEFAULT_API_KEY_SECRET: &str = "task-api-auth";
 pub const DEFAULT_API_KEY_SECRET_KEY: &str = "api-key";
@@ -227,17 +228,23 @@ pub struct TaskApiConfig {
     pub pubsub: String,
     /// `TASK_EVENTS_TOPIC` (default task-events).
     pub topic: String,
-    /// `DEAD_LETTER_TOPIC` (default task-events-deadletter).
-    pub dead_letter_topic: String,
+    /// `OUTBOX_TOPIC` (default task-events-outbox): where events wait for their change.
+    pub outbox_topic: String,
+    /// `RETRY_TOPIC` (default task-events-retry; `off` for none): the dead-letter topic of
+    /// task-api's subscriptions, which it subscribes to itself.
+    pub retry_topic: Option<String>,
     /// `BULK_SUBSCRIBE` (default false): receive task-events in batches (OnBulkTopicEvent).
     pub bulk_subscribe: bool,
     pub auth: AuthConfig,
     /// `NOTIFICATION_APP_ID` (default notification-service).
     pub notification_app_id: String,
-    /// `NOTIFY_TIMEOUT_MS` (default 5000).
+    /// `NOTIFY_TIMEOUT_MS` (default 3000).
     pub notify_timeout: Duration,
-    /// `PROCESSED_EVENT_TTL_SECONDS` (default 7 days): how long a handled event id is remembered.
-    pub processed_event_ttl: Duration,
+    /// `TOMBSTONE_TTL_SECONDS` (default 7 days): how long a deleted task's tombstone is kept.
+    pub tombstone_ttl: Duration,
+    /// `REQUEST_ID_TTL_SECONDS` (default 24 hours): how long a create's request_id is
+    /// remembered.
+    pub request_id_ttl: Duration,
 }
 
 impl TaskApiConfig {
@@ -259,13 +266,18 @@ impl TaskApiConfig {
             state_store: settings.string("STATE_STORE_NAME", DEFAULT_STATE_STORE),
             pubsub: settings.string("PUBSUB_NAME", DEFAULT_PUBSUB),
             topic: settings.string("TASK_EVENTS_TOPIC", DEFAULT_TASK_EVENTS_TOPIC),
-            dead_letter_topic: settings.string("DEAD_LETTER_TOPIC", DEFAULT_DEAD_LETTER_TOPIC),
+            outbox_topic: settings.string("OUTBOX_TOPIC", DEFAULT_OUTBOX_TOPIC),
+            retry_topic: match settings.string("RETRY_TOPIC", DEFAULT_RETRY_TOPIC).as_str() {
+                "off" => None,
+                topic => Some(topic.to_string()),
+            },
             bulk_subscribe: settings.flag("BULK_SUBSCRIBE")?,
             auth,
             notification_app_id: settings
                 .string("NOTIFICATION_APP_ID", DEFAULT_NOTIFICATION_APP_ID),
-            notify_timeout: Duration::from_millis(settings.parsed("NOTIFY_TIMEOUT_MS", 5_000)?),
-            processed_event_ttl: settings.seconds("PROCESSED_EVENT_TTL_SECONDS", 7 * 24 * 3600)?,
+            notify_timeout: Duration::from_millis(settings.parsed("NOTIFY_TIMEOUT_MS", 3_000)?),
+            tombstone_ttl: settings.seconds("TOMBSTONE_TTL_SECONDS", 7 * 24 * 3600)?,
+            request_id_ttl: settings.seconds("REQUEST_ID_TTL_SECONDS", 24 * 3600)?,
         })
     }
 }
@@ -307,6 +319,10 @@ mod tests {
         assert_eq!(config.state_store, "statestore");
         assert_eq!(config.pubsub, "pubsub");
         assert_eq!(config.topic, "task-events");
+        assert_eq!(config.retry_topic.as_deref(), Some("task-events-retry"));
+        let off =
+            TaskApiConfig::from_settings(&Settings::from_pairs([("RETRY_TOPIC", "off")])).unwrap();
+        assert_eq!(off.retry_topic, None);
         assert_eq!(config.sidecar.endpoint, "http://127.0.0.1:50001");
         assert!(matches!(config.auth, AuthConfig::ApiKey { .. }));
     }

@@ -30,23 +30,24 @@ use crate::{
     config::{AuthConfig, ConfigError, LogFormat, Settings, SidecarConfig, TaskApiConfig},
     health::Readiness,
     proto::{self, task::v1::task_service_server::TaskServiceServer},
-    service::{EventHandler, Tasks},
+    service::{EventHandler, Relay, Tasks},
     sidecar::{
-        Sidecar, SidecarError, StateStore,
+        Dependencies, Sidecar, SidecarError, StateStore,
         dead_letters::DeadLetters,
-        events::EventPublisher,
+        index::TaskIndex,
         notify::Notifier,
-        processed::ProcessedEvents,
+        outbox::Outbox,
+        requests::CreateRequests,
         secrets::{ApiKeySecret, SecretError},
         tasks::TaskStore,
     },
     telemetry::{self, RequestLogLayer},
 };
 
-/// How often a ready app checks that its sidecar still answers.
-const SIDECAR_PROBE_INTERVAL: Duration = Duration::from_secs(5);
-/// Failed probes in a row before the app reports itself not ready.
-const SIDECAR_PROBE_FAILURES: u32 = 3;
+/// How often a ready app checks that its sidecar, state store and broker still work.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// Failed probes in a row before the app reports itself not ready (within ~3 s).
+const PROBE_FAILURES: u32 = 2;
 
 /// Why an app could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +98,7 @@ pub struct Application {
     auth: AuthPolicy,
     readiness: Readiness,
     sidecar: Sidecar,
+    dependencies: Dependencies,
     sidecar_wait: Duration,
     requirements: Vec<Requirement>,
     on_sidecar_ready: ReadyHook,
@@ -108,6 +110,8 @@ pub struct AppParts {
     pub address: SocketAddr,
     pub sidecar_config: SidecarConfig,
     pub sidecar: Sidecar,
+    /// What readiness checks once the app is up.
+    pub dependencies: Dependencies,
     pub routes: Routes,
     pub auth: AuthPolicy,
     pub readiness: Readiness,
@@ -133,6 +137,7 @@ impl Application {
             auth: parts.auth,
             readiness: parts.readiness,
             sidecar: parts.sidecar,
+            dependencies: parts.dependencies,
             sidecar_wait: parts.sidecar_config.wait,
             requirements: parts.requirements,
             on_sidecar_ready: parts.on_sidecar_ready,
@@ -143,25 +148,38 @@ impl Application {
     pub async fn task_api(config: TaskApiConfig) -> Result<Self, StartupError> {
         let sidecar = Sidecar::connect_lazy(&config.sidecar)?;
         let state = StateStore::new(sidecar.clone(), &config.state_store);
+        let store = TaskStore::new(state.clone(), config.tombstone_ttl);
+        let outbox = Outbox::new(
+            sidecar.clone(),
+            &config.pubsub,
+            &config.outbox_topic,
+            &config.topic,
+        );
         let tasks = Tasks::new(
-            TaskStore::new(state.clone()),
-            EventPublisher::new(sidecar.clone(), &config.pubsub, &config.topic),
+            store.clone(),
+            TaskIndex::new(state.clone()),
+            outbox.clone(),
+            CreateRequests::new(state.clone(), config.request_id_ttl),
         );
         let events = EventHandler::new(
-            ProcessedEvents::new(state.clone(), config.processed_event_ttl),
+            tasks.clone(),
+            Relay::new(store, outbox.clone()),
             Notifier::new(
                 sidecar.clone(),
                 &config.notification_app_id,
                 config.notify_timeout,
             ),
-            DeadLetters::new(state),
+            DeadLetters::new(state.clone()),
         );
+        let dependencies = Dependencies::new(sidecar.clone())
+            .with_state_store(state)
+            .with_broker(outbox.clone());
         let (reporter, health_service) = tonic_health::server::health_reporter();
         let readiness = Readiness::new(reporter, &["task.v1.TaskService"]).await;
         let callbacks = TaskCallbacks::new(
             tasks.clone(),
             events,
-            Subscriptions::new(&config),
+            Subscriptions::new(&config, outbox.clone()),
             readiness.clone(),
         );
 
@@ -220,6 +238,7 @@ impl Application {
             address: config.server.address(),
             sidecar_config: config.sidecar.clone(),
             sidecar,
+            dependencies,
             routes: with_reflection(routes),
             auth: AuthPolicy::new(config.app_api_token.clone(), api_key),
             readiness,
@@ -251,6 +270,7 @@ impl Application {
             auth,
             readiness,
             sidecar,
+            dependencies,
             sidecar_wait,
             requirements,
             on_sidecar_ready,
@@ -275,7 +295,7 @@ impl Application {
                             dapr_version = %metadata.runtime_version,
                             "ready: the Dapr sidecar answers and every component is there"
                         );
-                        watch_sidecar(sidecar, readiness).await;
+                        watch_dependencies(dependencies, readiness).await;
                     }
                     Err(error) => {
                         *fatal.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
@@ -391,24 +411,24 @@ fn missing_component(
     })
 }
 
-/// Keeps readiness in step with the sidecar: not ready after a few failed probes in a row,
-/// ready again on the first answer.
-async fn watch_sidecar(sidecar: Sidecar, readiness: Readiness) {
+/// Keeps readiness in step with what the app depends on: not ready after a few failed probes in
+/// a row, ready again on the first probe that passes.
+async fn watch_dependencies(dependencies: Dependencies, readiness: Readiness) {
     let mut failures = 0;
     loop {
-        tokio::time::sleep(SIDECAR_PROBE_INTERVAL).await;
-        match sidecar.metadata().await {
-            Ok(_) => {
-                if failures >= SIDECAR_PROBE_FAILURES {
-                    tracing::info!("the Dapr sidecar answers again: ready");
+        tokio::time::sleep(PROBE_INTERVAL).await;
+        match dependencies.check().await {
+            Ok(()) => {
+                if failures >= PROBE_FAILURES {
+                    tracing::info!("the sidecar, state store and broker work again: ready");
                 }
                 failures = 0;
                 readiness.set(true).await;
             }
             Err(error) => {
                 failures += 1;
-                if failures == SIDECAR_PROBE_FAILURES {
-                    tracing::warn!(%error, "the Dapr sidecar stopped answering: not ready");
+                if failures == PROBE_FAILURES {
+                    tracing::warn!(%error, "not ready");
                     readiness.set(false).await;
                 }
             }

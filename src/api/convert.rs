@@ -3,10 +3,11 @@
 use chrono::{DateTime, Utc};
 
 use crate::{
-    domain::{NewTask, Task, TaskChanges, TaskId, TaskStatus, Violations},
+    domain::{
+        NewTask, Priority, RequestId, Task, TaskChanges, TaskId, TaskStatus, Versioned, Violations,
+    },
     proto::task::v1 as pb,
     service::ListQuery,
-    sidecar::Versioned,
 };
 
 pub fn task(task: &Versioned<Task>) -> pb::Task {
@@ -61,12 +62,25 @@ pub fn etag(etag: &str) -> Option<&str> {
     (!etag.is_empty()).then_some(etag)
 }
 
-pub fn new_task(request: &pb::CreateTaskRequest) -> Result<NewTask, Violations> {
-    NewTask::parse(
+/// The task to create, and the request id if the caller sent one.
+pub fn new_task(
+    request: &pb::CreateTaskRequest,
+) -> Result<(NewTask, Option<RequestId>), Violations> {
+    let new = NewTask::parse(
         &request.title,
         request.description.as_deref(),
         request.priority.map(i64::from),
-    )
+    );
+    let request_id = RequestId::parse(&request.request_id);
+    match (new, request_id) {
+        (Ok(new), Ok(request_id)) => Ok((new, request_id)),
+        (Err(mut violations), Err(violation)) => {
+            violations.0.push(violation);
+            Err(violations)
+        }
+        (Err(violations), _) => Err(violations),
+        (_, Err(violation)) => Err(violation.into()),
+    }
 }
 
 pub fn changes(request: &pb::UpdateTaskRequest) -> Result<(TaskId, TaskChanges), Violations> {
@@ -104,5 +118,14 @@ pub fn target_status(value: i32) -> Result<TaskStatus, Violations> {
 
 pub fn list_query(request: &pb::ListTasksRequest) -> Result<ListQuery, Violations> {
     let status = status_from("status", request.status)?;
-    ListQuery::parse(status, i64::from(request.page_size), &request.page_token)
+    let priority = request
+        .priority
+        .map(|p| Priority::parse(i64::from(p)))
+        .transpose()?;
+    ListQuery::parse(
+        status,
+        priority,
+        i64::from(request.page_size),
+        &request.page_token,
+    )
 }

@@ -5,8 +5,8 @@
 //! | invalid field | INVALID_ARGUMENT + google.rpc.BadRequest naming each field |
 //! | unknown id | NOT_FOUND |
 //! | stale ETag, or contention that outlasted the retries | ABORTED + ErrorInfo with the current ETag |
-//! | saved but the event was not published | INTERNAL + ErrorInfo (`EVENT_NOT_PUBLISHED`) |
-//! | sidecar unreachable | UNAVAILABLE |
+//! | request_id reused for a different task | INVALID_ARGUMENT + ErrorInfo (`REQUEST_ID_REUSED`) |
+//! | sidecar, state store or broker unreachable | UNAVAILABLE + ErrorInfo (`SIDECAR_UNAVAILABLE`, or `OUTCOME_UNKNOWN` with the task id when the change may have been saved) |
 //! | anything else | INTERNAL |
 //!
 //! Through Dapr service invocation these reach HTTP callers as 400, 404, 409, 500 and 503.
@@ -44,23 +44,44 @@ impl From<Error> for Status {
                 ),
             ),
             Error::Contended { .. } => Status::aborted(message),
-            Error::EventNotPublished {
-                task, event_type, ..
+            Error::RequestIdReused {
+                request_id,
+                task_id,
             } => Status::with_error_details(
-                Code::Internal,
+                Code::InvalidArgument,
                 message,
                 ErrorDetails::with_error_info(
-                    "EVENT_NOT_PUBLISHED",
+                    "REQUEST_ID_REUSED",
                     DOMAIN,
                     HashMap::from([
-                        ("task_id".to_string(), task.value.id.to_string()),
-                        ("etag".to_string(), task.etag.clone()),
-                        ("event_type".to_string(), event_type.to_string()),
+                        ("request_id".to_string(), request_id.to_string()),
+                        ("task_id".to_string(), task_id),
                     ]),
                 ),
             ),
-            Error::Unavailable(_) => Status::unavailable(message),
-            Error::Internal(_) => Status::internal(message),
+            Error::Unavailable {
+                task_id,
+                may_have_landed,
+                ..
+            } => {
+                let reason = if may_have_landed {
+                    "OUTCOME_UNKNOWN"
+                } else {
+                    "SIDECAR_UNAVAILABLE"
+                };
+                let metadata = task_id
+                    .map(|id| HashMap::from([("task_id".to_string(), id.to_string())]))
+                    .unwrap_or_default();
+                Status::with_error_details(
+                    Code::Unavailable,
+                    message,
+                    ErrorDetails::with_error_info(reason, DOMAIN, metadata),
+                )
+            }
+            Error::Internal(source) => {
+                tracing::error!(error = %source, "internal error");
+                Status::internal(message)
+            }
         }
     }
 }

@@ -29,8 +29,8 @@ impl TaskService for TaskApi {
         &self,
         request: Request<pb::CreateTaskRequest>,
     ) -> Result<Response<pb::Task>, Status> {
-        let new = convert::new_task(request.get_ref()).map_err(invalid)?;
-        let task = self.tasks.create(new).await?;
+        let (new, request_id) = convert::new_task(request.get_ref()).map_err(invalid)?;
+        let task = self.tasks.create(new, request_id.as_ref()).await?;
         Ok(Response::new(convert::task(&task)))
     }
 

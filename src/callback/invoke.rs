@@ -5,13 +5,14 @@
 //!
 //! | Verb and method | Does |
 //! |---|---|
-//! | `POST tasks` | create: `{"title", "description"?, "priority"?}` |
-//! | `GET tasks?status=&page_size=&page_token=` | list: `{"tasks": [...], "next_page_token"}` |
+//! | `POST tasks` | create: `{"title", "description"?, "priority"?, "request_id"?}` |
+//! | `GET tasks?status=&priority=&page_size=&page_token=` | list: `{"tasks": [...], "next_page_token"}` |
 //! | `GET tasks/<id>` | get |
 //! | `PATCH`/`PUT tasks/<id>` | update: `{"title"?, "description"?, "priority"?, "etag"?}` |
 //! | `PUT tasks/<id>/status?status=<s>` (or body `{"status", "etag"?}`) | change status |
 //! | `DELETE tasks/<id>?etag=` | delete |
-//! | `GET dead-letters` | what reached the dead-letter topic |
+//! | `GET dead-letters` | events task-api could never handle |
+//! | `POST dead-letters/replay` | handle them again; those handled now are removed |
 //!
 //! An ETag may also come as an `if-match` header. gRPC callers (`InvokeService` without an
 //! HTTP verb) use the TaskService method names with protobuf payloads: method `CreateTask` with
@@ -26,11 +27,12 @@ use tonic::{Code, Status, metadata::MetadataMap};
 
 use crate::{
     api::{convert, status::invalid},
-    domain::{NewTask, Task, TaskChanges, TaskStatus, Violations, time},
+    domain::{
+        NewTask, Priority, RequestId, Task, TaskChanges, TaskStatus, Versioned, Violations, time,
+    },
     percent::query_pairs,
     proto::task::v1 as pb,
     service::{EventHandler, ListQuery, Tasks},
-    sidecar::Versioned,
 };
 
 const JSON: &str = "application/json";
@@ -81,13 +83,28 @@ pub async fn on_invoke(
                 let body: CreateBody = json_body(body)?;
                 let new = NewTask::parse(&body.title, body.description.as_deref(), body.priority)
                     .map_err(|v| invalid(&v))?;
-                json_response(&TaskJson::from(&tasks.create(new).await?))
+                let request_id = RequestId::parse(body.request_id.as_deref().unwrap_or(""))
+                    .map_err(|v| invalid(&v.into()))?;
+                json_response(&TaskJson::from(
+                    &tasks.create(new, request_id.as_ref()).await?,
+                ))
             }
             Verb::Get => {
                 let status = match param(&query, "status") {
                     Some(text) => Some(
                         text.parse::<TaskStatus>()
                             .map_err(|e| invalid(&Violations::single("status", e.to_string())))?,
+                    ),
+                    None => None,
+                };
+                let priority = match param(&query, "priority") {
+                    Some(text) => Some(
+                        text.parse::<i64>()
+                            .map_err(|_| {
+                                Violations::single("priority", format!("{text:?} is not a number"))
+                            })
+                            .and_then(|p| Priority::parse(p).map_err(Violations::from))
+                            .map_err(|v| invalid(&v))?,
                     ),
                     None => None,
                 };
@@ -100,9 +117,13 @@ pub async fn on_invoke(
                     })?,
                     None => 0,
                 };
-                let list =
-                    ListQuery::parse(status, page_size, param(&query, "page_token").unwrap_or(""))
-                        .map_err(|v| invalid(&v))?;
+                let list = ListQuery::parse(
+                    status,
+                    priority,
+                    page_size,
+                    param(&query, "page_token").unwrap_or(""),
+                )
+                .map_err(|v| invalid(&v))?;
                 let page = tasks.list(&list).await?;
                 json_response(&ListJson {
                     tasks: page.tasks.iter().map(TaskJson::from).collect(),
@@ -168,6 +189,9 @@ pub async fn on_invoke(
             json_response(&TaskJson::from(&task))
         }
         ["dead-letters"] if verb == Verb::Get => json_response(&events.dead_letters().await?),
+        ["dead-letters", "replay"] if verb == Verb::Post => {
+            json_response(&events.replay_dead_letters().await?)
+        }
         _ => Err(Status::not_found(format!(
             "task-api has no method {:?} (verb {}); see the README for the invocation routes",
             request.method,
@@ -182,8 +206,11 @@ async fn rpc(tasks: &Tasks, request: &InvokeRequest) -> Result<InvokeResponse, S
     match request.method.as_str() {
         "CreateTask" => {
             let message: pb::CreateTaskRequest = decode(&any, "task.v1.CreateTaskRequest")?;
-            let new = convert::new_task(&message).map_err(|v| invalid(&v))?;
-            proto_response(&convert::task(&tasks.create(new).await?), "task.v1.Task")
+            let (new, request_id) = convert::new_task(&message).map_err(|v| invalid(&v))?;
+            proto_response(
+                &convert::task(&tasks.create(new, request_id.as_ref()).await?),
+                "task.v1.Task",
+            )
         }
         "GetTask" => {
             let message: pb::GetTaskRequest = decode(&any, "task.v1.GetTaskRequest")?;
@@ -295,6 +322,7 @@ struct CreateBody {
     title: String,
     description: Option<String>,
     priority: Option<i64>,
+    request_id: Option<String>,
 }
 
 #[derive(Deserialize)]

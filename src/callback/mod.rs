@@ -65,7 +65,7 @@ impl AppCallback for TaskCallbacks {
         &self,
         _: Request<()>,
     ) -> Result<Response<rt::ListTopicSubscriptionsResponse>, Status> {
-        Ok(Response::new(self.subscriptions.list()))
+        Ok(Response::new(self.subscriptions.list().await))
     }
 
     async fn on_topic_event(

@@ -1,4 +1,5 @@
-//! Topic events, one at a time or in bulk: every entry gets SUCCESS, RETRY or DROP.
+//! Topic events, one at a time or in bulk: every entry gets SUCCESS or RETRY. (Never DROP: an
+//! event that can never be handled is kept as a dead letter by task-api, see `service::events`.)
 
 use dapr::dapr::proto::runtime::v1::{
     TopicEventBulkRequest, TopicEventBulkResponse, TopicEventBulkResponseEntry, TopicEventRequest,
@@ -65,8 +66,8 @@ pub async fn on_bulk(
                 .await
             }
             None => {
-                tracing::warn!(entry_id = %entry.entry_id, "bulk entry without an event: DROP");
-                TopicEventResponseStatus::Drop
+                tracing::warn!(entry_id = %entry.entry_id, "bulk entry without an event: nothing to handle");
+                TopicEventResponseStatus::Success
             }
         };
         statuses.push(TopicEventBulkResponseEntry {
@@ -87,13 +88,14 @@ async fn handle(
     data_content_type: &str,
 ) -> TopicEventResponseStatus {
     let Some(route) = subscriptions.route(path, topic) else {
+        // Not ours to handle or to keep: daprd must have been configured to send it here.
         tracing::warn!(
             event_id = id,
             topic,
             path,
-            "event on a path this app never subscribed: DROP"
+            "event on a path this app never subscribed: acknowledged, not handled"
         );
-        return TopicEventResponseStatus::Drop;
+        return TopicEventResponseStatus::Success;
     };
     let outcome = events
         .handle(Delivery {
@@ -113,9 +115,15 @@ async fn handle(
             tracing::warn!(event_id = id, topic, path, outcome = "RETRY", "{reason}");
             TopicEventResponseStatus::Retry
         }
-        Outcome::Drop(reason) => {
-            tracing::warn!(event_id = id, topic, path, outcome = "DROP", "{reason}");
-            TopicEventResponseStatus::Drop
+        Outcome::Dead(reason) => {
+            tracing::warn!(
+                event_id = id,
+                topic,
+                path,
+                outcome = "SUCCESS",
+                "kept as a dead letter: {reason}"
+            );
+            TopicEventResponseStatus::Success
         }
     }
 }

@@ -1,14 +1,18 @@
-//! The event published to `task-events` on every change: the original's JSON, field for field.
+//! The event published to `task-events` on every change: the original's JSON, field for field,
+//! plus the task's revision after the change.
 //!
 //! ```json
 //! {"event_type":"task.completed","task_id":"…","title":"…","status":"completed",
-//!  "timestamp":"2025-01-15T10:30:00.000000Z"}
+//!  "timestamp":"2025-01-15T10:30:00.000000Z","revision":3}
 //! ```
+//!
+//! `revision` is an addition: consumers written for the original ignore it, and events the
+//! original publishes (without it) are still read.
 
 use std::{fmt, str::FromStr};
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::{Task, TaskStatus, time};
 
@@ -67,6 +71,8 @@ pub struct TaskEvent {
     pub title: String,
     pub status: TaskStatus,
     pub timestamp: DateTime<Utc>,
+    /// The task's revision after the change; `None` in events of the original implementation.
+    pub revision: Option<u64>,
 }
 
 /// Why a received payload is not a task event.
@@ -80,7 +86,7 @@ pub enum EventParseError {
     UnknownStatus(String),
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct Wire<'a> {
     event_type: std::borrow::Cow<'a, str>,
     task_id: std::borrow::Cow<'a, str>,
@@ -88,29 +94,36 @@ struct Wire<'a> {
     status: std::borrow::Cow<'a, str>,
     #[serde(with = "time::serde_format")]
     timestamp: DateTime<Utc>,
+    #[serde(default)]
+    revision: Option<u64>,
 }
 
 impl TaskEvent {
-    /// The event for `task` after `event_type` happened to it.
-    pub fn of(event_type: TaskEventType, task: &Task) -> Self {
+    /// The event for `task` after `event_type` happened to it, making it `revision`.
+    pub fn of(event_type: TaskEventType, task: &Task, revision: u64) -> Self {
         Self {
             event_type,
             task_id: task.id.to_string(),
             title: task.title.as_str().to_string(),
             status: task.status,
             timestamp: task.updated_at,
+            revision: Some(revision),
         }
     }
 
+    /// The JSON payload. (Key order carries no meaning: daprd re-encodes JSON it wraps.)
     pub fn to_json(&self) -> Vec<u8> {
-        let wire = Wire {
-            event_type: self.event_type.as_str().into(),
-            task_id: self.task_id.as_str().into(),
-            title: self.title.as_str().into(),
-            status: self.status.as_str().into(),
-            timestamp: self.timestamp,
-        };
-        serde_json::to_vec(&wire).unwrap_or_default()
+        let mut json = serde_json::json!({
+            "event_type": self.event_type.as_str(),
+            "task_id": self.task_id,
+            "title": self.title,
+            "status": self.status.as_str(),
+            "timestamp": time::format(self.timestamp),
+        });
+        if let (Some(revision), Some(object)) = (self.revision, json.as_object_mut()) {
+            object.insert("revision".into(), revision.into());
+        }
+        json.to_string().into_bytes()
     }
 
     /// Parses a received payload. Field order, spacing and number formats do not matter (daprd
@@ -131,6 +144,7 @@ impl TaskEvent {
             title: wire.title.into_owned(),
             status,
             timestamp: wire.timestamp,
+            revision: wire.revision,
         })
     }
 }
@@ -147,6 +161,7 @@ mod tests {
             title: "Learn Dapr".into(),
             status: TaskStatus::Completed,
             timestamp: time::parse("2025-01-15T10:30:00").unwrap(),
+            revision: Some(3),
         };
         let json: serde_json::Value = serde_json::from_slice(&event.to_json()).unwrap();
         assert_eq!(
@@ -156,7 +171,8 @@ mod tests {
                 "task_id": "abc",
                 "title": "Learn Dapr",
                 "status": "completed",
-                "timestamp": "2025-01-15T10:30:00.000000Z"
+                "timestamp": "2025-01-15T10:30:00.000000Z",
+                "revision": 3
             })
         );
         assert_eq!(TaskEvent::from_json(&event.to_json()), Ok(event));
@@ -167,6 +183,7 @@ mod tests {
         let python = br#"{"event_type":"task.created","task_id":"t1","title":"x","status":"pending","timestamp":"2025-01-15T10:30:00.123456"}"#;
         let event = TaskEvent::from_json(python).unwrap();
         assert_eq!(event.event_type, TaskEventType::Created);
+        assert_eq!(event.revision, None);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 use std::{fmt, str::FromStr};
 
 /// Where a task is in its life. Stored and published as "pending", "in_progress", "completed".
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum TaskStatus {
     Pending,
     InProgress,

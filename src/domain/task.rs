@@ -49,11 +49,18 @@ impl fmt::Display for TaskId {
     }
 }
 
-/// 1 to 200 characters, not only whitespace.
+/// Characters that render as nothing: a title made only of these and whitespace is empty.
+fn is_invisible(c: char) -> bool {
+    c.is_whitespace() || matches!(c, '\u{200B}'..='\u{200D}' | '\u{2060}' | '\u{FEFF}')
+}
+
+/// A task's title. New titles are 1 to 200 characters, not only whitespace or invisible
+/// characters, without control characters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Title(String);
 
 impl Title {
+    /// A title a caller sends.
     pub fn parse(text: &str) -> Result<Self, FieldViolation> {
         let chars = text.chars().count();
         if chars == 0 || chars > TITLE_MAX_CHARS {
@@ -62,8 +69,27 @@ impl Title {
                 format!("must be 1 to {TITLE_MAX_CHARS} characters long, got {chars}"),
             ));
         }
-        if text.trim().is_empty() {
-            return Err(FieldViolation::new("title", "must not be only whitespace"));
+        if text.chars().any(char::is_control) {
+            return Err(FieldViolation::new(
+                "title",
+                "must not contain control characters",
+            ));
+        }
+        if text.chars().all(is_invisible) {
+            return Err(FieldViolation::new(
+                "title",
+                "must not be only whitespace or invisible characters",
+            ));
+        }
+        Ok(Self(text.to_string()))
+    }
+
+    /// A title read from the store: anything non-empty, as the original implementation accepted
+    /// (it allowed titles of only whitespace). Such a title is kept as it is until a caller
+    /// replaces it.
+    pub fn stored(text: &str) -> Result<Self, FieldViolation> {
+        if text.is_empty() {
+            return Err(FieldViolation::new("title", "is empty"));
         }
         Ok(Self(text.to_string()))
     }
@@ -73,12 +99,13 @@ impl Title {
     }
 }
 
-/// Up to 2000 characters. An empty description is no description.
+/// A task's description. New descriptions are up to 2000 characters, without control characters
+/// other than line breaks and tabs. An empty description is no description.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Description(String);
 
 impl Description {
-    /// `None` for an empty text.
+    /// A description a caller sends; `None` for an empty text.
     pub fn parse(text: &str) -> Result<Option<Self>, FieldViolation> {
         let chars = text.chars().count();
         if chars > DESCRIPTION_MAX_CHARS {
@@ -87,7 +114,21 @@ impl Description {
                 format!("must be at most {DESCRIPTION_MAX_CHARS} characters long, got {chars}"),
             ));
         }
+        if text
+            .chars()
+            .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+        {
+            return Err(FieldViolation::new(
+                "description",
+                "must not contain control characters other than line breaks and tabs",
+            ));
+        }
         Ok((chars > 0).then(|| Self(text.to_string())))
+    }
+
+    /// A description read from the store, of any length (the original set no limit).
+    pub fn stored(text: &str) -> Option<Self> {
+        (!text.is_empty()).then(|| Self(text.to_string()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -96,11 +137,18 @@ impl Description {
 }
 
 /// 1 (lowest, the default) to 5.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Priority(u8);
 
 impl Priority {
     pub const DEFAULT: Priority = Priority(1);
+    pub const ALL: [Priority; 5] = [
+        Priority(1),
+        Priority(2),
+        Priority(3),
+        Priority(4),
+        Priority(5),
+    ];
 
     pub fn parse(value: i64) -> Result<Self, FieldViolation> {
         match u8::try_from(value) {
@@ -120,6 +168,43 @@ impl Priority {
 impl Default for Priority {
     fn default() -> Self {
         Self::DEFAULT
+    }
+}
+
+/// A caller's id for one create request (Google AIP-155): repeating a create with the same id
+/// returns the task the first call created. 1 to 128 letters, digits, `-`, `_` or `.`; a UUID is
+/// a good choice.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RequestId(String);
+
+const REQUEST_ID_MAX_CHARS: usize = 128;
+
+impl RequestId {
+    /// `None` for an empty text (no request id).
+    pub fn parse(text: &str) -> Result<Option<Self>, FieldViolation> {
+        if text.is_empty() {
+            return Ok(None);
+        }
+        let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+        if text.len() > REQUEST_ID_MAX_CHARS || !text.chars().all(allowed) {
+            return Err(FieldViolation::new(
+                "request_id",
+                format!(
+                    "must be 1 to {REQUEST_ID_MAX_CHARS} letters, digits, '-', '_' or '.' (a UUID, for example)"
+                ),
+            ));
+        }
+        Ok(Some(Self(text.to_string())))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
@@ -150,6 +235,27 @@ impl NewTask {
             }),
             _ => Err(violations),
         }
+    }
+}
+
+impl NewTask {
+    /// A stable digest of the request's content (FNV-1a, 64 bits), to recognise a retry of the
+    /// same create.
+    pub fn fingerprint(&self) -> String {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        let description = self.description.as_ref().map(Description::as_str);
+        let parts = [
+            self.title.as_str(),
+            "\u{0}",
+            description.unwrap_or("\u{1}"),
+            "\u{0}",
+            &self.priority.value().to_string(),
+        ];
+        for byte in parts.iter().flat_map(|p| p.bytes()) {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        format!("{hash:016x}")
     }
 }
 
@@ -248,6 +354,29 @@ mod tests {
     use crate::domain::time;
 
     #[test]
+    fn titles_refuse_control_and_invisible_only_text() {
+        assert!(Title::parse("a\u{0}b").is_err());
+        assert!(Title::parse("a\u{1b}[31m").is_err());
+        assert!(Title::parse("\u{200B}\u{200B}").is_err());
+        assert!(Title::parse(" \u{FEFF} ").is_err());
+        assert!(Title::parse("zero\u{200B}width").is_ok());
+        assert!(Description::parse("line one\nline two\ttab").is_ok());
+        assert!(Description::parse("bell\u{7}").is_err());
+    }
+
+    #[test]
+    fn stored_values_are_read_leniently() {
+        assert_eq!(Title::stored("   ").unwrap().as_str(), "   ");
+        assert!(Title::stored("").is_err());
+        let long = "d".repeat(DESCRIPTION_MAX_CHARS + 500);
+        assert_eq!(
+            Description::stored(&long).unwrap().as_str().len(),
+            long.len()
+        );
+        assert_eq!(Description::stored(""), None);
+    }
+
+    #[test]
     fn title_length_is_counted_in_characters() {
         assert!(Title::parse("").is_err());
         assert!(Title::parse("   ").is_err());
@@ -281,6 +410,40 @@ mod tests {
         let errors = NewTask::parse("", Some(&"d".repeat(2001)), Some(9)).unwrap_err();
         let fields: Vec<_> = errors.0.iter().map(|v| v.field).collect();
         assert_eq!(fields, ["title", "description", "priority"]);
+    }
+
+    #[test]
+    fn request_ids_and_fingerprints() {
+        assert_eq!(RequestId::parse("").unwrap(), None);
+        assert!(
+            RequestId::parse("3f1c9a9e-2b7d-4e7c-9a51-0c0b5f6d2a11")
+                .unwrap()
+                .is_some()
+        );
+        assert!(RequestId::parse("a b").is_err());
+        assert!(RequestId::parse(&"x".repeat(129)).is_err());
+        let a = NewTask::parse("t", Some("d"), Some(2)).unwrap();
+        assert_eq!(
+            a.fingerprint(),
+            NewTask::parse("t", Some("d"), Some(2))
+                .unwrap()
+                .fingerprint()
+        );
+        assert_ne!(
+            a.fingerprint(),
+            NewTask::parse("t", None, Some(2)).unwrap().fingerprint()
+        );
+        assert_ne!(
+            a.fingerprint(),
+            NewTask::parse("t", Some("d"), Some(3))
+                .unwrap()
+                .fingerprint()
+        );
+        // The fixed value is part of what stored reservations compare against.
+        assert_eq!(
+            NewTask::parse("t", None, None).unwrap().fingerprint(),
+            "0a21b126a9e9e3cb"
+        );
     }
 
     #[test]

@@ -18,14 +18,15 @@ use crate::{
     config::NotificationConfig,
     health::Readiness,
     proto::notification::v1::notification_service_server::NotificationServiceServer,
-    sidecar::{Sidecar, StateStore, notifications::NotificationStore},
+    sidecar::{Dependencies, Sidecar, StateStore, notifications::NotificationStore},
     startup::{AppParts, Application, Requirement, StartupError, with_reflection},
 };
 
 /// Builds notification-service, bound and ready to run.
 pub async fn build(config: NotificationConfig) -> Result<Application, StartupError> {
     let sidecar = Sidecar::connect_lazy(&config.sidecar)?;
-    let store = NotificationStore::new(StateStore::new(sidecar.clone(), &config.state_store));
+    let state = StateStore::new(sidecar.clone(), &config.state_store);
+    let store = NotificationStore::new(state.clone());
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let readiness = Readiness::new(reporter, &["notification.v1.NotificationService"]).await;
     let callbacks = callbacks::NotificationCallbacks::new(store.clone(), readiness.clone());
@@ -40,6 +41,7 @@ pub async fn build(config: NotificationConfig) -> Result<Application, StartupErr
         name: "notification-service",
         address: config.server.address(),
         sidecar_config: config.sidecar.clone(),
+        dependencies: Dependencies::new(sidecar.clone()).with_state_store(state),
         sidecar,
         routes: with_reflection(routes),
         // Reached only through Dapr (and by operators): the sidecar token when one is set.

@@ -1,102 +1,36 @@
-//! Task use cases: create, get, list, update, change status, delete.
+//! Task use cases: create, get, update, change status, delete.
+//!
+//! Every change goes through [`Tasks::commit`], in this order:
+//!
+//! 1. the task enters the list its new status and priority put it in (if that changes);
+//! 2. its event is staged on the outbox topic;
+//! 3. the record is written, guarded by the ETag it was read at (a new task: only if absent);
+//! 4. the task leaves its old list.
+//!
+//! A crash or failure between any two steps loses nothing and invents nothing: an extra list
+//! entry is skipped by readers, a staged event whose write did not land is never published (the
+//! relay checks the record), and a write that landed always has its staged event.
+//!
+//! On the in-memory broker, which keeps nothing across a restart anyway and delivers one message
+//! of a topic at a time, step 2 is replaced by publishing the event right after step 3.
 
-use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, Utc};
 
 use super::Error;
 use crate::{
     domain::{
-        NewTask, Task, TaskChanges, TaskEvent, TaskEventType, TaskId, TaskStatus, Violations, time,
+        NewTask, Nonce, Planned, RequestId, Task, TaskChanges, TaskEventType, TaskId, TaskRecord,
+        TaskStatus, Versioned, time,
     },
     sidecar::{
-        SidecarError, Versioned, backoff, events::EventPublisher, index::IndexEntry,
-        state::MAX_ATTEMPTS, tasks::TaskStore,
+        SidecarError, backoff,
+        index::{ListId, Position, TaskIndex},
+        outbox::{Outbox, StagedEvent},
+        requests::CreateRequests,
+        state::MAX_ATTEMPTS,
+        tasks::TaskStore,
     },
 };
-
-pub const DEFAULT_PAGE_SIZE: usize = 20;
-pub const MAX_PAGE_SIZE: usize = 100;
-
-/// Where the next page starts: after this (creation time, id).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PageToken {
-    created_micros: i64,
-    id: TaskId,
-}
-
-impl PageToken {
-    fn after(entry: &IndexEntry) -> Self {
-        Self {
-            created_micros: entry.created_micros,
-            id: entry.id.clone(),
-        }
-    }
-
-    pub fn encode(&self) -> String {
-        URL_SAFE_NO_PAD.encode(format!("v1:{}:{}", self.created_micros, self.id))
-    }
-
-    pub fn decode(token: &str) -> Result<Self, Violations> {
-        let invalid = || Violations::single("page_token", "is not a token this service issued");
-        let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
-        let text = String::from_utf8(bytes).map_err(|_| invalid())?;
-        let mut parts = text.splitn(3, ':');
-        match (parts.next(), parts.next(), parts.next()) {
-            (Some("v1"), Some(micros), Some(id)) => Ok(Self {
-                created_micros: micros.parse().map_err(|_| invalid())?,
-                id: TaskId::parse(id).map_err(|_| invalid())?,
-            }),
-            _ => Err(invalid()),
-        }
-    }
-
-    /// The index position the next page starts after.
-    fn entry(&self) -> IndexEntry {
-        IndexEntry {
-            created_micros: self.created_micros,
-            id: self.id.clone(),
-        }
-    }
-}
-
-/// A valid list request.
-#[derive(Debug, Clone)]
-pub struct ListQuery {
-    pub status: Option<TaskStatus>,
-    pub page_size: usize,
-    pub page_token: Option<PageToken>,
-}
-
-impl ListQuery {
-    /// `page_size` 0 means the default (20); above 100 is read as 100.
-    pub fn parse(
-        status: Option<TaskStatus>,
-        page_size: i64,
-        page_token: &str,
-    ) -> Result<Self, Violations> {
-        let page_size = match page_size {
-            0 => DEFAULT_PAGE_SIZE,
-            n if n < 0 => {
-                return Err(Violations::single(
-                    "page_size",
-                    format!("must be between 0 and {MAX_PAGE_SIZE}, got {n}"),
-                ));
-            }
-            n => usize::try_from(n)
-                .unwrap_or(MAX_PAGE_SIZE)
-                .min(MAX_PAGE_SIZE),
-        };
-        let page_token = match page_token {
-            "" => None,
-            token => Some(PageToken::decode(token)?),
-        };
-        Ok(Self {
-            status,
-            page_size,
-            page_token,
-        })
-    }
-}
 
 /// What a read-modify-write does with the task it read.
 enum Plan {
@@ -105,85 +39,179 @@ enum Plan {
     Delete,
 }
 
-#[derive(Debug, Clone)]
-pub struct Page {
-    pub tasks: Vec<Versioned<Task>>,
-    pub next_page_token: Option<PageToken>,
+/// Why one attempt to write did not land.
+enum Attempt {
+    /// Someone else wrote first.
+    LostRace,
+    Failed(Error),
 }
 
-/// The task use cases, over the state store and the event topic.
+/// The list a record belongs in, `None` for a deleted task.
+pub(super) fn list_of(record: &TaskRecord) -> Option<ListId> {
+    record.live().map(|task| ListId {
+        status: task.status,
+        priority: task.priority,
+    })
+}
+
+/// A task's place in every list.
+pub(super) fn position_of(record: &TaskRecord) -> Position {
+    Position {
+        micros: record.created_at().timestamp_micros(),
+        id: record.id().clone(),
+    }
+}
+
+/// The task use cases, over the state store, the list index and the outbox.
 #[derive(Debug, Clone)]
 pub struct Tasks {
-    store: TaskStore,
-    events: EventPublisher,
+    pub(super) store: TaskStore,
+    pub(super) index: TaskIndex,
+    outbox: Outbox,
+    requests: CreateRequests,
 }
 
 impl Tasks {
-    pub fn new(store: TaskStore, events: EventPublisher) -> Self {
-        Self { store, events }
+    pub fn new(
+        store: TaskStore,
+        index: TaskIndex,
+        outbox: Outbox,
+        requests: CreateRequests,
+    ) -> Self {
+        Self {
+            store,
+            index,
+            outbox,
+            requests,
+        }
     }
 
-    pub async fn create(&self, new: NewTask) -> Result<Versioned<Task>, Error> {
-        let task = Task::create(TaskId::generate(), new, time::now());
-        let saved = self.store.insert(&task).await?;
-        self.publish(TaskEvent::of(TaskEventType::Created, &task), saved)
-            .await
+    /// Creates a pending task. With a `request_id`, a repeated call returns the task the first
+    /// one created and changes nothing.
+    pub async fn create(
+        &self,
+        new: NewTask,
+        request_id: Option<&RequestId>,
+    ) -> Result<Versioned<Task>, Error> {
+        let id = match request_id {
+            None => TaskId::generate(),
+            Some(request_id) => match self.claim(&new, request_id).await? {
+                Claim::New(id) => id,
+                Claim::Repeated(id) => {
+                    if let Some(existing) = self.read(&id).await? {
+                        return match existing.value.live() {
+                            Some(task) => Ok(Versioned {
+                                value: task.clone(),
+                                etag: existing.etag,
+                            }),
+                            None => Err(Error::NotFound(id)),
+                        };
+                    }
+                    // Claimed by a call that did not get to write the task: finish its work.
+                    id
+                }
+            },
+        };
+        let task = Task::create(id.clone(), new, time::now());
+        let planned = TaskRecord::create(task.clone(), Nonce::random());
+        match self.commit(None, planned).await {
+            Ok(etag) => Ok(Versioned { value: task, etag }),
+            // Only a retry with the same request id can have written this id first.
+            Err(Attempt::LostRace) => match self.read(&id).await? {
+                Some(existing) => match existing.value.live() {
+                    Some(task) => Ok(Versioned {
+                        value: task.clone(),
+                        etag: existing.etag,
+                    }),
+                    None => Err(Error::NotFound(id)),
+                },
+                None => Err(Error::unavailable(
+                    "the task was neither written nor found; retry",
+                    Some(id),
+                )),
+            },
+            Err(Attempt::Failed(error)) => Err(error),
+        }
+    }
+
+    async fn claim(&self, new: &NewTask, request_id: &RequestId) -> Result<Claim, Error> {
+        let fingerprint = new.fingerprint();
+        for _ in 0..MAX_ATTEMPTS {
+            if let Some(reservation) = self.requests.find(request_id.as_str()).await? {
+                if reservation.fingerprint != fingerprint {
+                    return Err(Error::RequestIdReused {
+                        request_id: request_id.clone(),
+                        task_id: reservation.task_id,
+                    });
+                }
+                let id = TaskId::parse(&reservation.task_id).map_err(|v| {
+                    Error::Internal(SidecarError::Corrupt {
+                        key: format!("create-request-{}", request_id.as_str()),
+                        reason: v.description,
+                    })
+                })?;
+                return Ok(Claim::Repeated(id));
+            }
+            let id = TaskId::generate();
+            if self
+                .requests
+                .claim(request_id.as_str(), &id, &fingerprint)
+                .await?
+            {
+                return Ok(Claim::New(id));
+            }
+        }
+        Err(Error::unavailable(
+            "the request id could not be claimed; retry",
+            None,
+        ))
+    }
+
+    /// The record of `id`, indexing it first if another implementation stored it (so tasks the
+    /// original stored become listable once task-api reads them).
+    async fn read(&self, id: &TaskId) -> Result<Option<Versioned<TaskRecord>>, Error> {
+        let stored = self.store.get(id).await?;
+        if let Some(stored) = &stored {
+            self.adopt(&stored.value).await?;
+        }
+        Ok(stored)
+    }
+
+    /// Lists a task written without revisions by another implementation.
+    pub(super) async fn adopt(&self, record: &TaskRecord) -> Result<(), Error> {
+        if record.revision == 0
+            && let Some(list) = list_of(record)
+        {
+            self.index.insert(list, position_of(record), 0).await?;
+        }
+        Ok(())
     }
 
     pub async fn get(&self, id: &TaskId) -> Result<Versioned<Task>, Error> {
-        self.store
-            .get(id)
-            .await?
-            .ok_or_else(|| Error::NotFound(id.clone()))
+        match self.read(id).await? {
+            Some(stored) => match stored.value.live() {
+                Some(task) => Ok(Versioned {
+                    value: task.clone(),
+                    etag: stored.etag,
+                }),
+                None => Err(Error::NotFound(id.clone())),
+            },
+            None => Err(Error::NotFound(id.clone())),
+        }
     }
 
-    /// Tasks oldest first (creation time, then id), optionally of one status.
-    pub async fn list(&self, query: &ListQuery) -> Result<Page, Error> {
-        let mut cursor = query.page_token.as_ref().map(PageToken::entry);
-        let mut tasks = Vec::with_capacity(query.page_size);
-        loop {
-            let wanted = query.page_size - tasks.len();
-            // With a status filter, read ahead: not every task will match.
-            let batch = if query.status.is_some() {
-                wanted * 4
-            } else {
-                wanted
-            };
-            let (entries, more) = self
-                .store
-                .index()
-                .next_after(cursor.as_ref(), batch.clamp(1, 400))
-                .await?;
-            let ids: Vec<TaskId> = entries.iter().map(|e| e.id.clone()).collect();
-            let found = self.store.get_many(&ids).await?;
-            for (position, (entry, task)) in entries.iter().zip(found).enumerate() {
-                // An entry without a task: a create that failed half-way, or a delete whose
-                // index update failed. Skipped.
-                let Some(task) = task else { continue };
-                if query
-                    .status
-                    .is_none_or(|status| task.value.status == status)
-                {
-                    tasks.push(task);
-                    if tasks.len() == query.page_size {
-                        let rest = more || position + 1 < entries.len();
-                        return Ok(Page {
-                            tasks,
-                            next_page_token: rest.then(|| PageToken::after(entry)),
-                        });
-                    }
-                }
-            }
-            match entries.last() {
-                Some(last) if more => cursor = Some(last.clone()),
-                _ => {
-                    return Ok(Page {
-                        tasks,
-                        next_page_token: None,
-                    });
-                }
+    /// Tasks another implementation stored become listable: each id is read (and indexed).
+    /// Returns how many were live tasks.
+    pub async fn adopt_ids(&self, ids: &[TaskId]) -> Result<usize, Error> {
+        let mut live = 0;
+        for id in ids {
+            if let Some(stored) = self.read(id).await?
+                && stored.value.live().is_some()
+            {
+                live += 1;
             }
         }
+        Ok(live)
     }
 
     pub async fn update(
@@ -243,30 +271,54 @@ impl Tasks {
         F: FnMut(&Task, DateTime<Utc>) -> Plan,
     {
         for attempt in 1..=MAX_ATTEMPTS {
-            let current = self.get(id).await?;
-            check_expected(&current, expected_etag)?;
-            let now = time::now();
-            let written = match plan(&current.value, now) {
-                Plan::Unchanged => return Ok(current),
-                Plan::Replace(task, event_type) => self
-                    .store
-                    .replace(&task, &current.etag)
-                    .await
-                    .map(|saved| (saved, TaskEvent::of(event_type, &task))),
-                Plan::Delete => self.store.delete(id, &current.etag).await.map(|()| {
-                    let event = TaskEvent {
-                        timestamp: now,
-                        ..TaskEvent::of(TaskEventType::Deleted, &current.value)
-                    };
-                    (current, event)
-                }),
+            let Some(current) = self.read(id).await? else {
+                return Err(Error::NotFound(id.clone()));
             };
-            match written {
-                Ok((task, event)) => return self.publish(event, task).await,
-                Err(SidecarError::EtagMismatch(_)) => {
-                    self.after_conflict(id, expected_etag, attempt).await?;
+            let Some(task) = current.value.live().cloned() else {
+                return Err(Error::NotFound(id.clone()));
+            };
+            if let Some(expected) = expected_etag
+                && expected != current.etag
+            {
+                return Err(stale(&task, &current.etag));
+            }
+            let now = time::now();
+            let nonce = Nonce::random();
+            let planned = match plan(&task, now) {
+                Plan::Unchanged => {
+                    return Ok(Versioned {
+                        value: task,
+                        etag: current.etag,
+                    });
                 }
-                Err(e) => return Err(e.into()),
+                Plan::Replace(changed, event_type) => {
+                    current.value.update(changed, event_type, nonce)
+                }
+                Plan::Delete => current.value.delete(now, nonce),
+            };
+            let Some(planned) = planned else {
+                return Err(Error::NotFound(id.clone()));
+            };
+            // A deletion answers with the task as it was.
+            let written = planned.record.live().cloned().unwrap_or(task);
+            match self.commit(Some(&current), planned).await {
+                Ok(etag) => {
+                    return Ok(Versioned {
+                        value: written,
+                        etag,
+                    });
+                }
+                Err(Attempt::LostRace) if expected_etag.is_some() => {
+                    return match self.read(id).await? {
+                        Some(now) => match now.value.live() {
+                            Some(task) => Err(stale(task, &now.etag)),
+                            None => Err(Error::NotFound(id.clone())),
+                        },
+                        None => Err(Error::NotFound(id.clone())),
+                    };
+                }
+                Err(Attempt::LostRace) => backoff(attempt).await,
+                Err(Attempt::Failed(error)) => return Err(error),
             }
         }
         Err(Error::Contended {
@@ -275,81 +327,89 @@ impl Tasks {
         })
     }
 
-    /// After a lost write race: the caller's stale ETag is final; otherwise wait and retry.
-    async fn after_conflict(
+    /// Writes a planned change with its event and list entries (see the module docs). Returns
+    /// the record's new ETag.
+    async fn commit(
         &self,
-        id: &TaskId,
-        expected_etag: Option<&str>,
-        attempt: u32,
-    ) -> Result<(), Error> {
-        if expected_etag.is_some() {
-            let current = self.get(id).await?;
-            return Err(stale(&current));
-        }
-        backoff(attempt).await;
-        Ok(())
-    }
-
-    async fn publish(
-        &self,
-        event: TaskEvent,
-        saved: Versioned<Task>,
-    ) -> Result<Versioned<Task>, Error> {
-        match self.events.publish(&event).await {
-            Ok(()) => Ok(saved),
-            Err(source) => {
-                tracing::error!(
-                    task_id = %event.task_id,
-                    event_type = %event.event_type,
-                    error = %source,
-                    "the change was saved but its event was not published"
-                );
-                Err(Error::EventNotPublished {
-                    task: Box::new(saved),
-                    event_type: event.event_type,
-                    source,
-                })
-            }
-        }
-    }
-}
-
-fn check_expected(current: &Versioned<Task>, expected_etag: Option<&str>) -> Result<(), Error> {
-    match expected_etag {
-        Some(expected) if expected != current.etag => Err(stale(current)),
-        _ => Ok(()),
-    }
-}
-
-fn stale(current: &Versioned<Task>) -> Error {
-    Error::StaleEtag {
-        id: current.value.id.clone(),
-        current_etag: current.etag.clone(),
-        current_status: current.value.status,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn page_tokens_round_trip_and_reject_forgeries() {
-        let token = PageToken {
-            created_micros: 1_736_937_000_000_000,
-            id: TaskId::parse("a.b-c").unwrap(),
+        current: Option<&Versioned<TaskRecord>>,
+        planned: Planned,
+    ) -> Result<String, Attempt> {
+        let Planned {
+            record,
+            event,
+            nonce,
+        } = planned;
+        let id = record.id().clone();
+        let position = position_of(&record);
+        // A record stored without revisions may not be listed yet: treat it as in no list.
+        let before = current
+            .filter(|c| c.value.revision > 0)
+            .and_then(|c| list_of(&c.value));
+        let after = list_of(&record);
+        let failed = |error: SidecarError, written: bool| {
+            Attempt::Failed(Error::from_write(error, &id, written))
         };
-        assert_eq!(PageToken::decode(&token.encode()).unwrap(), token);
-        assert!(PageToken::decode("not-base64!").is_err());
-        assert!(PageToken::decode(&URL_SAFE_NO_PAD.encode("v2:1:x")).is_err());
-        assert!(PageToken::decode(&URL_SAFE_NO_PAD.encode("v1:x:y")).is_err());
-    }
 
-    #[test]
-    fn page_size_defaults_and_caps() {
-        assert_eq!(ListQuery::parse(None, 0, "").unwrap().page_size, 20);
-        assert_eq!(ListQuery::parse(None, 500, "").unwrap().page_size, 100);
-        assert_eq!(ListQuery::parse(None, 7, "").unwrap().page_size, 7);
-        assert!(ListQuery::parse(None, -1, "").is_err());
+        if let Some(list) = after
+            && after != before
+        {
+            self.index
+                .insert(list, position.clone(), record.revision)
+                .await
+                .map_err(|e| failed(e, false))?;
+        }
+        let relayed = self.outbox.durable().await.map_err(|e| failed(e, false))?;
+        if relayed {
+            let staged = StagedEvent {
+                event: event.clone(),
+                nonce,
+                staged_at: time::now(),
+            };
+            self.outbox
+                .stage(&staged)
+                .await
+                .map_err(|e| failed(e, false))?;
+        }
+        match self
+            .store
+            .put(&record, current.map(|c| c.etag.as_str()))
+            .await
+        {
+            Ok(()) => {}
+            Err(SidecarError::EtagMismatch(_)) => return Err(Attempt::LostRace),
+            Err(error) => return Err(failed(error, true)),
+        }
+        if !relayed && let Err(error) = self.outbox.publish(&event).await {
+            return Err(Attempt::Failed(Error::unavailable(
+                format!("task {id} was saved, but its event could not be published: {error}"),
+                Some(id),
+            )));
+        }
+        if let Some(list) = before
+            && before != after
+        {
+            self.index
+                .remove_soon(list, position, record.revision.saturating_sub(1));
+        }
+        match self.store.etag(&id).await {
+            Ok(etag) => Ok(etag.unwrap_or_default()),
+            Err(error) => Err(Attempt::Failed(Error::unavailable(
+                format!("the change was saved, but its new ETag could not be read: {error}"),
+                Some(id),
+            ))),
+        }
+    }
+}
+
+enum Claim {
+    New(TaskId),
+    Repeated(TaskId),
+}
+
+fn stale(current: &Task, etag: &str) -> Error {
+    Error::StaleEtag {
+        id: current.id.clone(),
+        current_etag: etag.to_string(),
+        current_status: current.status,
     }
 }

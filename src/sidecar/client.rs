@@ -23,7 +23,9 @@ pub type DaprGrpc = DaprClient<InterceptedService<Channel, Outbound>>;
 /// Why a call to the sidecar failed, in the terms the service layer acts on.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SidecarError {
-    #[error("the Dapr sidecar is unreachable: {0}")]
+    /// The sidecar, or the store or broker behind it, did not do it; trying again later may
+    /// work. The operation may or may not have taken effect.
+    #[error("{0}")]
     Unavailable(String),
     /// The ETag sent no longer matches the stored one.
     #[error("ETag mismatch: {0}")]
@@ -31,25 +33,88 @@ pub enum SidecarError {
     /// The ETag sent is not one the state store could have issued.
     #[error("malformed ETag: {0}")]
     InvalidEtag(String),
+    /// The app called through the sidecar refused the request as invalid; sending it again will
+    /// not help.
+    #[error("refused as invalid: {0}")]
+    Refused(String),
     /// A stored value this service cannot read.
     #[error("the value stored under {key:?} is not valid: {reason}")]
     Corrupt { key: String, reason: String },
     #[error("the Dapr sidecar answered {code:?}: {message}")]
     Failed { code: Code, message: String },
-    #[error("DAPR_GRPC_ENDPOINT {0:?} is not a valid endpoint")]
-    InvalidEndpoint(String),
+    /// The settings that say how to reach the sidecar cannot be used.
+    #[error("{0}")]
+    InvalidSettings(String),
+}
+
+/// Codes meaning "not now": the call may succeed later.
+fn transient(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Cancelled
+            | Code::Unknown
+            | Code::ResourceExhausted
+            | Code::Aborted
+    )
+}
+
+impl SidecarError {
+    /// A state-store call's failure. daprd answers ABORTED for a stale ETag and
+    /// INVALID_ARGUMENT for a malformed one (the only invalid part a request of ours can have);
+    /// INTERNAL means the store itself failed (unreachable, timed out).
+    pub fn from_state(status: Status) -> Self {
+        let message = status.message().to_string();
+        match status.code() {
+            Code::Aborted => SidecarError::EtagMismatch(message),
+            Code::InvalidArgument => SidecarError::InvalidEtag(message),
+            Code::Internal => {
+                SidecarError::Unavailable(format!("the state store failed: {message}"))
+            }
+            code if transient(code) => {
+                SidecarError::Unavailable(format!("the Dapr sidecar is unreachable: {message}"))
+            }
+            code => SidecarError::Failed { code, message },
+        }
+    }
+
+    /// A publish's failure: INTERNAL means the broker did not take the message.
+    pub fn from_broker(status: Status) -> Self {
+        let message = status.message().to_string();
+        match status.code() {
+            Code::Internal => SidecarError::Unavailable(format!("the broker failed: {message}")),
+            code if transient(code) => {
+                SidecarError::Unavailable(format!("the Dapr sidecar is unreachable: {message}"))
+            }
+            code => SidecarError::Failed { code, message },
+        }
+    }
+
+    /// A service invocation's failure: the callee's INVALID_ARGUMENT is a refusal; everything
+    /// else may pass.
+    pub fn from_invoke(status: Status) -> Self {
+        let message = status.message().to_string();
+        match status.code() {
+            Code::InvalidArgument => SidecarError::Refused(message),
+            _ => SidecarError::Unavailable(format!(
+                "the call failed ({:?}): {message}",
+                status.code()
+            )),
+        }
+    }
+
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, SidecarError::Unavailable(_))
+    }
 }
 
 impl From<Status> for SidecarError {
     fn from(status: Status) -> Self {
         let message = status.message().to_string();
         match status.code() {
-            Code::Aborted => SidecarError::EtagMismatch(message),
-            Code::InvalidArgument if message.to_ascii_lowercase().contains("etag") => {
-                SidecarError::InvalidEtag(message)
-            }
-            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
-                SidecarError::Unavailable(format!("{:?}: {message}", status.code()))
+            code if transient(code) => {
+                SidecarError::Unavailable(format!("the Dapr sidecar is unreachable: {message}"))
             }
             code => SidecarError::Failed { code, message },
         }
@@ -88,10 +153,16 @@ pub struct Sidecar {
 impl Sidecar {
     /// Prepares the channel; it connects on first use and reconnects after a sidecar restart.
     pub fn connect_lazy(config: &SidecarConfig) -> Result<Self, SidecarError> {
-        let invalid = || SidecarError::InvalidEndpoint(config.endpoint.clone());
+        let invalid = || {
+            SidecarError::InvalidSettings(format!(
+                "DAPR_GRPC_ENDPOINT {:?} is not a valid endpoint",
+                config.endpoint
+            ))
+        };
         let channel = Endpoint::from_shared(config.endpoint.clone())
             .map_err(|_| invalid())?
-            .connect_timeout(Duration::from_secs(3))
+            // A sidecar that is gone is reported quickly, as UNAVAILABLE.
+            .connect_timeout(Duration::from_secs(1))
             .timeout(config.call_timeout)
             .tcp_nodelay(true)
             // daprd sends error details in trailers; past h2's default 16 KiB header-list
@@ -102,7 +173,7 @@ impl Sidecar {
             .connect_lazy();
         let token = match &config.api_token {
             Some(token) => Some(token.parse().map_err(|_| {
-                SidecarError::InvalidEndpoint(
+                SidecarError::InvalidSettings(
                     "DAPR_API_TOKEN holds characters not allowed in gRPC metadata".into(),
                 )
             })?),
@@ -144,7 +215,7 @@ impl Sidecar {
             }
             if started.elapsed() >= wait {
                 return Err(SidecarError::Unavailable(format!(
-                    "no answer from {} within {wait:?} (last error: {last_error})",
+                    "the Dapr sidecar at {} did not answer within {wait:?} (last error: {last_error})",
                     self.endpoint
                 )));
             }

@@ -1,30 +1,47 @@
-//! What landed on the dead-letter topic: kept in one bounded document, newest last.
+//! Events task-api could never handle, kept for operators to read and replay.
 //!
-//! Dead letters are rare and read by operators, so one document (one hot key) is fine; it keeps
-//! the last [`KEPT`] and ignores a redelivery of one it already has.
+//! Each letter is its own document (`dead-letter-<event id>`, payload cut to [`MAX_DATA_BYTES`]),
+//! and a catalog document lists the ids of the newest [`KEPT`]. Every document stays far below
+//! daprd's 4 MiB message limit however large or many the letters that arrive.
 
 use serde::{Deserialize, Serialize};
 
-use super::{SidecarError, StateStore};
+use super::{
+    SidecarError, StateStore,
+    state::{Write, key_fragment},
+};
 
-const KEY: &str = "dead-letters";
-const KEPT: usize = 500;
+const CATALOG: &str = "dead-letters";
+/// Letters kept; the oldest go first.
+pub const KEPT: usize = 1000;
+/// Bytes of payload kept per letter.
+pub const MAX_DATA_BYTES: usize = 64 * 1024;
+/// Longest event id kept (ids are chosen by publishers).
+const MAX_ID_BYTES: usize = 200;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeadLetter {
     /// The CloudEvent id.
     pub id: String,
-    /// The topic it was first published to, when daprd says.
+    /// The topic it arrived on.
     pub topic: String,
+    /// How it is handled on replay (`task-events` or `outbox`).
+    #[serde(default)]
+    pub route: String,
+    /// Why it could not be handled.
+    #[serde(default)]
+    pub reason: String,
     pub data_content_type: String,
-    /// The payload as text (lossy for binary payloads).
+    /// The payload as text (lossy for binary payloads), cut to [`MAX_DATA_BYTES`].
     pub data: String,
+    #[serde(default)]
+    pub truncated: bool,
     pub received_at: String,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
-struct Document {
-    letters: Vec<DeadLetter>,
+struct Catalog {
+    ids: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -32,27 +49,103 @@ pub struct DeadLetters {
     state: StateStore,
 }
 
+/// Cuts `text` to at most `max` bytes on a character boundary.
+fn cut(text: &mut String, max: usize) -> bool {
+    if text.len() <= max {
+        return false;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    true
+}
+
 impl DeadLetters {
     pub fn new(state: StateStore) -> Self {
         Self { state }
     }
 
-    /// Records `letter`; returns false if it was already recorded.
-    pub async fn record(&self, letter: DeadLetter) -> Result<bool, SidecarError> {
-        self.state
-            .update_document(KEY, |doc: &mut Document| {
-                if doc.letters.iter().any(|l| l.id == letter.id) {
-                    return (false, false);
-                }
-                doc.letters.push(letter.clone());
-                let excess = doc.letters.len().saturating_sub(KEPT);
-                doc.letters.drain(..excess);
-                (true, true)
-            })
-            .await
+    fn key(id: &str) -> String {
+        format!("dead-letter-{}", key_fragment(id))
     }
 
+    /// Records `letter`; `false` if a letter with its id is already kept.
+    pub async fn record(&self, mut letter: DeadLetter) -> Result<bool, SidecarError> {
+        cut(&mut letter.id, MAX_ID_BYTES);
+        letter.truncated = cut(&mut letter.data, MAX_DATA_BYTES);
+        cut(&mut letter.reason, 1000);
+        let bytes = serde_json::to_vec(&letter).expect("a dead letter serialises to JSON");
+        // The letter first: a catalog entry never names a letter that is not there.
+        self.state
+            .save(
+                &Self::key(&letter.id),
+                bytes,
+                Write::Unconditional,
+                Default::default(),
+            )
+            .await?;
+        let id = letter.id.clone();
+        let (added, evicted) = self
+            .state
+            .update_document(CATALOG, |catalog: &mut Catalog| {
+                if catalog.ids.contains(&id) {
+                    return (false, (false, Vec::new()));
+                }
+                catalog.ids.push(id.clone());
+                let excess = catalog.ids.len().saturating_sub(KEPT);
+                let evicted: Vec<String> = catalog.ids.drain(..excess).collect();
+                (true, (true, evicted))
+            })
+            .await?;
+        for old in evicted {
+            if let Err(error) = self.state.delete(&Self::key(&old), None).await {
+                tracing::debug!(%error, "evicted dead letter not deleted");
+            }
+        }
+        Ok(added)
+    }
+
+    /// The kept letters, oldest first.
     pub async fn list(&self) -> Result<Vec<DeadLetter>, SidecarError> {
-        Ok(self.state.read_document::<Document>(KEY).await?.letters)
+        let catalog: Catalog = self.state.read_document(CATALOG).await?;
+        let keys: Vec<String> = catalog.ids.iter().map(|id| Self::key(id)).collect();
+        let mut letters = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(100) {
+            for stored in self.state.get_many(chunk).await?.into_iter().flatten() {
+                match serde_json::from_slice::<DeadLetter>(&stored.value) {
+                    Ok(letter) => letters.push(letter),
+                    Err(error) => tracing::warn!(%error, "an unreadable dead letter was skipped"),
+                }
+            }
+        }
+        Ok(letters)
+    }
+
+    /// Forgets a letter (after a successful replay).
+    pub async fn remove(&self, id: &str) -> Result<(), SidecarError> {
+        self.state
+            .update_document(CATALOG, |catalog: &mut Catalog| {
+                let before = catalog.ids.len();
+                catalog.ids.retain(|kept| kept != id);
+                (catalog.ids.len() != before, ())
+            })
+            .await?;
+        self.state.delete(&Self::key(id), None).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cuts_on_a_character_boundary() {
+        let mut text = "ééé".to_string();
+        assert!(cut(&mut text, 3));
+        assert_eq!(text, "é");
+        let mut short = "ok".to_string();
+        assert!(!cut(&mut short, 3));
     }
 }

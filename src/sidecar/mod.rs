@@ -3,14 +3,16 @@
 
 mod client;
 pub mod dead_letters;
-pub mod events;
+mod dependencies;
 pub mod index;
 pub mod notifications;
 pub mod notify;
-pub mod processed;
+pub mod outbox;
+pub mod requests;
 pub mod secrets;
 pub mod state;
 pub mod tasks;
 
 pub use client::{DaprGrpc, Sidecar, SidecarError, backoff};
+pub use dependencies::Dependencies;
 pub use state::{StateStore, Versioned};

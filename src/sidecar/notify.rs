@@ -58,7 +58,7 @@ impl Notifier {
         }
         let mut grpc = self.sidecar.grpc();
         match tokio::time::timeout(self.timeout, grpc.invoke_service(request)).await {
-            Ok(result) => result.map(|_| ()).map_err(SidecarError::from),
+            Ok(result) => result.map(|_| ()).map_err(SidecarError::from_invoke),
             Err(_) => Err(SidecarError::Unavailable(format!(
                 "{} did not answer within {:?}",
                 self.app_id, self.timeout

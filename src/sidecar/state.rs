@@ -13,12 +13,7 @@ use super::{Sidecar, SidecarError, client::backoff};
 /// Attempts of a read-modify-write before giving up on a contended key.
 pub const MAX_ATTEMPTS: u32 = 12;
 
-/// A stored value with the ETag it was read at.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Versioned<T> {
-    pub value: T,
-    pub etag: String,
-}
+pub use crate::domain::Versioned;
 
 /// How a write treats the stored version.
 #[derive(Debug, Clone, Copy)]
@@ -60,7 +55,8 @@ impl StateStore {
                 key: key.to_string(),
                 ..Default::default()
             })
-            .await?
+            .await
+            .map_err(SidecarError::from_state)?
             .into_inner();
         Ok((!response.data.is_empty()).then_some(Versioned {
             value: response.data,
@@ -85,15 +81,16 @@ impl StateStore {
                 parallelism: 16,
                 metadata: HashMap::new(),
             })
-            .await?
+            .await
+            .map_err(SidecarError::from_state)?
             .into_inner();
         let mut by_key = HashMap::with_capacity(response.items.len());
         for item in response.items {
             if !item.error.is_empty() {
-                return Err(SidecarError::Failed {
-                    code: tonic::Code::Internal,
-                    message: format!("reading {}: {}", item.key, item.error),
-                });
+                return Err(SidecarError::Unavailable(format!(
+                    "the state store failed to read {}: {}",
+                    item.key, item.error
+                )));
             }
             if !item.data.is_empty() {
                 by_key.insert(
@@ -145,14 +142,14 @@ impl StateStore {
             .await;
         match result {
             Ok(_) => Ok(()),
-            // state.redis reports a failed create-if-absent as a plain error (not an ETag
-            // mismatch); state.in-memory reports ABORTED. Look at the key to tell a lost race
-            // from a real failure.
+            // state.redis and state.postgresql report a failed create-if-absent as a plain
+            // error (not an ETag mismatch); state.in-memory reports ABORTED. Look at the key to
+            // tell a lost race from a real failure.
             Err(status) if matches!(write, Write::IfAbsent) => match self.get(key).await {
                 Ok(Some(_)) => Err(SidecarError::EtagMismatch(format!("{key} already exists"))),
-                _ => Err(status.into()),
+                _ => Err(SidecarError::from_state(status)),
             },
-            Err(status) => Err(status.into()),
+            Err(status) => Err(SidecarError::from_state(status)),
         }
     }
 
@@ -172,7 +169,8 @@ impl StateStore {
                 }),
                 metadata: HashMap::new(),
             })
-            .await?;
+            .await
+            .map_err(SidecarError::from_state)?;
         Ok(())
     }
 
@@ -210,9 +208,9 @@ impl StateStore {
             if !changed {
                 return Ok(result);
             }
-            let bytes = serde_json::to_vec(&document).map_err(|e| SidecarError::Corrupt {
-                key: key.to_string(),
-                reason: e.to_string(),
+            let bytes = serde_json::to_vec(&document).map_err(|e| SidecarError::Failed {
+                code: tonic::Code::Internal,
+                message: format!("could not serialise the document for {key}: {e}"),
             })?;
             let write = etag.map_or(Write::IfAbsent, Write::IfMatch);
             match self.save(key, bytes, write, HashMap::new()).await {

@@ -3,10 +3,10 @@
 //!
 //! The ceiling keeps to keys under `bench-ceiling-` and publishes to the `bench-ceiling` topic,
 //! which nobody subscribes to, so task-api's data and event handling are untouched. Its payloads
-//! are built with task-api's own types and encoders (the stored task document, the event JSON,
-//! the list-index shard), so both sides move the same bytes.
+//! are built with task-api's own types and encoders (the stored task record, the event JSON), so
+//! both sides move the same bytes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use dapr::dapr::proto::{
     common::v1::{Etag, StateItem, StateOptions, state_options::StateConcurrency},
@@ -15,16 +15,10 @@ use dapr::dapr::proto::{
         dapr_client::DaprClient,
     },
 };
-use serde::{Deserialize, Serialize};
 use task_api::{
-    domain::{NewTask, Task, TaskEvent, TaskEventType, TaskId, TaskStatus, time},
+    domain::{NewTask, Nonce, Task, TaskEventType, TaskId, TaskRecord, TaskStatus, time},
     proto::task::v1::{self as pb, task_service_client::TaskServiceClient},
-    sidecar::{
-        backoff,
-        index::SHARDS,
-        state::MAX_ATTEMPTS,
-        tasks::{encode_task, task_key},
-    },
+    sidecar::tasks::{encode, task_key},
 };
 use tonic::{
     Request, Status,
@@ -46,11 +40,11 @@ pub const DESCRIPTION: &str = "Created by task-api-bench to measure the service.
 pub const PRIORITY: i32 = 3;
 /// Tasks per list page in the mixed workload.
 pub const LIST_PAGE_SIZE: usize = 20;
-/// task-api reads its list index with this bulk parallelism.
+/// task-api reads with this bulk parallelism.
 const BULK_PARALLELISM: i32 = 16;
-/// Bulk reads of the whole list index grow with the number of tasks; the ceiling must not fail
-/// where task-api would not.
 const MAX_MESSAGE_BYTES: usize = 64 << 20;
+/// The lists an unfiltered ListTasks reads: one per status and priority.
+const LISTS: usize = 15;
 
 /// Sends task-api's API key on every call.
 #[derive(Clone)]
@@ -86,6 +80,7 @@ pub fn create_request() -> pb::CreateTaskRequest {
         title: TITLE.into(),
         description: Some(DESCRIPTION.into()),
         priority: Some(PRIORITY),
+        request_id: String::new(),
     }
 }
 
@@ -148,6 +143,7 @@ pub async fn list(client: &mut TaskClient) -> std::result::Result<(), String> {
             status: pb::TaskStatus::Unspecified as i32,
             page_size: LIST_PAGE_SIZE as i32,
             page_token: String::new(),
+            priority: None,
         })
         .await
         .map_err(|s| describe(&s))?
@@ -156,15 +152,6 @@ pub async fn list(client: &mut TaskClient) -> std::result::Result<(), String> {
         return Err("ListTasks answered an empty page".into());
     }
     Ok(())
-}
-
-/// task-api's list-index shard key for shard `n`.
-fn task_api_shard_key(n: u32) -> String {
-    format!("tasks-index-{n:02}")
-}
-
-fn ceiling_shard_key(n: u32) -> String {
-    format!("bench-ceiling-tasks-index-{n:02}")
 }
 
 /// A ceiling key read like a pooled task by GetTask.
@@ -177,23 +164,6 @@ pub fn ceiling_update_key(n: usize) -> String {
     format!("bench-ceiling-update-{n}")
 }
 
-/// The shard task-api's index puts `id` in: the same FNV-1a hash, so the ceiling's creates
-/// spread over its 64 shards (and collide on them) as task-api's do.
-fn shard_of(id: &str) -> u32 {
-    let mut hash: u32 = 0x811c_9dc5;
-    for byte in id.bytes() {
-        hash ^= u32::from(byte);
-        hash = hash.wrapping_mul(0x0100_0193);
-    }
-    hash % SHARDS
-}
-
-/// A list-index shard document, as task-api stores it.
-#[derive(Default, Serialize, Deserialize)]
-struct Shard {
-    tasks: BTreeMap<String, i64>,
-}
-
 pub fn new_task() -> Result<NewTask> {
     NewTask::parse(TITLE, Some(DESCRIPTION), Some(i64::from(PRIORITY)))
         .map_err(|v| setup(format!("the benchmark's task is invalid: {v}")))
@@ -202,6 +172,11 @@ pub fn new_task() -> Result<NewTask> {
 /// A pending task as CreateTask would make it.
 fn pending_task(template: &NewTask) -> Task {
     Task::create(TaskId::generate(), template.clone(), time::now())
+}
+
+/// The stored record of a new task, byte for byte what CreateTask writes.
+fn new_record(task: Task) -> TaskRecord {
+    TaskRecord::create(task, Nonce::random()).record
 }
 
 fn state_item(key: String, value: Vec<u8>, etag: Option<String>) -> StateItem {
@@ -281,12 +256,12 @@ impl Ceiling {
         Ok(response.items.iter().filter(|i| !i.data.is_empty()).count())
     }
 
-    async fn publish(&mut self, event: &TaskEvent) -> CallResult {
+    async fn publish(&mut self, data: Vec<u8>) -> CallResult {
         self.dapr
             .publish_event(PublishEventRequest {
                 pubsub_name: PUBSUB.into(),
                 topic: CEILING_TOPIC.into(),
-                data: event.to_json(),
+                data,
                 data_content_type: "application/json".into(),
                 metadata: HashMap::new(),
             })
@@ -295,51 +270,20 @@ impl Ceiling {
         Ok(())
     }
 
-    /// CreateTask's calls: the ETag-guarded read-modify-write of the task's index shard
-    /// (retried on conflict, as task-api does), the task write, its read-back, the event.
+    /// CreateTask's calls on its own path: stage the event, write the task, read its ETag.
+    /// (Its list entry is written in batches shared by concurrent creates: not counted here.)
     pub async fn create(&mut self) -> CallResult {
-        let task = pending_task(&self.template);
-        let shard_key = ceiling_shard_key(shard_of(task.id.as_str()));
-        let mut attempt = 1;
-        loop {
-            let (data, etag) = self.get_state(&shard_key).await?;
-            let mut shard: Shard = if data.is_empty() {
-                Shard::default()
-            } else {
-                serde_json::from_slice(&data).map_err(|e| format!("{shard_key}: {e}"))?
-            };
-            shard
-                .tasks
-                .insert(task.id.to_string(), task.created_at.timestamp_micros());
-            let bytes = serde_json::to_vec(&shard).map_err(|e| e.to_string())?;
-            // A shard that does not exist yet is written create-if-absent, like task-api does.
-            let mut item = state_item(shard_key.clone(), bytes, (!data.is_empty()).then_some(etag));
-            if let Some(options) = &mut item.options {
-                options.concurrency = StateConcurrency::ConcurrencyFirstWrite as i32;
-            }
-            match self.save(vec![item]).await {
-                Ok(()) => break,
-                // Redis reports a lost create-if-absent as a plain error, not ABORTED.
-                Err(status)
-                    if attempt < MAX_ATTEMPTS
-                        && (status.code() == tonic::Code::Aborted || data.is_empty()) =>
-                {
-                    backoff(attempt).await;
-                    attempt += 1;
-                }
-                Err(status) => return Err(describe(&status)),
-            }
-        }
-        let key = format!("bench-ceiling-task-{}", task.id);
-        self.save(vec![state_item(key.clone(), encode_task(&task), None)])
+        let planned = TaskRecord::create(pending_task(&self.template), Nonce::random());
+        self.publish(planned.event.to_json()).await?;
+        let key = format!("bench-ceiling-task-{}", planned.record.id());
+        self.save(vec![state_item(key.clone(), encode(&planned.record), None)])
             .await
             .map_err(|s| describe(&s))?;
         let (stored, _) = self.get_state(&key).await?;
         if stored.is_empty() {
             return Err(format!("{key} was not stored"));
         }
-        self.publish(&TaskEvent::of(TaskEventType::Created, &task))
-            .await
+        Ok(())
     }
 
     /// GetTask's one call.
@@ -352,18 +296,28 @@ impl Ceiling {
         Ok(())
     }
 
-    /// UpdateTaskStatus's calls: read, ETag-guarded write, read-back, event.
+    /// UpdateTaskStatus's calls on its own path: read, stage the event, ETag-guarded write,
+    /// read the new ETag.
     pub async fn complete(&mut self, n: usize) -> CallResult {
         let key = ceiling_update_key(n);
         let (data, etag) = self.get_state(&key).await?;
         if data.is_empty() {
             return Err(format!("{key} is missing"));
         }
-        let mut task = pending_task(&self.template);
+        let record = new_record(pending_task(&self.template));
+        let mut task = record.live().cloned().ok_or("not live")?;
         task.set_status(TaskStatus::Completed, time::now());
+        let planned = record
+            .update(
+                task,
+                TaskEventType::StatusChanged(TaskStatus::Completed),
+                Nonce::random(),
+            )
+            .ok_or("not live")?;
+        self.publish(planned.event.to_json()).await?;
         self.save(vec![state_item(
             key.clone(),
-            encode_task(&task),
+            encode(&planned.record),
             Some(etag),
         )])
         .await
@@ -372,18 +326,18 @@ impl Ceiling {
         if stored.is_empty() {
             return Err(format!("{key} vanished"));
         }
-        self.publish(&TaskEvent::of(
-            TaskEventType::StatusChanged(TaskStatus::Completed),
-            &task,
-        ))
-        .await
+        Ok(())
     }
 
-    /// ListTasks' calls for a first page: every index shard in one bulk read, then the page's
-    /// tasks in another.
+    /// ListTasks' calls for a first page: the head leaf of each of the 15 lists in one bulk
+    /// read, then the page's tasks in another.
     pub async fn list(&mut self, first: usize, pool: usize) -> CallResult {
-        self.get_bulk((0..SHARDS).map(ceiling_shard_key).collect())
-            .await?;
+        self.get_bulk(
+            (0..LISTS)
+                .map(|n| format!("bench-ceiling-list-{n}-head"))
+                .collect(),
+        )
+        .await?;
         let keys = (0..LIST_PAGE_SIZE)
             .map(|i| ceiling_get_key((first + i) % pool.max(1)))
             .collect();
@@ -399,7 +353,7 @@ impl Ceiling {
     pub async fn seed(&mut self, count: usize) -> Result<()> {
         let mut items = Vec::new();
         for n in 0..count {
-            let document = encode_task(&pending_task(&self.template));
+            let document = encode(&new_record(pending_task(&self.template)));
             items.push(state_item(ceiling_get_key(n), document.clone(), None));
             items.push(state_item(ceiling_update_key(n), document, None));
             if items.len() >= 200 || n + 1 == count {
@@ -417,9 +371,9 @@ impl Ceiling {
         let mut ids = Vec::with_capacity(count);
         let mut items = Vec::new();
         for n in 0..count {
-            let task = pending_task(&self.template);
-            items.push(state_item(task_key(&task.id), encode_task(&task), None));
-            ids.push(task.id.to_string());
+            let record = new_record(pending_task(&self.template));
+            items.push(state_item(task_key(record.id()), encode(&record), None));
+            ids.push(record.id().to_string());
             if items.len() >= 500 || n + 1 == count {
                 self.save(std::mem::take(&mut items))
                     .await
@@ -428,84 +382,11 @@ impl Ceiling {
         }
         Ok(ids)
     }
-
-    /// Fails unless task-api's index holds `id` in the shard the ceiling would pick for it:
-    /// a check that the ceiling spreads its creates over the shards as task-api does.
-    pub async fn expect_indexed(&mut self, id: &str) -> Result<()> {
-        let key = task_api_shard_key(shard_of(id));
-        let (data, _) = self
-            .get_state(&key)
-            .await
-            .map_err(|e| setup(format!("reading {key}: {e}")))?;
-        let shard: Shard = serde_json::from_slice(&data)
-            .map_err(|e| setup(format!("{key} is not an index shard: {e}")))?;
-        if shard.tasks.contains_key(id) {
-            Ok(())
-        } else {
-            Err(setup(format!(
-                "task {id} is not in {key}: the ceiling's shard choice no longer matches task-api's"
-            )))
-        }
-    }
-
-    /// All 64 shards of an index in one bulk read: key to (document, ETag).
-    async fn read_index(
-        &mut self,
-        key: fn(u32) -> String,
-    ) -> Result<HashMap<String, (Vec<u8>, String)>> {
-        let response = self
-            .dapr
-            .get_bulk_state(GetBulkStateRequest {
-                store_name: STATE_STORE.into(),
-                keys: (0..SHARDS).map(key).collect(),
-                parallelism: BULK_PARALLELISM,
-                metadata: HashMap::new(),
-            })
-            .await
-            .map_err(|s| setup(format!("reading index shards: {}", describe(&s))))?
-            .into_inner();
-        Ok(response
-            .items
-            .into_iter()
-            .filter(|item| !item.data.is_empty())
-            .map(|item| (item.key, (item.data, item.etag)))
-            .collect())
-    }
-
-    /// Copies task-api's list-index shards to the ceiling's, so both read and rewrite
-    /// documents of the same size. Each write carries the ceiling shard's current ETag: the
-    /// Redis store refuses an unguarded write to a key once it was written first-write.
-    pub async fn copy_index(&mut self) -> Result<()> {
-        let mut task_api = self.read_index(task_api_shard_key).await?;
-        let mut ceiling = self.read_index(ceiling_shard_key).await?;
-        let items = (0..SHARDS)
-            .map(|n| {
-                let data = task_api
-                    .remove(&task_api_shard_key(n))
-                    .map_or_else(|| br#"{"tasks":{}}"#.to_vec(), |(data, _)| data);
-                let etag = ceiling.remove(&ceiling_shard_key(n)).map(|(_, etag)| etag);
-                state_item(ceiling_shard_key(n), data, etag)
-            })
-            .collect();
-        self.save(items)
-            .await
-            .map_err(|s| setup(format!("copying the index: {}", describe(&s))))
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn shards_match_task_apis_keys() {
-        assert_eq!(task_api_shard_key(7), "tasks-index-07");
-        assert!(shard_of("3f1c9a9e-2b7d-4e7c-9a51-0c0b5f6d2a11") < SHARDS);
-        let used: std::collections::HashSet<u32> = (0..2000)
-            .map(|_| shard_of(TaskId::generate().as_str()))
-            .collect();
-        assert_eq!(used.len(), SHARDS as usize);
-    }
 
     #[test]
     fn the_benchmark_task_is_valid() {

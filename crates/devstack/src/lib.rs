@@ -1,8 +1,8 @@
 //! The local Dapr runtime that task-api runs on, started from code.
 //!
-//! One place knows how to start Redis, the Dapr scheduler and a daprd per app, and how to stop
-//! them again: the integration tests, the run command (`devstack up`) and the benchmark all use
-//! this crate.
+//! One place knows how to start Redis, PostgreSQL, the Dapr scheduler and a daprd per app, and how
+//! to stop them again: the integration tests, the run command (`devstack up`) and the benchmark
+//! all use this crate.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), devstack::Error> {
@@ -24,6 +24,7 @@ mod binaries;
 mod error;
 pub mod http;
 mod ports;
+mod postgres;
 mod process;
 mod redis;
 mod resources;
@@ -37,9 +38,10 @@ pub mod walkthrough;
 pub use binaries::{Binaries, install_command};
 pub use error::Error;
 pub use ports::{ensure_free, free_port};
+pub use postgres::Postgres;
 pub use process::{LogSink, ManagedProcess};
-pub use redis::{Redis, ping as redis_answers};
-pub use resources::{ComponentSet, repo_root};
+pub use redis::{GroupBacklog, Redis, ping as redis_answers};
+pub use resources::{ComponentSet, cache_dir, repo_root};
 pub use scheduler::Scheduler;
 pub use sentry::Sentry;
 pub use sidecar::{Sidecar, SidecarBuilder};

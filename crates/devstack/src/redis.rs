@@ -1,6 +1,12 @@
-//! A private Redis server: loopback only, a free port, nothing persisted.
+//! A private Redis server: loopback only, a free port, nothing written to disk while it runs.
+//! [`Redis::shutdown`] saves a snapshot, so a server stopped on purpose (a broker or store outage
+//! in a test) comes back with its data.
 
-use std::{path::Path, process::Command, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -13,8 +19,10 @@ const INSTALL_REDIS: &str = "apt-get install -y redis-server (or run scripts/tes
 
 /// A running `redis-server` owned by this handle.
 pub struct Redis {
-    process: ManagedProcess,
+    process: Option<ManagedProcess>,
     port: u16,
+    dir: PathBuf,
+    sink: LogSink,
 }
 
 impl Redis {
@@ -26,7 +34,21 @@ impl Redis {
 
     /// Starts it on a given port.
     pub async fn start_on(dir: &Path, port: u16, sink: LogSink) -> Result<Self, Error> {
-        crate::ports::ensure_free(port, "wanted for redis-server")?;
+        std::fs::create_dir_all(dir).map_err(Error::io("the Redis directory"))?;
+        let mut redis = Self {
+            process: None,
+            port,
+            dir: dir.to_path_buf(),
+            sink,
+        };
+        redis.start_again().await?;
+        Ok(redis)
+    }
+
+    /// Starts the server again on the same port and directory, loading the snapshot
+    /// [`Redis::shutdown`] saved.
+    pub async fn start_again(&mut self) -> Result<(), Error> {
+        crate::ports::ensure_free(self.port, "wanted for redis-server")?;
         let program = which("redis-server").ok_or_else(|| Error::Missing {
             what: "redis-server",
             detail: "not found on PATH".into(),
@@ -34,7 +56,7 @@ impl Redis {
         })?;
         let mut command = Command::new(program);
         command
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args([
                 "--save",
                 "",
@@ -44,14 +66,26 @@ impl Redis {
                 "yes",
             ])
             .arg("--dir")
-            .arg(dir);
-        let mut process = ManagedProcess::spawn("redis", command, sink)?;
+            .arg(&self.dir);
+        let mut process = ManagedProcess::spawn("redis", command, self.sink.clone())?;
+        let port = self.port;
         process
-            .wait_until(Duration::from_secs(10), "no PONG", || async {
+            .wait_until(Duration::from_secs(10), "no PONG", || async move {
                 ping(port).await.then_some(())
             })
             .await?;
-        Ok(Self { process, port })
+        self.process = Some(process);
+        Ok(())
+    }
+
+    /// Stops the server the way an operator would (`SHUTDOWN SAVE`): clients are cut off, and
+    /// the data is kept for [`Redis::start_again`].
+    pub fn shutdown(&mut self) -> Result<(), Error> {
+        let saved = self.cli(&["SHUTDOWN", "SAVE"]);
+        if let Some(mut process) = self.process.take() {
+            process.stop(Duration::from_secs(10));
+        }
+        saved.map(|_| ())
     }
 
     pub fn port(&self) -> u16 {
@@ -63,8 +97,10 @@ impl Redis {
         format!("127.0.0.1:{}", self.port)
     }
 
-    pub fn process(&mut self) -> &mut ManagedProcess {
-        &mut self.process
+    /// The running server process (`None` between [`Redis::shutdown`] and
+    /// [`Redis::start_again`]).
+    pub fn process(&mut self) -> Option<&mut ManagedProcess> {
+        self.process.as_mut()
     }
 
     /// Runs `redis-cli` against this server and returns its output (for tests that look at what
@@ -83,6 +119,53 @@ impl Redis {
         Ok(String::from_utf8_lossy(&output.stdout)
             .trim_end()
             .to_string())
+    }
+}
+
+/// What a consumer group of a stream has left to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupBacklog {
+    /// Entries delivered to the group but not acknowledged.
+    pub pending: u64,
+    /// Entries not yet delivered to the group.
+    pub lag: u64,
+}
+
+impl GroupBacklog {
+    pub fn is_empty(&self) -> bool {
+        self.pending == 0 && self.lag == 0
+    }
+}
+
+impl Redis {
+    /// The backlog of consumer group `group` on stream `stream` (a Dapr topic on `pubsub.redis`),
+    /// `None` while the group does not exist.
+    pub fn backlog(&self, stream: &str, group: &str) -> Result<Option<GroupBacklog>, Error> {
+        let output = self.cli(&["XINFO", "GROUPS", stream])?;
+        let lines: Vec<&str> = output.lines().collect();
+        // Flat key/value lines, one group after another, each starting with "name".
+        for group_lines in lines.split(|line| *line == "name").skip(1) {
+            if group_lines.first() != Some(&group) {
+                continue;
+            }
+            let value = |key: &str| {
+                group_lines
+                    .iter()
+                    .position(|line| *line == key)
+                    .and_then(|at| group_lines.get(at + 1))
+                    .and_then(|v| v.parse::<u64>().ok())
+            };
+            return Ok(Some(GroupBacklog {
+                pending: value("pending").unwrap_or(u64::MAX),
+                lag: value("lag").unwrap_or(u64::MAX),
+            }));
+        }
+        Ok(None)
+    }
+
+    /// The number of entries in a stream (0 for none).
+    pub fn stream_length(&self, stream: &str) -> Result<u64, Error> {
+        Ok(self.cli(&["XLEN", stream])?.trim().parse().unwrap_or(0))
     }
 }
 

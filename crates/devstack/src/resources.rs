@@ -1,7 +1,9 @@
 //! The Dapr resources a stack loads: the repository's `components/`, rendered for one stack.
 //!
-//! The YAML users run is the YAML the tests load. Rendering replaces only what differs per stack:
-//! the Redis address (`localhost:6379` in the files), the local secrets file
+//! The YAML users run is the YAML the tests load. A stack loads `components/common`, one state
+//! store from `components/state/<store>` and one broker from `components/pubsub/<broker>`.
+//! Rendering replaces only what differs per stack: the Redis addresses (`localhost:6379` in the
+//! files), the PostgreSQL connection (`host=localhost port=5432`), the local secrets file
 //! (`.dev/secrets.json`) and the name-resolution database (`.dev/nameresolution.db`).
 
 use std::path::{Path, PathBuf};
@@ -16,48 +18,116 @@ pub fn repo_root() -> PathBuf {
         .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
 }
 
-/// Which state store and pub/sub the apps get.
+/// Where builds and templates are kept between runs: `TASK_API_CACHE`, else
+/// `$XDG_CACHE_HOME/task-api`, else `~/.cache/task-api` (the same place `scripts/test` uses).
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("TASK_API_CACHE") {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(dir).join("task-api");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
+    PathBuf::from(home).join(".cache/task-api")
+}
+
+/// Which state store and broker the apps get.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ComponentSet {
-    /// `components/embedded`: state.in-memory and pubsub.in-memory; needs no server.
+    /// `state.in-memory` and `pubsub.in-memory`: needs no server, keeps nothing.
     InMemory,
-    /// `components/redis`: state.redis and pubsub.redis on the stack's Redis.
+    /// `state.redis` and `pubsub.redis`, each on its own private `redis-server`, so the broker
+    /// can fail while the store works.
     Redis,
+    /// `state.postgresql` (v2) on a private PostgreSQL, with `pubsub.redis` as the broker.
+    Postgres,
 }
 
 impl ComponentSet {
-    fn directory(self) -> &'static str {
+    /// Every set, for tests that run on each.
+    pub const ALL: [ComponentSet; 3] = [
+        ComponentSet::InMemory,
+        ComponentSet::Redis,
+        ComponentSet::Postgres,
+    ];
+
+    /// The directory under `components/state`.
+    pub fn state_store(self) -> &'static str {
         match self {
-            ComponentSet::InMemory => "embedded",
+            ComponentSet::InMemory => "in-memory",
             ComponentSet::Redis => "redis",
+            ComponentSet::Postgres => "postgresql",
         }
+    }
+
+    /// The directory under `components/pubsub`.
+    pub fn broker(self) -> &'static str {
+        match self {
+            ComponentSet::InMemory => "in-memory",
+            ComponentSet::Redis | ComponentSet::Postgres => "redis",
+        }
+    }
+
+    /// Whether the broker keeps messages across a sidecar restart and redelivers them (a
+    /// dead-letter topic then works as a retry topic).
+    pub fn durable_broker(self) -> bool {
+        self.broker() != "in-memory"
+    }
+
+    pub(crate) fn needs_state_redis(self) -> bool {
+        self == ComponentSet::Redis
+    }
+
+    pub(crate) fn needs_broker_redis(self) -> bool {
+        self.broker() == "redis"
     }
 }
 
 /// Placeholders in the repository's YAML and what a stack puts in their place.
 pub(crate) struct Substitutions {
-    pub redis_address: Option<String>,
+    pub state_redis: Option<String>,
+    pub broker_redis: Option<String>,
+    pub postgres: Option<String>,
     pub secrets_file: PathBuf,
     pub name_resolution_db: PathBuf,
 }
 
+/// Which placeholders a file may take, by the directory it comes from.
+#[derive(Clone, Copy)]
+enum Source {
+    Common,
+    State,
+    Broker,
+}
+
 impl Substitutions {
-    fn apply(&self, yaml: &str) -> String {
+    fn apply(&self, yaml: &str, source: Source) -> String {
         let mut out = yaml
             .replace(".dev/secrets.json", &self.secrets_file.to_string_lossy())
             .replace(
                 ".dev/nameresolution.db",
                 &self.name_resolution_db.to_string_lossy(),
             );
-        if let Some(address) = &self.redis_address {
+        let redis = match source {
+            Source::State => self.state_redis.as_ref(),
+            Source::Broker => self.broker_redis.as_ref(),
+            Source::Common => None,
+        };
+        if let Some(address) = redis {
             out = out.replace("localhost:6379", address);
+        }
+        if let Some(connection) = &self.postgres {
+            out = out.replace(
+                "host=localhost port=5432 user=postgres dbname=postgres sslmode=disable",
+                connection,
+            );
         }
         out
     }
 }
 
-/// Renders `components/common` plus the chosen set into `target`, and `components/config.yaml`
-/// into `config_path`.
+/// Renders `components/common`, the set's state store and broker into `target`, and
+/// `components/config.yaml` into `config_path`.
 pub(crate) fn render(
     set: ComponentSet,
     substitutions: &Substitutions,
@@ -67,18 +137,33 @@ pub(crate) fn render(
 ) -> Result<(), Error> {
     let components = repo_root().join("components");
     std::fs::create_dir_all(target).map_err(Error::io("the resources directory"))?;
-    for dir in ["common", set.directory()] {
-        let source = components.join(dir);
-        let entries =
-            std::fs::read_dir(&source).map_err(Error::io(format!("{}", source.display())))?;
+    let sources = [
+        (components.join("common"), Source::Common, "common"),
+        (
+            components.join("state").join(set.state_store()),
+            Source::State,
+            "state",
+        ),
+        (
+            components.join("pubsub").join(set.broker()),
+            Source::Broker,
+            "pubsub",
+        ),
+    ];
+    for (dir, source, prefix) in sources {
+        let entries = std::fs::read_dir(&dir).map_err(Error::io(format!("{}", dir.display())))?;
         for entry in entries {
             let path = entry.map_err(Error::io("a component file"))?.path();
             if path.extension().is_some_and(|e| e == "yaml") {
                 let yaml = std::fs::read_to_string(&path)
                     .map_err(Error::io(format!("{}", path.display())))?;
-                let name = path.file_name().unwrap_or_default();
-                std::fs::write(target.join(name), substitutions.apply(&yaml))
-                    .map_err(Error::io("a rendered component"))?;
+                let name = path.file_name().unwrap_or_default().to_string_lossy();
+                // Prefixed, so state/…/x.yaml and pubsub/…/x.yaml never collide.
+                std::fs::write(
+                    target.join(format!("{prefix}-{name}")),
+                    substitutions.apply(&yaml, source),
+                )
+                .map_err(Error::io("a rendered component"))?;
             }
         }
     }
@@ -87,7 +172,7 @@ pub(crate) fn render(
     }
     let config = std::fs::read_to_string(components.join("config.yaml"))
         .map_err(Error::io("components/config.yaml"))?;
-    std::fs::write(config_path, substitutions.apply(&config))
+    std::fs::write(config_path, substitutions.apply(&config, Source::Common))
         .map_err(Error::io("the rendered configuration"))?;
     Ok(())
 }

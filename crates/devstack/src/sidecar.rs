@@ -171,28 +171,65 @@ impl<'a> SidecarBuilder<'a> {
             command.env("DAPR_API_TOKEN", token);
         }
         let name = format!("daprd {}", self.app_id);
-        let mut process = ManagedProcess::spawn(&name, command, self.sink.clone())?;
-
-        let http_port = self.http_port;
-        process
-            .wait_until(READY_TIMEOUT, "/v1.0/healthz did not answer 204", || {
-                http::answers(http_port, "/v1.0/healthz", 204)
-            })
-            .await?;
-        Ok(Sidecar {
+        let recipe = Recipe::of(&command);
+        let process = ManagedProcess::spawn(&name, command, self.sink.clone())?;
+        let mut sidecar = Sidecar {
             process,
+            recipe,
+            sink: self.sink,
             app_id: self.app_id,
             grpc_port: self.grpc_port,
             http_port: self.http_port,
             metrics_port: self.metrics_port,
             dapr_api_token: self.dapr_api_token,
-        })
+        };
+        sidecar.wait_until_healthy().await?;
+        Ok(sidecar)
+    }
+}
+
+/// How a process was started, to start it again the same way.
+struct Recipe {
+    program: std::ffi::OsString,
+    args: Vec<std::ffi::OsString>,
+    envs: Vec<(std::ffi::OsString, Option<std::ffi::OsString>)>,
+    dir: Option<PathBuf>,
+}
+
+impl Recipe {
+    fn of(command: &Command) -> Self {
+        Self {
+            program: command.get_program().to_owned(),
+            args: command.get_args().map(ToOwned::to_owned).collect(),
+            envs: command
+                .get_envs()
+                .map(|(k, v)| (k.to_owned(), v.map(ToOwned::to_owned)))
+                .collect(),
+            dir: command.get_current_dir().map(ToOwned::to_owned),
+        }
+    }
+
+    fn command(&self) -> Command {
+        let mut command = Command::new(&self.program);
+        command.args(&self.args);
+        for (key, value) in &self.envs {
+            match value {
+                Some(value) => command.env(key, value),
+                None => command.env_remove(key),
+            };
+        }
+        if let Some(dir) = &self.dir {
+            command.current_dir(dir);
+        }
+        command
     }
 }
 
 /// A running daprd owned by this handle.
 pub struct Sidecar {
     process: ManagedProcess,
+    recipe: Recipe,
+    sink: LogSink,
     app_id: String,
     grpc_port: u16,
     http_port: u16,
@@ -288,5 +325,28 @@ impl Sidecar {
     /// Stops daprd now (SIGTERM, then SIGKILL after `grace`).
     pub fn stop(&mut self, grace: Duration) {
         self.process.stop(grace);
+    }
+
+    /// Kills daprd at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        self.process.signal(libc::SIGKILL);
+        self.process.stop(Duration::from_secs(5));
+    }
+
+    /// Starts daprd again, with the same ports and settings, and waits until it is healthy.
+    pub async fn start_again(&mut self) -> Result<(), Error> {
+        let name = format!("daprd {}", self.app_id);
+        self.process.stop(Duration::from_secs(5));
+        self.process = ManagedProcess::spawn(&name, self.recipe.command(), self.sink.clone())?;
+        self.wait_until_healthy().await
+    }
+
+    async fn wait_until_healthy(&mut self) -> Result<(), Error> {
+        let http_port = self.http_port;
+        self.process
+            .wait_until(READY_TIMEOUT, "/v1.0/healthz did not answer 204", || {
+                http::answers(http_port, "/v1.0/healthz", 204)
+            })
+            .await
     }
 }

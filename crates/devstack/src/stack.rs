@@ -1,5 +1,6 @@
 //! A stack: one temporary directory holding the rendered resources, the local secrets and the
-//! name-resolution database, plus the shared processes (Redis, scheduler) its sidecars use.
+//! name-resolution database, plus the shared processes its sidecars use: the state store's server
+//! (Redis or PostgreSQL), the broker's Redis, the scheduler and Sentry.
 
 use std::{
     io::Read,
@@ -9,7 +10,7 @@ use std::{
 
 use crate::{
     Binaries, ComponentSet, DEV_API_KEY_FIELD, DEV_API_KEY_SECRET, Error, LogSink, ManagedProcess,
-    Redis, Scheduler, Sentry, SidecarBuilder,
+    Postgres, Redis, Scheduler, Sentry, SidecarBuilder,
     resources::{self, Substitutions},
 };
 
@@ -26,7 +27,7 @@ pub struct StackBuilder {
 }
 
 impl StackBuilder {
-    /// In-memory or Redis state and pub/sub (Redis starts a private `redis-server`).
+    /// Which state store and broker (Redis and PostgreSQL sets start private servers).
     pub fn components(mut self, set: ComponentSet) -> Self {
         self.components = set;
         self
@@ -56,13 +57,13 @@ impl StackBuilder {
         self
     }
 
-    /// Runs Redis on this port instead of a free one.
+    /// Runs Redis on this port instead of a free one (one server then holds state and topics).
     pub fn redis_port(mut self, port: u16) -> Self {
         self.redis_port = Some(port);
         self
     }
 
-    /// Uses the Redis already serving at `address` instead of starting one.
+    /// Uses the Redis already serving at `address` for state and topics instead of starting one.
     pub fn external_redis(mut self, address: &str) -> Self {
         self.external_redis = Some(address.to_string());
         self
@@ -81,13 +82,36 @@ impl StackBuilder {
             .prefix("task-api-stack-")
             .tempdir()
             .map_err(Error::io("the stack directory"))?;
-        let redis = match self.components {
-            ComponentSet::Redis if self.external_redis.is_some() => None,
-            ComponentSet::Redis => Some(match self.redis_port {
-                Some(port) => Redis::start_on(dir.path(), port, self.sink.clone()).await?,
-                None => Redis::start(dir.path(), self.sink.clone()).await?,
-            }),
-            ComponentSet::InMemory => None,
+        let shared_redis = match (&self.external_redis, self.redis_port) {
+            (Some(address), _) => Some(SharedRedis::External(address.clone())),
+            (None, Some(port)) => Some(SharedRedis::Owned(
+                Redis::start_on(dir.path(), port, self.sink.clone()).await?,
+            )),
+            (None, None) => None,
+        };
+        let (redis, broker, external) = match shared_redis {
+            // One server for both, as `scripts/run --redis` and Kubernetes' docker-desktop
+            // overlay have it.
+            Some(SharedRedis::External(address)) => (None, None, Some(address)),
+            Some(SharedRedis::Owned(redis)) => (Some(redis), None, None),
+            None => {
+                let state = if self.components.needs_state_redis() {
+                    Some(Redis::start(&dir.path().join("state"), self.sink.clone()).await?)
+                } else {
+                    None
+                };
+                let broker = if self.components.needs_broker_redis() {
+                    Some(Redis::start(&dir.path().join("broker"), self.sink.clone()).await?)
+                } else {
+                    None
+                };
+                (state, broker, None)
+            }
+        };
+        let postgres = if self.components == ComponentSet::Postgres {
+            Some(Postgres::start(self.sink.clone()).await?)
+        } else {
+            None
         };
         let scheduler = if self.scheduler {
             Some(Scheduler::start(&binaries, dir.path(), self.sink.clone()).await?)
@@ -112,8 +136,14 @@ impl StackBuilder {
 
         let resources_dir = dir.path().join("resources");
         let config_path = dir.path().join("config.yaml");
+        let state_redis = redis.as_ref().map(Redis::address).or(external.clone());
         let substitutions = Substitutions {
-            redis_address: redis.as_ref().map(Redis::address).or(self.external_redis),
+            broker_redis: broker
+                .as_ref()
+                .map(Redis::address)
+                .or_else(|| state_redis.clone()),
+            state_redis,
+            postgres: postgres.as_ref().map(Postgres::connection_string),
             secrets_file,
             name_resolution_db: dir.path().join("nameresolution.db"),
         };
@@ -135,9 +165,16 @@ impl StackBuilder {
             scheduler,
             sentry,
             redis,
+            broker,
+            postgres,
             dir,
         })
     }
+}
+
+enum SharedRedis {
+    External(String),
+    Owned(Redis),
 }
 
 /// A started stack. Dropping it stops Redis and the scheduler; sidecars and apps have handles of
@@ -153,6 +190,8 @@ pub struct Stack {
     scheduler: Option<Scheduler>,
     sentry: Option<Sentry>,
     redis: Option<Redis>,
+    broker: Option<Redis>,
+    postgres: Option<Postgres>,
     dir: tempfile::TempDir,
 }
 
@@ -197,12 +236,30 @@ impl Stack {
         &self.api_key
     }
 
+    /// The state store's Redis (Redis set), or the one server of a shared-Redis stack.
     pub fn redis(&self) -> Option<&Redis> {
         self.redis.as_ref()
     }
 
     pub fn redis_mut(&mut self) -> Option<&mut Redis> {
         self.redis.as_mut()
+    }
+
+    /// The broker's own Redis, when it has one.
+    pub fn broker(&self) -> Option<&Redis> {
+        self.broker.as_ref()
+    }
+
+    pub fn broker_mut(&mut self) -> Option<&mut Redis> {
+        self.broker.as_mut()
+    }
+
+    pub fn postgres(&self) -> Option<&Postgres> {
+        self.postgres.as_ref()
+    }
+
+    pub fn postgres_mut(&mut self) -> Option<&mut Postgres> {
+        self.postgres.as_mut()
     }
 
     pub fn scheduler_address(&self) -> Option<String> {

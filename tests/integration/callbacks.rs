@@ -1,10 +1,10 @@
 //! AppCallback semantics against the real daprd: two apps, their sidecars, Redis.
 
-mod common;
+use crate::common;
 
 use std::{collections::HashMap, time::Duration};
 
-use common::{Options, TestApp, create, eventually};
+use crate::common::{Options, TestApp, create, eventually, wait_until_handled};
 use dapr::dapr::proto::{
     common::v1::InvokeRequest,
     runtime::v1::{
@@ -46,13 +46,24 @@ async fn notifications_for(notifications: &TestApp, task_id: &str) -> usize {
         .len()
 }
 
-/// Waits until `task_id` has `count` notifications, then checks no more arrive for a while.
-async fn expect_exactly(notifications: &TestApp, task_id: &str, count: usize, within: Duration) {
+/// Waits until `task_id` has `count` notifications, then, once task-api has handled every event
+/// published so far, checks that no more arrived.
+async fn expect_exactly(
+    stack: &Stack,
+    notifications: &TestApp,
+    task_id: &str,
+    count: usize,
+    within: Duration,
+) {
     eventually(within, || async {
         (notifications_for(notifications, task_id).await >= count).then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_until_handled(
+        stack,
+        &["task-events", "task-events-outbox", "task-events-retry"],
+    )
+    .await;
     assert_eq!(notifications_for(notifications, task_id).await, count);
 }
 
@@ -80,13 +91,14 @@ async fn publish(sidecar: &devstack::Sidecar, data: Vec<u8>, content_type: &str,
     .unwrap();
 }
 
-fn completed_event(task_id: &str) -> Vec<u8> {
+fn completed_event(task_id: &str, revision: Option<u64>) -> Vec<u8> {
     TaskEvent {
         event_type: TaskEventType::StatusChanged(TaskStatus::Completed),
         task_id: task_id.into(),
         title: "t".into(),
         status: TaskStatus::Completed,
         timestamp: time::now(),
+        revision,
     }
     .to_json()
 }
@@ -100,7 +112,7 @@ async fn a_completion_notifies_exactly_once_even_when_redelivered() {
 
     let task = create(&mut client, "finish me", None).await;
     complete(&mut client, &task.id).await;
-    expect_exactly(&notifications, &task.id, 1, Duration::from_secs(20)).await;
+    expect_exactly(&stack, &notifications, &task.id, 1, Duration::from_secs(20)).await;
     let received = notifications
         .notifications_client()
         .await
@@ -118,17 +130,57 @@ async fn a_completion_notifies_exactly_once_even_when_redelivered() {
     );
     assert_eq!(received[0].sender_app_id, "task-api");
 
-    // The same CloudEvent delivered twice: one notification.
-    let other = create(&mut client, "duplicated", None).await;
-    let event = completed_event(&other.id);
-    let id = format!("duplicate-{}", other.id);
-    publish(&app.sidecar, event.clone(), "application/json", &id).await;
-    publish(&app.sidecar, event, "application/json", &id).await;
-    expect_exactly(&notifications, &other.id, 1, Duration::from_secs(20)).await;
+    // The real completion (revision 2) published again, under its own id and under new ones:
+    // still one notification.
+    let event = completed_event(&task.id, Some(2));
+    for id in [
+        format!("{}.2", task.id),
+        "replay-1".into(),
+        "replay-2".into(),
+    ] {
+        publish(&app.sidecar, event.clone(), "application/json", &id).await;
+    }
+    expect_exactly(&stack, &notifications, &task.id, 1, Duration::from_secs(20)).await;
 }
 
-/// notification-service is down when the event first arrives: RETRY, redelivery, and one
-/// notification once it is up.
+/// Completions the stored task does not confirm are ignored: an unknown task, a task that is
+/// not completed, a revision that was not a completion.
+#[tokio::test]
+async fn forged_completions_notify_nobody() {
+    let stack = redis_stack().await;
+    let (app, notifications) =
+        TestApp::task_api_with_notifications(&stack, Options::default()).await;
+    let mut client = app.client().await;
+    let pending = create(&mut client, "still pending", None).await;
+    let done = create(&mut client, "done", None).await;
+    complete(&mut client, &done.id).await;
+    expect_exactly(&stack, &notifications, &done.id, 1, Duration::from_secs(20)).await;
+
+    let forged = [
+        completed_event("no-such-task", Some(2)),
+        completed_event(&pending.id, Some(2)),
+        completed_event(&pending.id, None),
+        completed_event(&done.id, Some(1)),
+        completed_event(&done.id, Some(9)),
+    ];
+    for (n, event) in forged.into_iter().enumerate() {
+        publish(
+            &app.sidecar,
+            event,
+            "application/json",
+            &format!("forged-{n}"),
+        )
+        .await;
+    }
+    wait_until_handled(&stack, &["task-events", "task-events-retry"]).await;
+    assert_eq!(notifications_for(&notifications, "no-such-task").await, 0);
+    assert_eq!(notifications_for(&notifications, &pending.id).await, 0);
+    assert_eq!(notifications_for(&notifications, &done.id).await, 1);
+}
+
+/// notification-service is down when the event first arrives: its redelivery attempts fail, it
+/// moves to the retry topic and comes round again, and one notification goes out once
+/// notification-service is up.
 #[tokio::test]
 async fn a_transient_failure_is_retried_until_the_notification_goes_out() {
     let stack = redis_stack().await;
@@ -136,14 +188,20 @@ async fn a_transient_failure_is_retried_until_the_notification_goes_out() {
     let mut client = app.client().await;
     let task = create(&mut client, "notify later", None).await;
     complete(&mut client, &task.id).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let broker = stack.broker().unwrap();
+    eventually(Duration::from_secs(30), || async {
+        (broker.stream_length("task-events-retry").unwrap_or(0) > 0).then_some(())
+    })
+    .await;
 
     let notifications = TestApp::notification_service(&stack, Options::default()).await;
-    expect_exactly(&notifications, &task.id, 1, Duration::from_secs(40)).await;
+    expect_exactly(&stack, &notifications, &task.id, 1, Duration::from_secs(40)).await;
 }
 
+/// What can never be handled is kept as a dead letter (and acknowledged, so it does not come
+/// round again), readable and replayable through invocation.
 #[tokio::test]
-async fn poison_messages_land_in_the_dead_letter_topic_and_are_recorded() {
+async fn poison_messages_are_kept_as_dead_letters() {
     let stack = redis_stack().await;
     let (app, _notifications) =
         TestApp::task_api_with_notifications(&stack, Options::default()).await;
@@ -188,12 +246,38 @@ async fn poison_messages_land_in_the_dead_letter_topic_and_are_recorded() {
         .iter()
         .find(|l| l["id"] == "poison-text")
         .unwrap();
-    assert_eq!(text["topic"], "task-events-deadletter");
+    // daprd cannot evaluate the routing rule on a payload that is not JSON and moves the event
+    // to the retry topic at once; it is kept from there.
+    assert_eq!(text["topic"], "task-events-retry");
+    assert!(
+        text["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not a task event")
+    );
     assert!(
         text["data"]
             .as_str()
             .unwrap()
             .contains("this is not a task event")
+    );
+    // Kept and acknowledged: nothing left pending on any topic.
+    wait_until_handled(&stack, &["task-events", "task-events-retry"]).await;
+    let replay = http::request(
+        caller.http_port(),
+        "POST",
+        "/v1.0/invoke/task-api/method/dead-letters/replay",
+        &[],
+        b"",
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    assert_eq!(replay.status, 200, "{}", replay.text());
+    assert_eq!(
+        replay.json().unwrap(),
+        serde_json::json!({"handled": 0, "kept": 2}),
+        "still poison: kept"
     );
 
     // task-api is still serving.
@@ -412,7 +496,7 @@ async fn callbacks_require_the_app_token_when_set() {
         topic: "task-events".into(),
         pubsub_name: "pubsub".into(),
         path: "/task-events".into(),
-        data: completed_event("forged-task"),
+        data: completed_event("forged-task", Some(2)),
         data_content_type: "application/json".into(),
         ..Default::default()
     };
@@ -456,7 +540,7 @@ async fn callbacks_require_the_app_token_when_set() {
     let mut client = app.client().await;
     let task = create(&mut client, "tokened", None).await;
     complete(&mut client, &task.id).await;
-    expect_exactly(&notifications, &task.id, 1, Duration::from_secs(20)).await;
+    expect_exactly(&stack, &notifications, &task.id, 1, Duration::from_secs(20)).await;
 }
 
 #[tokio::test]
@@ -474,7 +558,7 @@ async fn with_app_health_checks_on_the_app_is_healthy_and_receives_events() {
     let mut client = app.client().await;
     let task = create(&mut client, "health-checked", None).await;
     complete(&mut client, &task.id).await;
-    expect_exactly(&notifications, &task.id, 1, Duration::from_secs(20)).await;
+    expect_exactly(&stack, &notifications, &task.id, 1, Duration::from_secs(20)).await;
     // Probes every second for the whole test, none failed.
     let log = app.sidecar.log_contains("unhealthy");
     assert!(!log, "daprd saw the app unhealthy");
@@ -502,10 +586,11 @@ async fn bulk_events_get_one_status_per_entry() {
         ids.push(task.id);
     }
     for id in &ids {
-        expect_exactly(&notifications, id, 1, Duration::from_secs(30)).await;
+        expect_exactly(&stack, &notifications, id, 1, Duration::from_secs(30)).await;
     }
 
-    // Straight to the callback: a good entry, a malformed one, an unknown type, a raw one.
+    // Straight to the callback: a replayed real completion, a malformed entry, an unknown type,
+    // an empty one.
     let mut callback = AppCallbackClient::new(app.channel().await);
     let entry = |id: &str, data: Vec<u8>| rt::TopicEventBulkRequestEntry {
         entry_id: id.into(),
@@ -525,7 +610,7 @@ async fn bulk_events_get_one_status_per_entry() {
             pubsub_name: "pubsub".into(),
             path: "/task-events".into(),
             entries: vec![
-                entry("good", completed_event(&ids[0])),
+                entry("good", completed_event(&ids[0], Some(2))),
                 entry("malformed", b"{".to_vec()),
                 entry("unknown", br#"{"event_type":"task.nope","task_id":"x","title":"x","status":"pending","timestamp":"2025-01-15T10:30:00"}"#.to_vec()),
                 rt::TopicEventBulkRequestEntry {
@@ -544,13 +629,16 @@ async fn bulk_events_get_one_status_per_entry() {
         .map(|s| (s.entry_id, s.status))
         .collect();
     assert_eq!(statuses.len(), 4, "one status per entry");
-    assert_eq!(statuses["good"], TopicEventResponseStatus::Success as i32);
-    assert_eq!(statuses["malformed"], TopicEventResponseStatus::Drop as i32);
-    assert_eq!(statuses["unknown"], TopicEventResponseStatus::Drop as i32);
-    assert_eq!(statuses["empty"], TopicEventResponseStatus::Drop as i32);
-    // The good entry is a new completion of the first task (a new timestamp, so a new
-    // idempotency key): exactly one more notification.
-    expect_exactly(&notifications, &ids[0], 2, Duration::from_secs(10)).await;
+    // Every entry is answered SUCCESS: the replay changes nothing, the poison is kept as dead
+    // letters (not dropped to a dead-letter topic, where it would come round again).
+    for id in ["good", "malformed", "unknown", "empty"] {
+        assert_eq!(
+            statuses[id],
+            TopicEventResponseStatus::Success as i32,
+            "{id}"
+        );
+    }
+    expect_exactly(&stack, &notifications, &ids[0], 1, Duration::from_secs(10)).await;
 
     // The Alpha1 twin (deprecated, still called by older runtimes) answers the same way.
     #[allow(deprecated)]
@@ -571,7 +659,7 @@ async fn bulk_events_get_one_status_per_entry() {
         .into_inner();
     assert_eq!(
         alpha_response.statuses[0].status,
-        TopicEventResponseStatus::Drop as i32
+        TopicEventResponseStatus::Success as i32
     );
 }
 

@@ -1,11 +1,9 @@
 //! Wire compatibility with the Python original: a task it stored in Redis (through Dapr) is read
 //! and updated here, and what is written back is read by Python again.
 
-mod common;
-
 use std::process::Command;
 
-use common::{Options, TestApp};
+use crate::common::{Options, TestApp};
 use devstack::{ComponentSet, Stack};
 use task_api::proto::task::v1::{self as pb, TaskStatus};
 
@@ -65,7 +63,7 @@ async fn a_task_stored_by_the_python_original_is_read_and_updated() {
         .keys()
         .map(String::as_str)
         .collect();
-    let mut expected = vec![
+    let original = [
         "id",
         "title",
         "description",
@@ -74,14 +72,28 @@ async fn a_task_stored_by_the_python_original_is_read_and_updated() {
         "created_at",
         "updated_at",
     ];
+    let mut expected: Vec<&str> = original
+        .iter()
+        .copied()
+        .chain(["revision", "changes"])
+        .collect();
     expected.sort();
     let mut sorted = keys.clone();
     sorted.sort();
-    assert_eq!(sorted, expected, "the same document, no more, no less");
-    assert!(
-        stored.starts_with(r#"{"id":"#),
-        "fields in the original's order: {stored}"
+    assert_eq!(
+        sorted, expected,
+        "the original's fields, plus revision and changes"
     );
+    let offsets: Vec<usize> = original
+        .iter()
+        .chain(&["revision", "changes"])
+        .map(|field| stored.find(&format!("\"{field}\":")).unwrap())
+        .collect();
+    assert!(
+        offsets.is_sorted(),
+        "the original's fields first, in its order: {stored}"
+    );
+    assert_eq!(document["revision"], 1, "the first change task-api made");
     assert_eq!(document["status"], "completed");
     assert_eq!(document["description"], serde_json::Value::Null);
     assert_eq!(document["created_at"], "2025-01-15T10:30:00.000000Z");

@@ -1,15 +1,12 @@
-//! Start-up, health, reflection, a publish that fails after the save, and graceful shutdown of
-//! the real binaries.
-
-mod common;
+//! Start-up, health, reflection and graceful shutdown of the real binaries.
 
 use std::{
     process::Command,
     time::{Duration, Instant},
 };
 
-use common::{Options, TestApp, WithHeader, create};
-use devstack::{AppProcess, ComponentSet, LogSink, Redis, Stack, free_port};
+use crate::common::{Options, TestApp, WithHeader, create};
+use devstack::{AppProcess, Stack, free_port};
 use task_api::proto::task::v1::{self as pb, task_service_client::TaskServiceClient};
 use tokio_stream::StreamExt;
 use tonic::{Code, transport::Channel};
@@ -18,7 +15,6 @@ use tonic_reflection::pb::v1::{
     ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
     server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
 };
-use tonic_types::StatusExt;
 
 async fn health(channel: Channel, service: &str) -> Result<i32, tonic::Status> {
     HealthClient::new(channel)
@@ -104,60 +100,6 @@ async fn readiness_waits_for_the_sidecar_and_liveness_does_not() {
     assert_eq!(early.code(), Code::Unavailable, "{early:?}");
     let _ = stop.send(());
     server.await.unwrap().unwrap();
-}
-
-/// The save succeeded, the publish did not: the caller learns it, with the task id, and the
-/// task is there.
-#[tokio::test]
-async fn a_failed_publish_is_reported_not_swallowed() {
-    let stack = Stack::builder()
-        .components(ComponentSet::InMemory)
-        .start()
-        .await
-        .unwrap();
-    let mut broker = Redis::start(stack.dir(), LogSink::Capture).await.unwrap();
-    let flaky_pubsub = format!(
-        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: flaky\nspec:\n  type: pubsub.redis\n  version: v1\n  metadata:\n    - name: redisHost\n      value: {}\n    - name: maxRetries\n      value: \"0\"\n    - name: dialTimeout\n      value: 500ms\n",
-        broker.address()
-    );
-    std::fs::write(stack.resources_dir().join("flaky.yaml"), flaky_pubsub).unwrap();
-    let app = TestApp::task_api(
-        &stack,
-        Options {
-            settings: vec![("PUBSUB_NAME", "flaky".into())],
-            ..Default::default()
-        },
-    )
-    .await;
-    let mut client = app.client().await;
-    create(&mut client, "published", None).await;
-
-    broker.process().stop(Duration::from_secs(2));
-    let failed = client
-        .create_task(pb::CreateTaskRequest {
-            title: "saved but not announced".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(failed.code(), Code::Internal, "{failed:?}");
-    assert!(
-        failed
-            .message()
-            .contains("task.created event could not be published"),
-        "{}",
-        failed.message()
-    );
-    let info = failed.get_error_details().error_info().cloned().unwrap();
-    assert_eq!(info.reason, "EVENT_NOT_PUBLISHED");
-    let saved = client
-        .get_task(pb::GetTaskRequest {
-            id: info.metadata["task_id"].clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(saved.title, "saved but not announced");
 }
 
 /// The real binary, started as users start it: SIGTERM lets in-flight requests finish and exits 0.

@@ -1,5 +1,4 @@
 //! Integration-test harness: the real apps, in process on port 0, each behind a real daprd.
-#![allow(dead_code)]
 
 use std::time::{Duration, Instant};
 
@@ -203,16 +202,6 @@ impl TestApp {
         NotificationServiceClient::new(self.channel().await)
     }
 
-    /// Graceful stop; returns how the server ended.
-    pub async fn stop(&mut self) -> Result<(), StartupError> {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        match self.server.take() {
-            Some(server) => server.await.unwrap(),
-            None => Ok(()),
-        }
-    }
 }
 
 impl Drop for TestApp {
@@ -233,6 +222,7 @@ pub async fn create(client: &mut Client, title: &str, priority: Option<i32>) -> 
             title: title.into(),
             description: None,
             priority,
+            request_id: String::new(),
         })
         .await
         .unwrap()
@@ -353,6 +343,22 @@ impl EventProbe {
     }
 }
 
+/// Waits until task-api has taken and acknowledged everything published so far on `topics`
+/// (Redis-stream brokers only): a negative check ("nothing more happened") that waits exactly as
+/// long as it must.
+pub async fn wait_until_handled(stack: &Stack, topics: &[&str]) {
+    let broker = stack.broker().or(stack.redis()).expect("a Redis broker");
+    eventually(Duration::from_secs(90), || async {
+        topics
+            .iter()
+            .all(|topic| {
+                matches!(broker.backlog(topic, "task-api"), Ok(Some(backlog)) if backlog.is_empty())
+            })
+            .then_some(())
+    })
+    .await;
+}
+
 /// Polls `check` until it returns Some, for at most `within`.
 pub async fn eventually<T, F, Fut>(within: Duration, mut check: F) -> T
 where
@@ -429,4 +435,96 @@ pub mod kubernetes {
             })
             .collect()
     }
+}
+
+/// task-api or notification-service as its real binary in a child process, behind its own
+/// daprd: what a crash (kill -9) and a restart are done to.
+pub struct BinaryApp {
+    pub binary: &'static str,
+    pub port: u16,
+    pub sidecar: Sidecar,
+    pub process: devstack::ManagedProcess,
+    env: Vec<(String, String)>,
+}
+
+impl BinaryApp {
+    /// Starts `binary` ("task-api" or "notification-service") on `stack` and waits until it is
+    /// ready (grpc.health.v1 `""` SERVING).
+    pub async fn start(stack: &Stack, binary: &'static str, env: &[(&str, &str)]) -> BinaryApp {
+        let port = devstack::free_port().unwrap();
+        let builder = stack.sidecar(binary).unwrap().app_port(port);
+        let mut all_env = vec![
+            ("APP_HOST".to_string(), "127.0.0.1".to_string()),
+            ("APP_PORT".to_string(), port.to_string()),
+            (
+                "DAPR_GRPC_PORT".to_string(),
+                builder.grpc_port().to_string(),
+            ),
+            ("RUST_LOG".to_string(), "warn".to_string()),
+        ];
+        all_env.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let process = spawn_binary(stack, binary, &all_env);
+        let sidecar = builder.start().await.unwrap();
+        let app = BinaryApp {
+            binary,
+            port,
+            sidecar,
+            process,
+            env: all_env,
+        };
+        app.wait_until_ready(Duration::from_secs(60)).await;
+        app
+    }
+
+    /// Kills the app at once (SIGKILL), as a crash would; its sidecar keeps running.
+    pub fn kill(&mut self) {
+        self.process.signal(libc::SIGKILL);
+        self.process.stop(Duration::from_secs(5));
+    }
+
+    /// Starts the binary again on the same port, and waits until it is ready.
+    pub async fn start_again(&mut self, stack: &Stack) {
+        self.process = spawn_binary(stack, self.binary, &self.env);
+        self.wait_until_ready(Duration::from_secs(60)).await;
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://127.0.0.1:{}", self.port))
+            .unwrap()
+            .connect_lazy()
+    }
+
+    /// Whether `grpc.health.v1` answers SERVING for `""` (readiness) right now.
+    pub async fn ready(&self) -> bool {
+        let mut health = tonic_health::pb::health_client::HealthClient::new(self.channel().await);
+        let request = tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        };
+        matches!(
+            tokio::time::timeout(Duration::from_secs(1), health.check(request)).await,
+            Ok(Ok(response)) if response.get_ref().status == 1
+        )
+    }
+
+    pub async fn wait_until_ready(&self, within: Duration) {
+        eventually(within, || async { self.ready().await.then_some(()) }).await;
+    }
+}
+
+fn spawn_binary(stack: &Stack, binary: &str, env: &[(String, String)]) -> devstack::ManagedProcess {
+    let program = match binary {
+        "task-api" => env!("CARGO_BIN_EXE_task-api"),
+        _ => env!("CARGO_BIN_EXE_notification-service"),
+    };
+    let mut command = std::process::Command::new(program);
+    command.env_clear();
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    stack
+        .spawn_app(devstack::AppProcess {
+            name: binary.to_string(),
+            command,
+        })
+        .unwrap()
 }

@@ -1,11 +1,9 @@
 //! notification-service's access-control policy from the Kubernetes manifests, enforced by a real
 //! daprd with mTLS identities from a real Sentry: task-api may call `notify`, another app may not.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Options, TestApp, create, eventually, kubernetes};
+use crate::common::{Options, TestApp, create, eventually, kubernetes};
 use dapr::dapr::proto::{
     common::v1::{HttpExtension, InvokeRequest, http_extension::Verb},
     runtime::v1::{InvokeServiceRequest, dapr_client::DaprClient},

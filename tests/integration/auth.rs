@@ -1,11 +1,9 @@
 //! Caller authentication against the real secret store: API keys, the sidecar token, key
 //! rotation without a restart, and refusing to start without the secret.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Options, TestApp, eventually};
+use crate::common::{Options, TestApp, eventually};
 use devstack::{ComponentSet, DEV_API_KEY_FIELD, DEV_API_KEY_SECRET, Stack};
 use task_api::proto::task::v1 as pb;
 use tonic::Code;
@@ -127,7 +125,7 @@ async fn a_rotated_key_takes_effect_without_a_restart() {
         serde_json::json!({ DEV_API_KEY_SECRET: { DEV_API_KEY_FIELD: "rotated-key" } }).to_string(),
     )
     .unwrap();
-    let component = stack.resources_dir().join("secretstore.yaml");
+    let component = stack.resources_dir().join("common-secretstore.yaml");
     let yaml = std::fs::read_to_string(&component).unwrap();
     let original = stack.dir().join("secrets.json");
     std::fs::write(

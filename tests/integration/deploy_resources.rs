@@ -3,11 +3,9 @@
 //! Components need a cluster: the `kubernetes` secret store and secret references. The
 //! self-hosted components in components/ are loaded by every other integration test.)
 
-mod common;
-
 use std::time::Duration;
 
-use common::kubernetes::{documents, render_overlay};
+use crate::common::kubernetes::{documents, render_overlay};
 use devstack::Stack;
 
 #[tokio::test]
@@ -21,7 +19,11 @@ async fn the_kubernetes_configurations_and_resiliency_load_in_a_real_daprd() {
     let stack = Stack::builder().start().await.unwrap();
     let resources = stack.dir().join("kubernetes-resources");
     std::fs::create_dir_all(&resources).unwrap();
-    for file in ["statestore.yaml", "pubsub.yaml", "secretstore.yaml"] {
+    for file in [
+        "state-statestore.yaml",
+        "pubsub-pubsub.yaml",
+        "common-secretstore.yaml",
+    ] {
         std::fs::copy(stack.resources_dir().join(file), resources.join(file)).unwrap();
     }
     let (resiliency_name, resiliency) = &resiliencies[0];

@@ -1,0 +1,232 @@
+//! A task as the store keeps it: alive or deleted, at a revision, with its recent changes.
+//!
+//! A deleted task is not removed but replaced by a [`Tombstone`] (which the store expires after
+//! a while). The key then never disappears under a concurrent writer: every write is guarded by
+//! the ETag of the record it read, and a tombstone's ETag is not a live task's, so no write that
+//! raced a delete can bring the task back. (Some state stores accept an ETag-guarded write to a
+//! missing key as a create; a tombstone leaves them nothing to create.)
+
+use chrono::{DateTime, Utc};
+
+use super::{
+    Change, History, Nonce, Priority, Task, TaskEvent, TaskEventType, TaskId, TaskStatus, Verdict,
+};
+
+/// What remains of a deleted task: enough to keep it out of lists and to check claims about its
+/// changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tombstone {
+    pub id: TaskId,
+    pub status: TaskStatus,
+    pub priority: Priority,
+    pub created_at: DateTime<Utc>,
+    pub deleted_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TaskState {
+    Live(Task),
+    Deleted(Tombstone),
+}
+
+/// A stored task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskRecord {
+    pub state: TaskState,
+    /// How many changes the task has had; 0 for a task another implementation stored.
+    pub revision: u64,
+    pub history: History,
+}
+
+/// A change about to be written: the record after it, and the event it publishes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Planned {
+    pub record: TaskRecord,
+    pub event: TaskEvent,
+    pub nonce: Nonce,
+}
+
+impl TaskRecord {
+    /// A record for a task stored without revisions (by the original implementation).
+    pub fn legacy(task: Task) -> Self {
+        Self {
+            state: TaskState::Live(task),
+            revision: 0,
+            history: History::default(),
+        }
+    }
+
+    /// The first record of a new task, and its `task.created` event.
+    pub fn create(task: Task, nonce: Nonce) -> Planned {
+        Self::legacy(task.clone()).advance(TaskState::Live(task), TaskEventType::Created, nonce)
+    }
+
+    pub fn id(&self) -> &TaskId {
+        match &self.state {
+            TaskState::Live(task) => &task.id,
+            TaskState::Deleted(tombstone) => &tombstone.id,
+        }
+    }
+
+    pub fn live(&self) -> Option<&Task> {
+        match &self.state {
+            TaskState::Live(task) => Some(task),
+            TaskState::Deleted(_) => None,
+        }
+    }
+
+    pub fn is_deleted(&self) -> bool {
+        matches!(self.state, TaskState::Deleted(_))
+    }
+
+    /// Status and priority: which lists the task belongs in.
+    pub fn status(&self) -> TaskStatus {
+        match &self.state {
+            TaskState::Live(task) => task.status,
+            TaskState::Deleted(tombstone) => tombstone.status,
+        }
+    }
+
+    pub fn priority(&self) -> Priority {
+        match &self.state {
+            TaskState::Live(task) => task.priority,
+            TaskState::Deleted(tombstone) => tombstone.priority,
+        }
+    }
+
+    pub fn created_at(&self) -> DateTime<Utc> {
+        match &self.state {
+            TaskState::Live(task) => task.created_at,
+            TaskState::Deleted(tombstone) => tombstone.created_at,
+        }
+    }
+
+    /// The live task changed into `task` by `event_type`. `None` for a deleted task.
+    pub fn update(&self, task: Task, event_type: TaskEventType, nonce: Nonce) -> Option<Planned> {
+        self.live()?;
+        Some(self.advance(TaskState::Live(task), event_type, nonce))
+    }
+
+    /// The tombstone of the live task. `None` for a task already deleted.
+    pub fn delete(&self, now: DateTime<Utc>, nonce: Nonce) -> Option<Planned> {
+        let task = self.live()?;
+        let tombstone = Tombstone {
+            id: task.id.clone(),
+            status: task.status,
+            priority: task.priority,
+            created_at: task.created_at,
+            deleted_at: now,
+        };
+        let mut planned =
+            self.advance(TaskState::Deleted(tombstone), TaskEventType::Deleted, nonce);
+        planned.event.timestamp = now;
+        Some(planned)
+    }
+
+    fn advance(&self, state: TaskState, event_type: TaskEventType, nonce: Nonce) -> Planned {
+        let revision = self.revision + 1;
+        let mut history = self.history.clone();
+        history.record(Change {
+            revision,
+            nonce,
+            event_type,
+        });
+        let event = match (&state, self.live()) {
+            (TaskState::Live(task), _) => TaskEvent::of(event_type, task, revision),
+            (TaskState::Deleted(_), Some(before)) => TaskEvent::of(event_type, before, revision),
+            (TaskState::Deleted(tombstone), None) => TaskEvent {
+                event_type,
+                task_id: tombstone.id.to_string(),
+                title: String::new(),
+                status: tombstone.status,
+                timestamp: tombstone.deleted_at,
+                revision: Some(revision),
+            },
+        };
+        Planned {
+            record: Self {
+                state,
+                revision,
+                history,
+            },
+            event,
+            nonce,
+        }
+    }
+
+    /// Whether this record confirms the change `(revision, nonce)`.
+    pub fn verdict(&self, revision: u64, nonce: Nonce) -> Verdict {
+        self.history.verdict(self.revision, revision, nonce)
+    }
+
+    /// Whether the task's change at `revision` was a completion.
+    pub fn completed_at_revision(&self, revision: u64) -> bool {
+        self.history.at(revision).is_some_and(|change| {
+            change.event_type == TaskEventType::StatusChanged(TaskStatus::Completed)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{NewTask, time};
+
+    fn task() -> Task {
+        Task::create(
+            TaskId::generate(),
+            NewTask::parse("Learn Dapr", None, Some(2)).unwrap(),
+            time::parse("2025-01-15T10:30:00").unwrap(),
+        )
+    }
+
+    #[test]
+    fn a_new_task_is_revision_one_and_remembers_its_creation() {
+        let planned = TaskRecord::create(task(), Nonce::random());
+        assert_eq!(planned.record.revision, 1);
+        assert_eq!(planned.event.event_type, TaskEventType::Created);
+        assert_eq!(planned.event.revision, Some(1));
+        assert_eq!(planned.record.verdict(1, planned.nonce), Verdict::Committed);
+    }
+
+    #[test]
+    fn a_completion_is_confirmed_by_its_revision_only() {
+        let created = TaskRecord::create(task(), Nonce::random()).record;
+        let mut done = created.live().unwrap().clone();
+        done.set_status(TaskStatus::Completed, time::now());
+        let completed = created
+            .update(
+                done,
+                TaskEventType::StatusChanged(TaskStatus::Completed),
+                Nonce::random(),
+            )
+            .unwrap()
+            .record;
+        assert!(completed.completed_at_revision(2));
+        assert!(
+            !completed.completed_at_revision(1),
+            "revision 1 was the creation"
+        );
+        assert!(!completed.completed_at_revision(3), "no revision 3 yet");
+    }
+
+    #[test]
+    fn a_deleted_task_keeps_its_list_facts_and_refuses_changes() {
+        let created = TaskRecord::create(task(), Nonce::random()).record;
+        let now = time::now();
+        let deleted = created.delete(now, Nonce::random()).unwrap();
+        assert_eq!(deleted.event.event_type, TaskEventType::Deleted);
+        assert_eq!(deleted.event.timestamp, now);
+        assert_eq!(deleted.event.title, "Learn Dapr");
+        let record = deleted.record;
+        assert!(record.is_deleted());
+        assert_eq!(record.priority().value(), 2);
+        assert_eq!(record.revision, 2);
+        assert!(record.delete(now, Nonce::random()).is_none());
+        assert!(
+            record
+                .update(task(), TaskEventType::Updated, Nonce::random())
+                .is_none()
+        );
+    }
+}

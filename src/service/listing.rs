@@ -1,0 +1,274 @@
+//! Listing tasks: oldest first, by status and priority, page by page.
+//!
+//! A page reads the lists the filter selects from where the previous page stopped (the token
+//! names the position and, for each list, the leaf to resume at), then reads the tasks those
+//! entries name and keeps the ones whose stored record still belongs there. Entries left behind
+//! by changes in flight or interrupted are skipped, and cleaned up once their task has moved on.
+
+use std::time::Duration;
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+
+use super::{
+    Error,
+    tasks::{Tasks, list_of},
+};
+use crate::{
+    domain::{Priority, Task, TaskId, TaskStatus, Versioned, Violations, time},
+    sidecar::index::{LeafId, ListId, Position},
+};
+
+pub const DEFAULT_PAGE_SIZE: usize = 20;
+pub const MAX_PAGE_SIZE: usize = 100;
+/// An entry whose task was never written is removed once it is this old (no create takes
+/// longer; younger ones may be a create in flight).
+const ABANDONED_AFTER: Duration = Duration::from_secs(600);
+
+/// Where the next page starts: after this position, in these leaves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageToken {
+    filter: String,
+    after: Position,
+    hints: Vec<Option<LeafId>>,
+}
+
+fn filter_tag(status: Option<TaskStatus>, priority: Option<Priority>) -> String {
+    format!(
+        "{}/{}",
+        status.map_or("*", TaskStatus::as_str),
+        priority.map_or_else(|| "*".to_string(), |p| p.value().to_string())
+    )
+}
+
+impl PageToken {
+    pub fn encode(&self) -> String {
+        let hints: Vec<&str> = self
+            .hints
+            .iter()
+            .map(|h| h.as_deref().unwrap_or(""))
+            .collect();
+        URL_SAFE_NO_PAD.encode(format!(
+            "v2:{}:{}:{}:{}",
+            self.filter,
+            self.after.micros,
+            self.after.id,
+            hints.join(",")
+        ))
+    }
+
+    /// Parses a token, which must have been issued for the same filter.
+    fn decode(
+        token: &str,
+        status: Option<TaskStatus>,
+        priority: Option<Priority>,
+    ) -> Result<Self, Violations> {
+        let invalid = || Violations::single("page_token", "is not a token this service issued");
+        let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
+        let text = String::from_utf8(bytes).map_err(|_| invalid())?;
+        let filter = filter_tag(status, priority);
+        let position = |micros: &str, id: &str| -> Result<Position, Violations> {
+            Ok(Position {
+                micros: micros.parse().map_err(|_| invalid())?,
+                id: TaskId::parse(id).map_err(|_| invalid())?,
+            })
+        };
+        let parts: Vec<&str> = text.split(':').collect();
+        match parts.as_slice() {
+            // Tokens of the earlier index: a position only.
+            ["v1", micros, id] => Ok(Self {
+                after: position(micros, id)?,
+                hints: Vec::new(),
+                filter,
+            }),
+            ["v2", issued_for, micros, id, hints] => {
+                if *issued_for != filter {
+                    return Err(Violations::single(
+                        "page_token",
+                        "was issued for a different filter: keep status and priority the same while paging",
+                    ));
+                }
+                let hints = hints
+                    .split(',')
+                    .map(|h| (!h.is_empty()).then(|| h.to_string()))
+                    .collect();
+                Ok(Self {
+                    after: position(micros, id)?,
+                    hints,
+                    filter,
+                })
+            }
+            _ => Err(invalid()),
+        }
+    }
+}
+
+/// A valid list request.
+#[derive(Debug, Clone)]
+pub struct ListQuery {
+    pub status: Option<TaskStatus>,
+    pub priority: Option<Priority>,
+    pub page_size: usize,
+    pub page_token: Option<PageToken>,
+}
+
+impl ListQuery {
+    /// `page_size` 0 means the default (20); above 100 is read as 100.
+    pub fn parse(
+        status: Option<TaskStatus>,
+        priority: Option<Priority>,
+        page_size: i64,
+        page_token: &str,
+    ) -> Result<Self, Violations> {
+        let page_size = match page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            n if n < 0 => {
+                return Err(Violations::single(
+                    "page_size",
+                    format!("must be between 0 and {MAX_PAGE_SIZE}, got {n}"),
+                ));
+            }
+            n => usize::try_from(n)
+                .unwrap_or(MAX_PAGE_SIZE)
+                .min(MAX_PAGE_SIZE),
+        };
+        let page_token = match page_token {
+            "" => None,
+            token => Some(PageToken::decode(token, status, priority)?),
+        };
+        Ok(Self {
+            status,
+            priority,
+            page_size,
+            page_token,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub tasks: Vec<Versioned<Task>>,
+    pub next_page_token: Option<PageToken>,
+}
+
+impl Tasks {
+    /// Tasks oldest first (creation time, then id), optionally of one status and/or priority.
+    pub async fn list(&self, query: &ListQuery) -> Result<Page, Error> {
+        let lists = ListId::matching(query.status, query.priority);
+        let (after, hints) = match &query.page_token {
+            Some(token) if token.hints.len() == lists.len() => {
+                (Some(token.after.clone()), token.hints.clone())
+            }
+            Some(token) => (Some(token.after.clone()), vec![None; lists.len()]),
+            None => (None, vec![None; lists.len()]),
+        };
+        let mut reader = self.index.reader(&lists, after, hints).await?;
+        let mut tasks = Vec::with_capacity(query.page_size);
+        let mut last: Option<Position> = None;
+        loop {
+            let wanted = query.page_size - tasks.len();
+            if wanted == 0 {
+                break;
+            }
+            let mut batch = Vec::with_capacity(wanted);
+            while batch.len() < wanted {
+                match reader.next().await? {
+                    Some(found) => batch.push(found),
+                    None => break,
+                }
+            }
+            if batch.is_empty() {
+                return Ok(Page {
+                    tasks,
+                    next_page_token: None,
+                });
+            }
+            let ids: Vec<TaskId> = batch.iter().map(|(_, e)| e.position.id.clone()).collect();
+            let records = self.store.get_many(&ids).await?;
+            for ((list, entry), record) in batch.into_iter().zip(records) {
+                last = Some(entry.position.clone());
+                match record {
+                    Ok(Some(stored)) if list_of(&stored.value) == Some(list) => {
+                        if let Some(task) = stored.value.live() {
+                            tasks.push(Versioned {
+                                value: task.clone(),
+                                etag: stored.etag,
+                            });
+                        }
+                    }
+                    // The task has moved on (status, priority) or was deleted: once its record
+                    // is at or past the entry's revision, the entry is only extra.
+                    Ok(Some(stored)) if stored.value.revision >= entry.revision => {
+                        self.index
+                            .remove_soon(list, entry.position, stored.value.revision);
+                    }
+                    // A change to this list still in flight.
+                    Ok(Some(_)) => {}
+                    Ok(None) => {
+                        let age = time::now().timestamp_micros() - entry.position.micros;
+                        if age > ABANDONED_AFTER.as_micros() as i64 {
+                            self.index.remove_soon(list, entry.position, entry.revision);
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(task_id = %entry.position.id, %error, "a listed task cannot be read; skipped");
+                    }
+                }
+            }
+        }
+        let more = reader.next().await?.is_some();
+        let next_page_token = match (more, last) {
+            (true, Some(after)) => Some(PageToken {
+                filter: filter_tag(query.status, query.priority),
+                hints: reader.resume_hints(&after),
+                after,
+            }),
+            _ => None,
+        };
+        Ok(Page {
+            tasks,
+            next_page_token,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_tokens_round_trip_and_reject_forgeries() {
+        let token = PageToken {
+            filter: filter_tag(Some(TaskStatus::Pending), None),
+            after: Position {
+                micros: 1_736_937_000_000_000,
+                id: TaskId::parse("a.b-c").unwrap(),
+            },
+            hints: vec![Some("head".into()), None, Some("k3j2h1g0f9e8".into())],
+        };
+        assert_eq!(
+            PageToken::decode(&token.encode(), Some(TaskStatus::Pending), None).unwrap(),
+            token
+        );
+        assert!(
+            PageToken::decode(&token.encode(), None, None).is_err(),
+            "other filter"
+        );
+        assert!(PageToken::decode("not-base64!", None, None).is_err());
+        assert!(PageToken::decode(&URL_SAFE_NO_PAD.encode("v3:1:x"), None, None).is_err());
+        assert!(PageToken::decode(&URL_SAFE_NO_PAD.encode("v1:x:y"), None, None).is_err());
+        let legacy = PageToken::decode(&URL_SAFE_NO_PAD.encode("v1:5:t-1"), None, None).unwrap();
+        assert_eq!(legacy.after.micros, 5);
+        assert!(legacy.hints.is_empty());
+    }
+
+    #[test]
+    fn page_size_defaults_and_caps() {
+        assert_eq!(ListQuery::parse(None, None, 0, "").unwrap().page_size, 20);
+        assert_eq!(
+            ListQuery::parse(None, None, 500, "").unwrap().page_size,
+            100
+        );
+        assert_eq!(ListQuery::parse(None, None, 7, "").unwrap().page_size, 7);
+        assert!(ListQuery::parse(None, None, -1, "").is_err());
+    }
+}

@@ -1,0 +1,841 @@
+//! The fault suite: routine failures under load, and a count of what they did.
+//!
+//! Each scenario runs task-api and notification-service as their real binaries, each behind its
+//! own daprd, on Redis (state and broker on separate servers) and on PostgreSQL (broker on
+//! Redis), drives a workload of creates, updates, completions and deletes through clients that
+//! retry what is retryable (creates with a `request_id`), breaks something in the middle, heals
+//! it, waits until every event has been handled, and then counts from the stored records and
+//! from an independent subscriber ("auditor") of `task-events`:
+//!
+//! | count | what |
+//! |---|---|
+//! | retried | calls that failed retryably during the fault and were sent again |
+//! | committed | changes the stored records hold (each revision of each task) |
+//! | published | distinct changes the auditor received an event for |
+//! | lost | committed changes without an event |
+//! | invented | events for changes that did not commit |
+//! | duplicated | changes published under more than one CloudEvent id |
+//! | resurrected | tasks deleted (the client was told so, or a delete committed) that are alive |
+//! | notif. missing / doubled | committed completions without a notification / with two |
+//! | internal | calls answered INTERNAL (faults must be UNAVAILABLE) |
+//!
+//! Every count but committed and published must be 0. `FAULTS=full` (scripts/faults) runs the
+//! long version (minute-long outages, notification-service down for 10 minutes, more load);
+//! without it the same scenarios run in seconds. With `FAULTS_REPORT=<file>` each scenario adds
+//! its row to that file.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use crate::common::{BinaryApp, EventProbe, WithHeader, eventually, wait_until_handled};
+use devstack::{ComponentSet, Stack};
+use task_api::{
+    domain::{TaskEventType, TaskRecord, TaskStatus},
+    proto::{
+        notification::v1::{
+            ListNotificationsRequest, notification_service_client::NotificationServiceClient,
+        },
+        task::v1::{self as pb, task_service_client::TaskServiceClient},
+    },
+    sidecar::tasks::decode,
+};
+use tokio::task::JoinSet;
+use tonic::{Code, Status, service::interceptor::InterceptedService, transport::Channel};
+
+type Client = TaskServiceClient<InterceptedService<Channel, WithHeader>>;
+
+/// How long and how hard.
+#[derive(Debug, Clone, Copy)]
+struct Timing {
+    workers: usize,
+    tasks_per_worker: usize,
+    outage: Duration,
+    notification_outage: Duration,
+}
+
+fn timing() -> Timing {
+    if std::env::var("FAULTS").is_ok_and(|v| v == "full") {
+        Timing {
+            workers: 16,
+            tasks_per_worker: 25,
+            outage: Duration::from_secs(60),
+            notification_outage: Duration::from_secs(600),
+        }
+    } else {
+        Timing {
+            workers: 8,
+            tasks_per_worker: 5,
+            outage: Duration::from_secs(6),
+            notification_outage: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Topics task-api consumes; all must be drained before counting.
+const TOPICS: [&str; 3] = ["task-events", "task-events-outbox", "task-events-retry"];
+/// The longest a client keeps retrying one call.
+const GIVE_UP_AFTER: Duration = Duration::from_secs(180);
+
+/// The system under test.
+struct Rig {
+    stack: Stack,
+    store: ComponentSet,
+    task_api: BinaryApp,
+    notifications: Option<BinaryApp>,
+    auditor: EventProbe,
+    _auditor_sidecar: devstack::Sidecar,
+}
+
+impl Rig {
+    async fn start(store: ComponentSet) -> Rig {
+        let stack = Stack::builder().components(store).start().await.unwrap();
+        let mut auditor = EventProbe::start("pubsub", &["task-events"]).await;
+        let auditor_sidecar = stack
+            .sidecar("auditor")
+            .unwrap()
+            .app_port(auditor.port)
+            .start()
+            .await
+            .unwrap();
+        let _ = &mut auditor;
+        let notifications = BinaryApp::start(&stack, "notification-service", &[]).await;
+        let task_api = BinaryApp::start(&stack, "task-api", &[]).await;
+        Rig {
+            stack,
+            store,
+            task_api,
+            notifications: Some(notifications),
+            auditor,
+            _auditor_sidecar: auditor_sidecar,
+        }
+    }
+
+    async fn client(&self) -> Client {
+        TaskServiceClient::with_interceptor(
+            self.task_api.channel().await,
+            WithHeader("x-api-key", self.stack.api_key().to_string()),
+        )
+    }
+
+    fn store_name(&self) -> &'static str {
+        match self.store {
+            ComponentSet::Redis => "redis",
+            ComponentSet::Postgres => "postgresql",
+            ComponentSet::InMemory => "in-memory",
+        }
+    }
+
+    /// Every task record in the state store, read from the store directly.
+    fn records(&self) -> Vec<TaskRecord> {
+        let documents: Vec<String> = match self.store {
+            ComponentSet::Redis => {
+                let redis = self.stack.redis().unwrap();
+                redis
+                    .cli(&["--scan", "--pattern", "task-api||task-*"])
+                    .unwrap()
+                    .lines()
+                    .map(|key| redis.cli(&["HGET", key, "data"]).unwrap())
+                    .collect()
+            }
+            ComponentSet::Postgres => self
+                .stack
+                .postgres()
+                .unwrap()
+                .psql("SELECT convert_from(value, 'UTF8') FROM state WHERE key LIKE 'task-api||task-%' AND (expires_at IS NULL OR expires_at > now())")
+                .unwrap()
+                .lines()
+                .map(str::to_string)
+                .collect(),
+            ComponentSet::InMemory => unreachable!("the fault suite runs on durable stores"),
+        };
+        documents
+            .iter()
+            .filter(|d| !d.is_empty())
+            .map(|d| decode(d.as_bytes()).unwrap_or_else(|e| panic!("unreadable record {d}: {e}")))
+            .collect()
+    }
+
+    /// Waits until task-api and the auditor have handled every event published so far.
+    async fn quiesce(&self) {
+        wait_until_handled(&self.stack, &TOPICS).await;
+        let broker = self.stack.broker().unwrap();
+        eventually(Duration::from_secs(90), || async {
+            matches!(broker.backlog("task-events", "auditor"), Ok(Some(b)) if b.is_empty())
+                .then_some(())
+        })
+        .await;
+        // The outbox may have published while task-api drained the other topics.
+        wait_until_handled(&self.stack, &TOPICS).await;
+    }
+}
+
+/// What the clients were told.
+#[derive(Default)]
+struct Outcomes {
+    created: Mutex<BTreeSet<String>>,
+    deleted: Mutex<BTreeSet<String>>,
+    internal: AtomicUsize,
+    gave_up: AtomicUsize,
+    /// Calls that failed retryably and were sent again: the fault was felt.
+    retried: AtomicUsize,
+}
+
+/// Calls `call` until it succeeds or fails for good; UNAVAILABLE and transport failures are
+/// retried (the same request: a create keeps its request_id).
+async fn retrying<T, F, Fut>(outcomes: &Outcomes, mut call: F) -> Result<T, Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Status>>,
+{
+    let started = Instant::now();
+    loop {
+        match call().await {
+            Ok(value) => return Ok(value),
+            Err(status) => {
+                if status.code() == Code::Internal {
+                    outcomes.internal.fetch_add(1, Ordering::Relaxed);
+                    eprintln!("INTERNAL during a fault: {status:?}");
+                }
+                let retryable = matches!(
+                    status.code(),
+                    Code::Unavailable
+                        | Code::Unknown
+                        | Code::Cancelled
+                        | Code::DeadlineExceeded
+                        | Code::Aborted
+                        | Code::Internal
+                );
+                if !retryable || started.elapsed() > GIVE_UP_AFTER {
+                    if retryable {
+                        outcomes.gave_up.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return Err(status);
+                }
+                outcomes.retried.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+/// Creates, renames, completes and (every third) deletes tasks, each call retried until it
+/// goes through. Runs in the background on its own clients, so faults can be done meanwhile.
+fn spawn_workload(client: Client, outcomes: Arc<Outcomes>, timing: Timing) -> JoinSet<()> {
+    let mut workers = JoinSet::new();
+    for worker in 0..timing.workers {
+        let client = client.clone();
+        let outcomes = outcomes.clone();
+        workers.spawn(async move {
+            for n in 0..timing.tasks_per_worker {
+                run_task(&client, &outcomes, worker, n).await;
+            }
+        });
+    }
+    workers
+}
+
+async fn run_task(client: &Client, outcomes: &Outcomes, worker: usize, n: usize) {
+    let request = pb::CreateTaskRequest {
+        title: format!("worker {worker} task {n}"),
+        priority: Some((n % 5) as i32 + 1),
+        request_id: uuid::Uuid::new_v4().to_string(),
+        ..Default::default()
+    };
+    let Ok(task) = retrying(outcomes, || {
+        let mut client = client.clone();
+        let request = request.clone();
+        async move { client.create_task(request).await }
+    })
+    .await
+    else {
+        return;
+    };
+    let id = task.into_inner().id;
+    outcomes.created.lock().unwrap().insert(id.clone());
+    let _ = retrying(outcomes, || {
+        let mut client = client.clone();
+        let id = id.clone();
+        async move {
+            client
+                .update_task(pb::UpdateTaskRequest {
+                    id,
+                    title: Some(format!("worker {worker} task {n}, renamed")),
+                    ..Default::default()
+                })
+                .await
+        }
+    })
+    .await;
+    let _ = retrying(outcomes, || {
+        let mut client = client.clone();
+        let id = id.clone();
+        async move {
+            client
+                .update_task_status(pb::UpdateTaskStatusRequest {
+                    id,
+                    status: pb::TaskStatus::Completed as i32,
+                    etag: String::new(),
+                })
+                .await
+        }
+    })
+    .await;
+    if n.is_multiple_of(3) {
+        let deleted = retrying(outcomes, || {
+            let mut client = client.clone();
+            let id = id.clone();
+            async move {
+                client
+                    .delete_task(pb::DeleteTaskRequest {
+                        id,
+                        etag: String::new(),
+                    })
+                    .await
+            }
+        })
+        .await;
+        // A retried delete whose first attempt landed answers NOT_FOUND.
+        if deleted.is_ok() || deleted.is_err_and(|s| s.code() == Code::NotFound) {
+            outcomes.deleted.lock().unwrap().insert(id);
+        }
+    }
+}
+
+/// The counts.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Audit {
+    committed: usize,
+    published: usize,
+    lost: usize,
+    invented: usize,
+    duplicated: usize,
+    resurrected: usize,
+    notifications_missing: usize,
+    notifications_doubled: usize,
+    internal: usize,
+    gave_up: usize,
+    retried: usize,
+}
+
+impl Audit {
+    fn failures(&self) -> usize {
+        self.lost
+            + self.invented
+            + self.duplicated
+            + self.resurrected
+            + self.notifications_missing
+            + self.notifications_doubled
+            + self.internal
+            + self.gave_up
+    }
+}
+
+/// Counts what happened, once everything has settled.
+async fn audit(rig: &mut Rig, outcomes: &Outcomes, scenario: &str) -> Audit {
+    rig.quiesce().await;
+    let records = rig.records();
+    let mut audit = Audit {
+        internal: outcomes.internal.load(Ordering::Relaxed),
+        gave_up: outcomes.gave_up.load(Ordering::Relaxed),
+        retried: outcomes.retried.load(Ordering::Relaxed),
+        ..Audit::default()
+    };
+
+    // Committed changes, by (task, revision).
+    let mut committed: BTreeMap<(String, u64), TaskEventType> = BTreeMap::new();
+    let mut by_id: HashMap<String, &TaskRecord> = HashMap::new();
+    for record in &records {
+        by_id.insert(record.id().to_string(), record);
+        assert!(
+            record.history.changes().len() as u64 == record.revision,
+            "task {} has more changes than the suite can check",
+            record.id()
+        );
+        for change in record.history.changes() {
+            committed.insert(
+                (record.id().to_string(), change.revision),
+                change.event_type,
+            );
+        }
+        let deleted_at = record
+            .history
+            .changes()
+            .iter()
+            .position(|c| c.event_type == TaskEventType::Deleted);
+        if deleted_at.is_some_and(|at| at + 1 < record.history.changes().len())
+            || (deleted_at.is_some() && !record.is_deleted())
+        {
+            eprintln!("resurrected: {}", record.id());
+            audit.resurrected += 1;
+        }
+    }
+    for id in outcomes.deleted.lock().unwrap().iter() {
+        if by_id.get(id).is_some_and(|r| !r.is_deleted()) {
+            eprintln!("resurrected after an acknowledged delete: {id}");
+            audit.resurrected += 1;
+        }
+    }
+    for id in outcomes.created.lock().unwrap().iter() {
+        assert!(
+            by_id.contains_key(id),
+            "an acknowledged create is missing: {id}"
+        );
+    }
+    audit.committed = committed.len();
+
+    // Published changes, from the auditor.
+    let mut published: BTreeMap<(String, u64), BTreeSet<String>> = BTreeMap::new();
+    while let Ok(event) = rig.auditor.events.try_recv() {
+        let data: serde_json::Value = serde_json::from_slice(&event.data).unwrap();
+        let task = data["task_id"].as_str().unwrap_or_default().to_string();
+        let Some(revision) = data["revision"].as_u64() else {
+            eprintln!("an event without a revision: {data}");
+            audit.invented += 1;
+            continue;
+        };
+        let event_type = data["event_type"].as_str().unwrap_or_default();
+        match committed.get(&(task.clone(), revision)) {
+            Some(t) if t.as_str() == event_type => {}
+            _ => {
+                eprintln!("invented: {data}");
+                audit.invented += 1;
+            }
+        }
+        published
+            .entry((task, revision))
+            .or_default()
+            .insert(event.id.clone());
+    }
+    audit.published = published.len();
+    for key in committed.keys() {
+        match published.get(key) {
+            None => {
+                eprintln!("lost: {key:?}");
+                audit.lost += 1;
+            }
+            Some(ids) if ids.len() > 1 => {
+                eprintln!("duplicated: {key:?} as {ids:?}");
+                audit.duplicated += 1;
+            }
+            Some(_) => {}
+        }
+    }
+
+    // Notifications: one per committed completion, under that completion's key.
+    let notifications = rig
+        .notifications
+        .as_ref()
+        .expect("notification-service runs");
+    let mut client = NotificationServiceClient::new(notifications.channel().await);
+    let tasks: BTreeSet<&String> = committed.keys().map(|(task, _)| task).collect();
+    for task in tasks {
+        let received = client
+            .list_notifications(ListNotificationsRequest {
+                task_id: task.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .notifications;
+        let mut keys: HashMap<String, usize> = HashMap::new();
+        for notification in received {
+            *keys.entry(notification.id).or_default() += 1;
+        }
+        for ((_, revision), event_type) in
+            committed.range((task.clone(), 0)..=(task.clone(), u64::MAX))
+        {
+            if *event_type != TaskEventType::StatusChanged(TaskStatus::Completed) {
+                continue;
+            }
+            match keys.remove(&format!("{task}.{revision}")) {
+                None => {
+                    eprintln!("notification missing: {task}.{revision}");
+                    audit.notifications_missing += 1;
+                }
+                Some(1) => {}
+                Some(n) => {
+                    eprintln!("notified {n} times: {task}.{revision}");
+                    audit.notifications_doubled += 1;
+                }
+            }
+        }
+        if !keys.is_empty() {
+            eprintln!("notifications for no completion: {keys:?}");
+            audit.notifications_doubled += keys.len();
+        }
+    }
+
+    report(rig.store_name(), scenario, &audit);
+    audit
+}
+
+fn report(store: &str, scenario: &str, audit: &Audit) {
+    let row = format!(
+        "| {store} | {scenario} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+        audit.retried,
+        audit.committed,
+        audit.published,
+        audit.lost,
+        audit.invented,
+        audit.duplicated,
+        audit.resurrected,
+        audit.notifications_missing,
+        audit.notifications_doubled,
+        audit.internal + audit.gave_up,
+    );
+    eprintln!("{row}");
+    if let Some(path) = std::env::var_os("FAULTS_REPORT") {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+        writeln!(file, "{row}").unwrap();
+    }
+}
+
+/// Polls readiness until it is `ready`; how long that took.
+async fn readiness_becomes(app: &BinaryApp, ready: bool, within: Duration) -> Duration {
+    let started = Instant::now();
+    eventually(within, || async {
+        (app.ready().await == ready).then_some(())
+    })
+    .await;
+    started.elapsed()
+}
+
+/// Runs the workload; once it is under way, `fault` breaks and heals something. Then counts.
+async fn under_load<F>(rig: &mut Rig, scenario: &str, fault: F) -> Audit
+where
+    F: AsyncFnOnce(&mut Rig),
+{
+    let outcomes = Arc::new(Outcomes::default());
+    let mut load = spawn_workload(rig.client().await, outcomes.clone(), timing());
+    // Under way: some tasks exist.
+    let started = outcomes.clone();
+    eventually(Duration::from_secs(60), || async {
+        (started.created.lock().unwrap().len() >= 2).then_some(())
+    })
+    .await;
+    fault(rig).await;
+    while let Some(done) = load.join_next().await {
+        done.unwrap();
+    }
+    audit(rig, &outcomes, scenario).await
+}
+
+fn assert_clean(audit: &Audit) {
+    assert_eq!(audit.failures(), 0, "{audit:#?}");
+    assert!(
+        audit.committed > 0 && audit.published == audit.committed,
+        "{audit:#?}"
+    );
+}
+
+/// A fault scenario that clients did not feel proves nothing.
+fn assert_felt(audit: &Audit) {
+    assert!(
+        audit.retried > 0,
+        "no call failed during the fault: {audit:#?}"
+    );
+}
+
+async fn broker_outage(store: ComponentSet) {
+    let mut rig = Rig::start(store).await;
+    let audit = under_load(&mut rig, "broker down, state up", async |rig: &mut Rig| {
+        rig.stack.broker_mut().unwrap().shutdown().unwrap();
+        let took = readiness_becomes(&rig.task_api, false, Duration::from_secs(10)).await;
+        assert!(took < Duration::from_secs(5), "NOT_SERVING after {took:?}");
+        tokio::time::sleep(timing().outage).await;
+        rig.stack.broker_mut().unwrap().start_again().await.unwrap();
+        let took = readiness_becomes(&rig.task_api, true, Duration::from_secs(10)).await;
+        assert!(
+            took < Duration::from_secs(5),
+            "SERVING again after {took:?}"
+        );
+    })
+    .await;
+    assert_clean(&audit);
+    assert_felt(&audit);
+}
+
+#[tokio::test]
+async fn broker_outage_on_redis() {
+    broker_outage(ComponentSet::Redis).await;
+}
+
+#[tokio::test]
+async fn broker_outage_on_postgres() {
+    broker_outage(ComponentSet::Postgres).await;
+}
+
+async fn store_outage(store: ComponentSet) {
+    let mut rig = Rig::start(store).await;
+    let audit = under_load(&mut rig, "state store down", async |rig: &mut Rig| {
+        match rig.store {
+            ComponentSet::Postgres => rig.stack.postgres_mut().unwrap().stop(),
+            _ => rig.stack.redis_mut().unwrap().shutdown().unwrap(),
+        }
+        let took = readiness_becomes(&rig.task_api, false, Duration::from_secs(10)).await;
+        assert!(took < Duration::from_secs(5), "NOT_SERVING after {took:?}");
+        tokio::time::sleep(timing().outage).await;
+        match rig.store {
+            ComponentSet::Postgres => rig.stack.postgres_mut().unwrap().start_again().await,
+            _ => rig.stack.redis_mut().unwrap().start_again().await,
+        }
+        .unwrap();
+        let took = readiness_becomes(&rig.task_api, true, Duration::from_secs(30)).await;
+        assert!(
+            took < Duration::from_secs(5),
+            "SERVING again after {took:?}"
+        );
+    })
+    .await;
+    assert_clean(&audit);
+    assert_felt(&audit);
+}
+
+#[tokio::test]
+async fn store_outage_on_redis() {
+    store_outage(ComponentSet::Redis).await;
+}
+
+#[tokio::test]
+async fn store_outage_on_postgres() {
+    store_outage(ComponentSet::Postgres).await;
+}
+
+async fn sidecar_crash(store: ComponentSet) {
+    let mut rig = Rig::start(store).await;
+    let audit = under_load(&mut rig, "kill -9 daprd", async |rig: &mut Rig| {
+        rig.task_api.sidecar.kill();
+        let took = readiness_becomes(&rig.task_api, false, Duration::from_secs(10)).await;
+        assert!(took < Duration::from_secs(5), "NOT_SERVING after {took:?}");
+        // Calls fail fast, and as UNAVAILABLE.
+        let mut client = rig.client().await;
+        let started = Instant::now();
+        let refused = client
+            .get_task(pb::GetTaskRequest { id: "any".into() })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+        assert!(started.elapsed() < Duration::from_secs(3));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        rig.task_api.sidecar.start_again().await.unwrap();
+        let took = readiness_becomes(&rig.task_api, true, Duration::from_secs(10)).await;
+        assert!(
+            took < Duration::from_secs(5),
+            "SERVING again after {took:?}"
+        );
+    })
+    .await;
+    assert_clean(&audit);
+    assert_felt(&audit);
+}
+
+#[tokio::test]
+async fn sidecar_crash_on_redis() {
+    sidecar_crash(ComponentSet::Redis).await;
+}
+
+#[tokio::test]
+async fn sidecar_crash_on_postgres() {
+    sidecar_crash(ComponentSet::Postgres).await;
+}
+
+async fn app_crash(store: ComponentSet) {
+    let mut rig = Rig::start(store).await;
+    let audit = under_load(&mut rig, "kill -9 task-api", async |rig: &mut Rig| {
+        rig.task_api.kill();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let stack = &rig.stack;
+        rig.task_api.start_again(stack).await;
+    })
+    .await;
+    assert_clean(&audit);
+    assert_felt(&audit);
+}
+
+#[tokio::test]
+async fn app_crash_on_redis() {
+    app_crash(ComponentSet::Redis).await;
+}
+
+#[tokio::test]
+async fn app_crash_on_postgres() {
+    app_crash(ComponentSet::Postgres).await;
+}
+
+/// notification-service is down (10 minutes in the full run): completions wait on the retry
+/// topic, none becomes a dead letter, each is notified once when it is back.
+async fn notification_outage(store: ComponentSet) {
+    let mut rig = Rig::start(store).await;
+    let audit = under_load(
+        &mut rig,
+        "notification-service down",
+        async |rig: &mut Rig| {
+            let mut down = rig.notifications.take().unwrap();
+            down.kill();
+            down.sidecar.stop(Duration::from_secs(5));
+            tokio::time::sleep(timing().notification_outage).await;
+            rig.notifications =
+                Some(BinaryApp::start(&rig.stack, "notification-service", &[]).await);
+        },
+    )
+    .await;
+    assert_clean(&audit);
+    let letters = devstack::http::get(
+        rig.task_api.sidecar.http_port(),
+        "/v1.0/invoke/task-api/method/dead-letters",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        letters.json().unwrap(),
+        serde_json::json!([]),
+        "no dead letters"
+    );
+}
+
+#[tokio::test]
+async fn notification_outage_on_redis() {
+    notification_outage(ComponentSet::Redis).await;
+}
+
+#[tokio::test]
+async fn notification_outage_on_postgres() {
+    notification_outage(ComponentSet::Postgres).await;
+}
+
+/// DeleteTask racing UpdateTaskStatus on the same tasks, neither with an ETag.
+async fn racing_deletes(store: ComponentSet) {
+    let mut rig = Rig::start(store).await;
+    let client = rig.client().await;
+    let outcomes = Arc::new(Outcomes::default());
+    let tasks = timing().workers * timing().tasks_per_worker;
+    let mut ids = Vec::new();
+    for n in 0..tasks {
+        let mut client = client.clone();
+        let task = client
+            .create_task(pb::CreateTaskRequest {
+                title: format!("contested {n}"),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        ids.push(task.id);
+    }
+    let mut racers = JoinSet::new();
+    for id in &ids {
+        for delete in [false, true] {
+            let mut client = client.clone();
+            let id = id.clone();
+            let outcomes = outcomes.clone();
+            racers.spawn(async move {
+                if delete {
+                    if client
+                        .delete_task(pb::DeleteTaskRequest {
+                            id: id.clone(),
+                            etag: String::new(),
+                        })
+                        .await
+                        .is_ok()
+                    {
+                        outcomes.deleted.lock().unwrap().insert(id);
+                    }
+                } else {
+                    let _ = client
+                        .update_task_status(pb::UpdateTaskStatusRequest {
+                            id,
+                            status: pb::TaskStatus::Completed as i32,
+                            etag: String::new(),
+                        })
+                        .await;
+                }
+            });
+        }
+    }
+    while let Some(done) = racers.join_next().await {
+        done.unwrap();
+    }
+    let audit = audit(&mut rig, &outcomes, "racing delete and update").await;
+    assert_clean(&audit);
+    assert_eq!(
+        outcomes.deleted.lock().unwrap().len(),
+        tasks,
+        "every delete answered OK"
+    );
+}
+
+#[tokio::test]
+async fn racing_deletes_on_redis() {
+    racing_deletes(ComponentSet::Redis).await;
+}
+
+#[tokio::test]
+async fn racing_deletes_on_postgres() {
+    racing_deletes(ComponentSet::Postgres).await;
+}
+
+/// A create retried with its request_id creates one task; without one, each call creates one.
+async fn retried_creates(store: ComponentSet) {
+    let mut rig = Rig::start(store).await;
+    let mut client = rig.client().await;
+    let request = pb::CreateTaskRequest {
+        title: "retried".into(),
+        request_id: uuid::Uuid::new_v4().to_string(),
+        ..Default::default()
+    };
+    let mut ids = BTreeSet::new();
+    let mut repeats = JoinSet::new();
+    for _ in 0..3 {
+        let mut client = client.clone();
+        let request = request.clone();
+        repeats.spawn(async move { client.create_task(request).await.unwrap().into_inner() });
+    }
+    while let Some(task) = repeats.join_next().await {
+        ids.insert(task.unwrap().id);
+    }
+    assert_eq!(ids.len(), 1, "one task for one request_id: {ids:?}");
+    let reused = client
+        .create_task(pb::CreateTaskRequest {
+            title: "something else".into(),
+            ..request.clone()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reused.code(), Code::InvalidArgument, "{reused:?}");
+    for _ in 0..3 {
+        client
+            .create_task(pb::CreateTaskRequest {
+                title: "no request id".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let audit = audit(&mut rig, &Outcomes::default(), "retried creates").await;
+    assert_clean(&audit);
+    assert_eq!(
+        audit.committed, 4,
+        "1 with a request_id, 3 without: {audit:#?}"
+    );
+}
+
+#[tokio::test]
+async fn retried_creates_on_redis() {
+    retried_creates(ComponentSet::Redis).await;
+}
+
+#[tokio::test]
+async fn retried_creates_on_postgres() {
+    retried_creates(ComponentSet::Postgres).await;
+}

@@ -1,0 +1,15 @@
+//! The integration tests: the real apps (in process, on port 0) behind real daprd sidecars, with
+//! real Redis, PostgreSQL and the Dapr scheduler and Sentry, all started by the tests themselves
+//! through `devstack`. One test binary, one module per area.
+
+mod access_control;
+mod auth;
+mod callbacks;
+mod common;
+mod compatibility;
+mod dependencies;
+mod deploy_resources;
+mod faults;
+mod lifecycle;
+mod run_command;
+mod task_service;

@@ -13,6 +13,7 @@
 //! `callback` and `notification` touch generated protobuf types or build a `tonic::Status`
 //! (through [`api::status`], the one place that maps errors to statuses).
 
+pub mod adopt;
 pub mod api;
 pub mod auth;
 pub mod callback;

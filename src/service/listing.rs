@@ -191,7 +191,7 @@ impl Tasks {
                         if let Some(task) = stored.value.live() {
                             tasks.push(Versioned {
                                 value: task.clone(),
-                                etag: stored.etag,
+                                etag: stored.value.revision.to_string(),
                             });
                         }
                     }

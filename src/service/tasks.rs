@@ -13,6 +13,10 @@
 //!
 //! On the in-memory broker, which keeps nothing across a restart anyway and delivers one message
 //! of a topic at a time, step 2 is replaced by publishing the event right after step 3.
+//!
+//! The ETag callers see is the task's revision: it changes with every change, and a write
+//! answers with it without reading the task back (the store's own ETag, which guards every
+//! write, only comes with a read).
 
 use chrono::{DateTime, Utc};
 
@@ -20,7 +24,7 @@ use super::Error;
 use crate::{
     domain::{
         NewTask, Nonce, Planned, RequestId, Task, TaskChanges, TaskEventType, TaskId, TaskRecord,
-        TaskStatus, Versioned, time,
+        TaskStatus, Versioned, Violations, time,
     },
     sidecar::{
         SidecarError, backoff,
@@ -51,6 +55,14 @@ pub(super) fn list_of(record: &TaskRecord) -> Option<ListId> {
     record.live().map(|task| ListId {
         status: task.status,
         priority: task.priority,
+    })
+}
+
+/// A record as callers see it: the live task, and its revision as the ETag.
+fn visible(record: &TaskRecord) -> Option<Versioned<Task>> {
+    record.live().map(|task| Versioned {
+        value: task.clone(),
+        etag: record.revision.to_string(),
     })
 }
 
@@ -99,13 +111,7 @@ impl Tasks {
                 Claim::New(id) => id,
                 Claim::Repeated(id) => {
                     if let Some(existing) = self.read(&id).await? {
-                        return match existing.value.live() {
-                            Some(task) => Ok(Versioned {
-                                value: task.clone(),
-                                etag: existing.etag,
-                            }),
-                            None => Err(Error::NotFound(id)),
-                        };
+                        return visible(&existing.value).ok_or(Error::NotFound(id));
                     }
                     // Claimed by a call that did not get to write the task: finish its work.
                     id
@@ -114,17 +120,12 @@ impl Tasks {
         };
         let task = Task::create(id.clone(), new, time::now());
         let planned = TaskRecord::create(task.clone(), Nonce::random());
+        let etag = planned.record.revision.to_string();
         match self.commit(None, planned).await {
-            Ok(etag) => Ok(Versioned { value: task, etag }),
+            Ok(()) => Ok(Versioned { value: task, etag }),
             // Only a retry with the same request id can have written this id first.
             Err(Attempt::LostRace) => match self.read(&id).await? {
-                Some(existing) => match existing.value.live() {
-                    Some(task) => Ok(Versioned {
-                        value: task.clone(),
-                        etag: existing.etag,
-                    }),
-                    None => Err(Error::NotFound(id)),
-                },
+                Some(existing) => visible(&existing.value).ok_or(Error::NotFound(id)),
                 None => Err(Error::unavailable(
                     "the task was neither written nor found; retry",
                     Some(id),
@@ -188,16 +189,10 @@ impl Tasks {
     }
 
     pub async fn get(&self, id: &TaskId) -> Result<Versioned<Task>, Error> {
-        match self.read(id).await? {
-            Some(stored) => match stored.value.live() {
-                Some(task) => Ok(Versioned {
-                    value: task.clone(),
-                    etag: stored.etag,
-                }),
-                None => Err(Error::NotFound(id.clone())),
-            },
-            None => Err(Error::NotFound(id.clone())),
-        }
+        self.read(id)
+            .await?
+            .and_then(|stored| visible(&stored.value))
+            .ok_or_else(|| Error::NotFound(id.clone()))
     }
 
     /// Tasks another implementation stored become listable: each id is read (and indexed).
@@ -270,6 +265,14 @@ impl Tasks {
     where
         F: FnMut(&Task, DateTime<Utc>) -> Plan,
     {
+        if let Some(expected) = expected_etag
+            && expected.parse::<u64>().is_err()
+        {
+            return Err(Error::Invalid(Violations::single(
+                "etag",
+                "is not an ETag this service issued (ETags are task revisions: 1, 2, 3, ...)",
+            )));
+        }
         for attempt in 1..=MAX_ATTEMPTS {
             let Some(current) = self.read(id).await? else {
                 return Err(Error::NotFound(id.clone()));
@@ -277,10 +280,11 @@ impl Tasks {
             let Some(task) = current.value.live().cloned() else {
                 return Err(Error::NotFound(id.clone()));
             };
+            let revision = current.value.revision.to_string();
             if let Some(expected) = expected_etag
-                && expected != current.etag
+                && expected != revision
             {
-                return Err(stale(&task, &current.etag));
+                return Err(stale(&task, &revision));
             }
             let now = time::now();
             let nonce = Nonce::random();
@@ -288,7 +292,7 @@ impl Tasks {
                 Plan::Unchanged => {
                     return Ok(Versioned {
                         value: task,
-                        etag: current.etag,
+                        etag: revision,
                     });
                 }
                 Plan::Replace(changed, event_type) => {
@@ -300,20 +304,15 @@ impl Tasks {
                 return Err(Error::NotFound(id.clone()));
             };
             // A deletion answers with the task as it was.
-            let written = planned.record.live().cloned().unwrap_or(task);
+            let written = Versioned {
+                value: planned.record.live().cloned().unwrap_or(task),
+                etag: planned.record.revision.to_string(),
+            };
             match self.commit(Some(&current), planned).await {
-                Ok(etag) => {
-                    return Ok(Versioned {
-                        value: written,
-                        etag,
-                    });
-                }
+                Ok(()) => return Ok(written),
                 Err(Attempt::LostRace) if expected_etag.is_some() => {
-                    return match self.read(id).await? {
-                        Some(now) => match now.value.live() {
-                            Some(task) => Err(stale(task, &now.etag)),
-                            None => Err(Error::NotFound(id.clone())),
-                        },
+                    return match self.read(id).await?.and_then(|now| visible(&now.value)) {
+                        Some(now) => Err(stale(&now.value, &now.etag)),
                         None => Err(Error::NotFound(id.clone())),
                     };
                 }
@@ -327,13 +326,12 @@ impl Tasks {
         })
     }
 
-    /// Writes a planned change with its event and list entries (see the module docs). Returns
-    /// the record's new ETag.
+    /// Writes a planned change with its event and list entries (see the module docs).
     async fn commit(
         &self,
         current: Option<&Versioned<TaskRecord>>,
         planned: Planned,
-    ) -> Result<String, Attempt> {
+    ) -> Result<(), Attempt> {
         let Planned {
             record,
             event,
@@ -391,13 +389,7 @@ impl Tasks {
             self.index
                 .remove_soon(list, position, record.revision.saturating_sub(1));
         }
-        match self.store.etag(&id).await {
-            Ok(etag) => Ok(etag.unwrap_or_default()),
-            Err(error) => Err(Attempt::Failed(Error::unavailable(
-                format!("the change was saved, but its new ETag could not be read: {error}"),
-                Some(id),
-            ))),
-        }
+        Ok(())
     }
 }
 

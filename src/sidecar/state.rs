@@ -153,6 +153,35 @@ impl StateStore {
         }
     }
 
+    /// Saves many values at once, overwriting what is there (bulk loading).
+    pub async fn save_many(&self, items: Vec<(String, Vec<u8>)>) -> Result<(), SidecarError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let states = items
+            .into_iter()
+            .map(|(key, value)| StateItem {
+                key,
+                value,
+                etag: None,
+                metadata: HashMap::new(),
+                options: Some(StateOptions {
+                    concurrency: StateConcurrency::ConcurrencyLastWrite as i32,
+                    consistency: 0,
+                }),
+            })
+            .collect();
+        self.sidecar
+            .grpc()
+            .save_state(SaveStateRequest {
+                store_name: self.name.clone(),
+                states,
+            })
+            .await
+            .map_err(SidecarError::from_state)?;
+        Ok(())
+    }
+
     /// Deletes `key`, only if its ETag is still `etag` when one is given.
     pub async fn delete(&self, key: &str, etag: Option<&str>) -> Result<(), SidecarError> {
         self.sidecar

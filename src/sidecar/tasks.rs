@@ -248,11 +248,6 @@ impl TaskStore {
             .save(&task_key(record.id()), encode(record), write, metadata)
             .await
     }
-
-    /// The current ETag of a task (the store hands out the new ETag only on a read).
-    pub async fn etag(&self, id: &TaskId) -> Result<Option<String>, SidecarError> {
-        Ok(self.state.get(&task_key(id)).await?.map(|s| s.etag))
-    }
 }
 
 #[cfg(test)]

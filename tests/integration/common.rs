@@ -201,7 +201,6 @@ impl TestApp {
     pub async fn notifications_client(&self) -> NotificationServiceClient<Channel> {
         NotificationServiceClient::new(self.channel().await)
     }
-
 }
 
 impl Drop for TestApp {
@@ -232,14 +231,14 @@ pub async fn create(client: &mut Client, title: &str, priority: Option<i32>) -> 
 /// An app that subscribes to topics and reports every delivered event.
 pub struct EventProbe {
     pub port: u16,
-    pub events: mpsc::UnboundedReceiver<rt::TopicEventRequest>,
+    events: mpsc::UnboundedReceiver<(rt::TopicEventRequest, std::time::SystemTime)>,
     _server: JoinHandle<()>,
 }
 
 struct ProbeApp {
     pubsub: String,
     topics: Vec<String>,
-    sender: mpsc::UnboundedSender<rt::TopicEventRequest>,
+    sender: mpsc::UnboundedSender<(rt::TopicEventRequest, std::time::SystemTime)>,
 }
 
 #[tonic::async_trait]
@@ -270,7 +269,9 @@ impl AppCallback for ProbeApp {
         &self,
         request: Request<rt::TopicEventRequest>,
     ) -> Result<Response<rt::TopicEventResponse>, Status> {
-        let _ = self.sender.send(request.into_inner());
+        let _ = self
+            .sender
+            .send((request.into_inner(), std::time::SystemTime::now()));
         Ok(Response::new(rt::TopicEventResponse { status: 0 }))
     }
     async fn list_input_bindings(
@@ -333,11 +334,17 @@ impl EventProbe {
             .await
             .expect("no event arrived in time")
             .expect("probe closed")
+            .0
+    }
+
+    /// Every event delivered so far and not yet taken, with when it arrived.
+    pub fn drain(&mut self) -> Vec<(rt::TopicEventRequest, std::time::SystemTime)> {
+        std::iter::from_fn(|| self.events.try_recv().ok()).collect()
     }
 
     /// Fails if any event arrives within `quiet`.
     pub async fn expect_none(&mut self, quiet: Duration) {
-        if let Ok(Some(event)) = tokio::time::timeout(quiet, self.events.recv()).await {
+        if let Ok(Some((event, _))) = tokio::time::timeout(quiet, self.events.recv()).await {
             panic!("unexpected event: {}", String::from_utf8_lossy(&event.data));
         }
     }

@@ -35,7 +35,10 @@ async fn a_task_stored_by_the_python_original_is_read_and_updated() {
     assert_eq!(task.title, "Learn Dapr");
     assert_eq!(task.priority, 2);
     assert_eq!(task.description, None);
-    assert_eq!(task.etag, "1");
+    assert_eq!(
+        task.etag, "0",
+        "revision 0: stored by another implementation"
+    );
     let created = task.created_at.unwrap();
     assert_eq!(
         (created.seconds, created.nanos),
@@ -48,12 +51,12 @@ async fn a_task_stored_by_the_python_original_is_read_and_updated() {
         .update_task_status(pb::UpdateTaskStatusRequest {
             id: ID.into(),
             status: TaskStatus::Completed as i32,
-            etag: "1".into(),
+            etag: "0".into(),
         })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(completed.etag, "2");
+    assert_eq!(completed.etag, "1", "task-api's first change");
 
     let stored = redis.cli(&["HGET", &key, "data"]).unwrap();
     let document: serde_json::Value = serde_json::from_str(&stored).unwrap();

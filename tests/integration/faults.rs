@@ -10,6 +10,7 @@
 //! | count | what |
 //! |---|---|
 //! | retried | calls that failed retryably during the fault and were sent again |
+//! | slowest event (s) | the longest from a change (or, for changes made before the fault healed, from the heal) to its event reaching a subscriber; at most 30 |
 //! | committed | changes the stored records hold (each revision of each task) |
 //! | published | distinct changes the auditor received an event for |
 //! | lost | committed changes without an event |
@@ -184,6 +185,8 @@ struct Outcomes {
     gave_up: AtomicUsize,
     /// Calls that failed retryably and were sent again: the fault was felt.
     retried: AtomicUsize,
+    /// When the fault was healed.
+    healed: Mutex<Option<std::time::SystemTime>>,
 }
 
 /// Calls `call` until it succeeds or fails for good; UNAVAILABLE and transport failures are
@@ -321,6 +324,9 @@ struct Audit {
     internal: usize,
     gave_up: usize,
     retried: usize,
+    /// The longest an event took to arrive after its change, or after the heal for changes
+    /// made before it.
+    slowest: Duration,
 }
 
 impl Audit {
@@ -391,8 +397,18 @@ async fn audit(rig: &mut Rig, outcomes: &Outcomes, scenario: &str) -> Audit {
 
     // Published changes, from the auditor.
     let mut published: BTreeMap<(String, u64), BTreeSet<String>> = BTreeMap::new();
-    while let Ok(event) = rig.auditor.events.try_recv() {
+    let healed = *outcomes.healed.lock().unwrap();
+    for (event, arrived) in rig.auditor.drain() {
         let data: serde_json::Value = serde_json::from_slice(&event.data).unwrap();
+        let changed = data["timestamp"]
+            .as_str()
+            .and_then(task_api::domain::time::parse)
+            .map(std::time::SystemTime::from);
+        if let Some(changed) = changed {
+            let since = healed.map_or(changed, |healed| healed.max(changed));
+            let delay = arrived.duration_since(since).unwrap_or_default();
+            audit.slowest = audit.slowest.max(delay);
+        }
         let task = data["task_id"].as_str().unwrap_or_default().to_string();
         let Some(revision) = data["revision"].as_u64() else {
             eprintln!("an event without a revision: {data}");
@@ -477,8 +493,9 @@ async fn audit(rig: &mut Rig, outcomes: &Outcomes, scenario: &str) -> Audit {
 
 fn report(store: &str, scenario: &str, audit: &Audit) {
     let row = format!(
-        "| {store} | {scenario} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+        "| {store} | {scenario} | {} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
         audit.retried,
+        audit.slowest.as_secs_f64(),
         audit.committed,
         audit.published,
         audit.lost,
@@ -525,6 +542,7 @@ where
     })
     .await;
     fault(rig).await;
+    *outcomes.healed.lock().unwrap() = Some(std::time::SystemTime::now());
     while let Some(done) = load.join_next().await {
         done.unwrap();
     }
@@ -533,6 +551,7 @@ where
 
 fn assert_clean(audit: &Audit) {
     assert_eq!(audit.failures(), 0, "{audit:#?}");
+    assert!(audit.slowest <= Duration::from_secs(30), "{audit:#?}");
     assert!(
         audit.committed > 0 && audit.published == audit.committed,
         "{audit:#?}"

@@ -7,6 +7,7 @@ mod auth;
 mod callbacks;
 mod common;
 mod compatibility;
+mod dapr_outbox;
 mod dependencies;
 mod deploy_resources;
 mod faults;

@@ -316,6 +316,20 @@ async fn stale_etag_is_aborted(components: ComponentSet) {
         "nothing was written by the stale calls"
     );
     assert_eq!(current.etag, moved.etag);
+    assert_eq!(
+        (task.etag.as_str(), moved.etag.as_str()),
+        ("1", "2"),
+        "ETags are revisions"
+    );
+
+    let malformed = client
+        .delete_task(pb::DeleteTaskRequest {
+            id: task.id.clone(),
+            etag: "W/\"abc\"".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(malformed.code(), Code::InvalidArgument, "{malformed:?}");
 }
 
 #[tokio::test]
@@ -326,6 +340,11 @@ async fn stale_etag_is_aborted_in_memory() {
 #[tokio::test]
 async fn stale_etag_is_aborted_on_redis() {
     stale_etag_is_aborted(ComponentSet::Redis).await;
+}
+
+#[tokio::test]
+async fn stale_etag_is_aborted_on_postgres() {
+    stale_etag_is_aborted(ComponentSet::Postgres).await;
 }
 
 /// Four writers per task change four different fields at the same moment, without ETags.
@@ -402,6 +421,11 @@ async fn concurrent_updates_lose_nothing_in_memory() {
 #[tokio::test]
 async fn concurrent_updates_lose_nothing_on_redis() {
     concurrent_updates_lose_nothing(ComponentSet::Redis).await;
+}
+
+#[tokio::test]
+async fn concurrent_updates_lose_nothing_on_postgres() {
+    concurrent_updates_lose_nothing(ComponentSet::Postgres).await;
 }
 
 async fn list_filters_and_pages(components: ComponentSet) {

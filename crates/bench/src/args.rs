@@ -3,9 +3,18 @@
 use std::{path::PathBuf, time::Duration};
 
 pub const USAGE: &str = "usage: task-api-bench [options]
+       task-api-bench cost --baseline DIR [--label NAME] [--stores LIST] [--concurrency LIST] [--duration-secs N] [--smoke]
+       task-api-bench list [--stores LIST] [--sizes LIST] [--duration-secs N] [--smoke]
 
-Starts Redis, notification-service and task-api with their Dapr sidecars, then measures task-api
-against the Dapr calls it makes (the ceiling) at each concurrency level.
+Without a command: starts Redis, notification-service and task-api with their Dapr sidecars,
+then measures task-api against the Dapr calls it makes (the ceiling) at each concurrency level.
+
+cost: CreateTask, UpdateTaskStatus and DeleteTask through the task-api and notification-service
+binaries in DIR (an earlier build) and through this build, on each store (default
+redis,postgresql; concurrency 16,64; 10 s per run).
+
+list: ListTasks' first page at 1,000, 10,000 and 100,000 tasks (--sizes), unfiltered and by the
+status 1% of tasks have, one caller and 8 at once, on each store.
 
   --concurrency LIST     in-flight requests per level, comma-separated (default 1,16,64)
   --duration-secs N      measured seconds per scenario and level (default 10)
@@ -33,11 +42,137 @@ pub struct Args {
 #[derive(Debug)]
 pub enum Parsed {
     Run(Args),
+    Cost(crate::cost::CostArgs),
+    List(crate::listing::ListArgs),
     Help,
 }
 
-/// Reads the options; `--smoke` changes the defaults, explicit options still win.
+/// Reads the command and its options; `--smoke` changes the defaults, explicit options still
+/// win.
 pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
+    let mut args = args.into_iter().peekable();
+    match args.peek().map(String::as_str) {
+        Some("cost") => {
+            args.next();
+            parse_cost(args)
+        }
+        Some("list") => {
+            args.next();
+            parse_list(args)
+        }
+        _ => parse_ceiling(args),
+    }
+}
+
+/// `--name value` or `--name=value` pairs, and bare flags.
+fn options(
+    args: impl IntoIterator<Item = String>,
+) -> Result<Vec<(String, Option<String>)>, String> {
+    const FLAGS: [&str; 3] = ["--smoke", "-h", "--help"];
+    let mut out = Vec::new();
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        match arg.split_once('=') {
+            Some((name, value)) => out.push((name.to_string(), Some(value.to_string()))),
+            None if FLAGS.contains(&arg.as_str()) => out.push((arg, None)),
+            None => {
+                let value = args.next().ok_or_else(|| format!("{arg} needs a value"))?;
+                out.push((arg, Some(value)));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn parse_stores(text: &str) -> Result<Vec<devstack::ComponentSet>, String> {
+    text.split(',')
+        .map(|store| match store.trim() {
+            "redis" => Ok(devstack::ComponentSet::Redis),
+            "postgresql" | "postgres" => Ok(devstack::ComponentSet::Postgres),
+            other => Err(format!("unknown store {other:?}: redis or postgresql")),
+        })
+        .collect()
+}
+
+fn parse_sizes(text: &str) -> Result<Vec<usize>, String> {
+    let mut sizes = text
+        .split(',')
+        .map(|s| number("--sizes", s.trim(), 20, 1_000_000))
+        .collect::<Result<Vec<_>, _>>()?;
+    sizes.sort_unstable();
+    sizes.dedup();
+    Ok(sizes)
+}
+
+fn parse_cost(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
+    let options = options(args)?;
+    let smoke = options.iter().any(|(n, _)| n == "--smoke");
+    let mut cost = crate::cost::CostArgs {
+        baseline: std::path::PathBuf::new(),
+        baseline_label: "baseline".into(),
+        stores: vec![
+            devstack::ComponentSet::Redis,
+            devstack::ComponentSet::Postgres,
+        ],
+        concurrency: if smoke { vec![4] } else { vec![16, 64] },
+        warmup: Duration::from_millis(if smoke { 300 } else { 1000 }),
+        duration: Duration::from_secs(if smoke { 1 } else { 10 }),
+    };
+    for (name, value) in options {
+        let value = value.unwrap_or_default();
+        match name.as_str() {
+            "-h" | "--help" => return Ok(Parsed::Help),
+            "--smoke" => {}
+            "--baseline" => cost.baseline = value.into(),
+            "--label" => cost.baseline_label = value,
+            "--stores" => cost.stores = parse_stores(&value)?,
+            "--concurrency" => cost.concurrency = parse_levels(&value)?,
+            "--duration-secs" => {
+                cost.duration = Duration::from_secs(number(&name, &value, 1, 3600)? as u64)
+            }
+            _ => return Err(format!("unknown option {name:?} for cost")),
+        }
+    }
+    if cost.baseline.as_os_str().is_empty() {
+        return Err("cost needs --baseline DIR (a directory with an earlier build's task-api and notification-service)".into());
+    }
+    Ok(Parsed::Cost(cost))
+}
+
+fn parse_list(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
+    let options = options(args)?;
+    let smoke = options.iter().any(|(n, _)| n == "--smoke");
+    let mut list = crate::listing::ListArgs {
+        stores: vec![
+            devstack::ComponentSet::Redis,
+            devstack::ComponentSet::Postgres,
+        ],
+        sizes: if smoke {
+            vec![100, 1_000]
+        } else {
+            vec![1_000, 10_000, 100_000]
+        },
+        warmup: Duration::from_millis(if smoke { 200 } else { 1000 }),
+        duration: Duration::from_secs(if smoke { 1 } else { 5 }),
+    };
+    for (name, value) in options {
+        let value = value.unwrap_or_default();
+        match name.as_str() {
+            "-h" | "--help" => return Ok(Parsed::Help),
+            "--smoke" => {}
+            "--stores" => list.stores = parse_stores(&value)?,
+            "--sizes" => list.sizes = parse_sizes(&value)?,
+            "--duration-secs" => {
+                list.duration = Duration::from_secs(number(&name, &value, 1, 3600)? as u64)
+            }
+            _ => return Err(format!("unknown option {name:?} for list")),
+        }
+    }
+    Ok(Parsed::List(list))
+}
+
+/// The ceiling benchmark's options.
+fn parse_ceiling(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
     let mut concurrency = None;
     let mut duration = None;
     let mut warmup = None;
@@ -122,7 +257,7 @@ mod tests {
     fn run(args: &[&str]) -> Result<Args, String> {
         match parse(args.iter().map(|a| a.to_string()))? {
             Parsed::Run(args) => Ok(args),
-            Parsed::Help => Err("help".into()),
+            _ => Err("not the ceiling benchmark".into()),
         }
     }
 
@@ -136,6 +271,27 @@ mod tests {
         assert_eq!(smoke.duration, Duration::from_secs(1));
         let both = run(&["--smoke", "--concurrency=2"]).unwrap();
         assert_eq!(both.concurrency, [2]);
+    }
+
+    #[test]
+    fn commands() {
+        let Ok(Parsed::Cost(cost)) =
+            parse(["cost", "--baseline", "/b", "--stores=redis", "--smoke"].map(String::from))
+        else {
+            panic!("cost")
+        };
+        assert_eq!(cost.stores, [devstack::ComponentSet::Redis]);
+        assert_eq!(cost.concurrency, [4]);
+        assert!(
+            parse(["cost"].map(String::from)).is_err(),
+            "needs a baseline"
+        );
+        let Ok(Parsed::List(list)) = parse(["list", "--sizes", "5000,1000"].map(String::from))
+        else {
+            panic!("list")
+        };
+        assert_eq!(list.sizes, [1000, 5000]);
+        assert!(parse(["list", "--stores", "mongo"].map(String::from)).is_err());
     }
 
     #[test]

@@ -163,6 +163,23 @@ pub async fn wait_drained(
     }
 }
 
+/// Like [`wait_drained`], for every stream in `streams` in turn (one deadline for all).
+pub async fn wait_all_drained(
+    address: &str,
+    streams: &[&str],
+    timeout: Duration,
+) -> Result<Option<Duration>, String> {
+    let started = Instant::now();
+    // Twice: relaying one stream publishes to another.
+    for stream in streams.iter().chain(streams) {
+        let left = timeout.saturating_sub(started.elapsed());
+        if wait_drained(address, stream, left).await?.is_none() {
+            return Ok(None);
+        }
+    }
+    Ok(Some(started.elapsed()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

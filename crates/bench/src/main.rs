@@ -6,8 +6,11 @@
 
 mod args;
 mod backlog;
+mod cost;
+mod drive;
 mod error;
 mod events;
+mod listing;
 mod load;
 mod ops;
 mod procfs;
@@ -54,6 +57,8 @@ fn say(line: &str) {
 async fn main() -> ExitCode {
     let args = match args::parse(std::env::args().skip(1)) {
         Ok(Parsed::Run(args)) => args,
+        Ok(Parsed::Cost(cost)) => return run_cost(&cost).await,
+        Ok(Parsed::List(list)) => return run_list(&list).await,
         Ok(Parsed::Help) => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -64,7 +69,7 @@ async fn main() -> ExitCode {
         }
     };
     say("starting Redis, notification-service and task-api, each app with its daprd");
-    let mut system = match System::start().await {
+    let mut system = match System::start(devstack::ComponentSet::Redis, None).await {
         Ok(system) => system,
         Err(e) => {
             eprintln!("task-api-bench: {e}");
@@ -83,6 +88,73 @@ async fn main() -> ExitCode {
         Ok(Some(failure)) => {
             eprintln!("task-api-bench: {failure}");
             ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("task-api-bench: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `cost`: both builds, side by side.
+async fn run_cost(args: &cost::CostArgs) -> ExitCode {
+    match cost::run(args).await {
+        Ok((rows, memory)) => {
+            println!();
+            println!("{}", cost::table(&rows, &args.baseline_label));
+            for m in &memory {
+                println!(
+                    "task-api peak RSS on {} ({}): {} MiB",
+                    m.store,
+                    m.build,
+                    m.task_api_peak_rss_kib
+                        .map_or_else(|| "-".into(), |k| format!("{:.1}", k as f64 / 1024.0))
+                );
+            }
+            let errors: u64 = rows.iter().map(|r| r.figures.errors).sum();
+            if errors > 0 {
+                for row in rows.iter().filter(|r| r.figures.errors > 0) {
+                    println!(
+                        "errors in {} / {} / {}: {:?}",
+                        row.store, row.build, row.scenario, row.figures.first_error
+                    );
+                }
+                return ExitCode::FAILURE;
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("task-api-bench: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `list`: first pages as the number of tasks grows.
+async fn run_list(args: &listing::ListArgs) -> ExitCode {
+    match listing::run(args).await {
+        Ok(rows) => {
+            println!();
+            println!("{}", listing::table(&rows));
+            for target in listing::targets(&rows) {
+                println!("{target}");
+            }
+            let errors: u64 = rows
+                .iter()
+                .flat_map(|r| [&r.unfiltered, &r.filtered, &r.unfiltered_8, &r.filtered_8])
+                .map(|f| f.errors)
+                .sum();
+            if errors > 0 {
+                for figures in rows
+                    .iter()
+                    .flat_map(|r| [&r.unfiltered, &r.filtered, &r.unfiltered_8, &r.filtered_8])
+                    .filter(|f| f.errors > 0)
+                {
+                    println!("errors: {:?}", figures.first_error);
+                }
+                return ExitCode::FAILURE;
+            }
+            ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("task-api-bench: {e}");
@@ -146,7 +218,7 @@ impl Bench<'_> {
 
     /// Waits until task-api has handled every event published so far.
     async fn settle(&mut self, after: &str) -> Result<()> {
-        match backlog::wait_drained(&self.redis, ops::TASK_EVENTS_TOPIC, SETTLE_TIMEOUT).await {
+        match backlog::wait_all_drained(&self.redis, &ops::TOPICS, SETTLE_TIMEOUT).await {
             Ok(Some(waited)) => {
                 if waited >= Duration::from_secs(2) {
                     say(&format!(
@@ -164,7 +236,7 @@ impl Bench<'_> {
                 self.notes.push(note);
                 Ok(())
             }
-            Err(e) => Err(setup(format!("reading the task-events stream: {e}"))),
+            Err(e) => Err(setup(format!("reading the event streams: {e}"))),
         }
     }
 
@@ -292,7 +364,7 @@ async fn bench(args: &Args, system: &mut System) -> Result<Option<String>> {
         ceilings,
         get_ids: Arc::new(get_ids),
         ceiling_keys,
-        redis: system.redis_address()?,
+        redis: system.broker_address()?,
         max_concurrency,
         notes: Vec::new(),
     };

@@ -31,8 +31,8 @@ use crate::error::{Result, setup};
 
 pub const STATE_STORE: &str = "statestore";
 pub const PUBSUB: &str = "pubsub";
-/// task-api's topic, whose backlog the benchmark waits out between runs.
-pub const TASK_EVENTS_TOPIC: &str = "task-events";
+/// The topics task-api consumes, whose backlog the benchmark waits out between runs.
+pub const TOPICS: [&str; 3] = ["task-events-outbox", "task-events", "task-events-retry"];
 const CEILING_TOPIC: &str = "bench-ceiling";
 
 pub const TITLE: &str = "Benchmark task";

@@ -1,4 +1,5 @@
-//! The system under test: Redis, notification-service and task-api, each app with its daprd.
+//! The system under test: the state store and broker, notification-service and task-api, each
+//! app with its daprd.
 
 use std::{
     path::{Path, PathBuf},
@@ -68,11 +69,15 @@ pub struct System {
 }
 
 impl System {
-    /// Starts Redis, then notification-service (task-api invokes it), then task-api.
-    pub async fn start() -> Result<Self> {
-        let binaries = app_binaries()?;
+    /// Starts the servers of `components`, then notification-service (task-api invokes it),
+    /// then task-api, both from `binaries` (the ones built next to the benchmark when `None`).
+    pub async fn start(components: ComponentSet, binaries: Option<&Path>) -> Result<Self> {
+        let binaries = match binaries {
+            Some(dir) => dir.to_path_buf(),
+            None => app_binaries()?,
+        };
         let stack = Stack::builder()
-            .components(ComponentSet::Redis)
+            .components(components)
             .scheduler(false)
             .log_sink(LogSink::Capture)
             .start()
@@ -91,11 +96,13 @@ impl System {
         })
     }
 
-    pub fn redis_address(&self) -> Result<String> {
+    /// The broker's Redis, whose streams say when every event has been handled.
+    pub fn broker_address(&self) -> Result<String> {
         self.stack
-            .redis()
+            .broker()
+            .or(self.stack.redis())
             .map(|redis| redis.address())
-            .ok_or_else(|| setup("the stack runs without Redis"))
+            .ok_or_else(|| setup("the stack runs without a Redis broker"))
     }
 
     /// The last `lines` log lines of every app and sidecar, for a failed run.

@@ -1,0 +1,236 @@
+//! `task-api-bench cost`: what the delivery guarantees cost. CreateTask, UpdateTaskStatus and
+//! DeleteTask through two builds of task-api, one after the other in one run, on each store:
+//! a baseline (a build of an earlier revision, e.g. main before the guarantees) and this build.
+//!
+//! Each build gets a fresh system (servers, both apps, their sidecars). At each concurrency:
+//! CreateTask runs for the set time; UpdateTaskStatus then completes the tasks it created, and
+//! DeleteTask deletes them (each run ends early if it uses them all up). Between runs the
+//! benchmark waits until every event has been handled.
+
+use std::{path::PathBuf, time::Duration};
+
+use devstack::ComponentSet;
+use serde::Serialize;
+
+use crate::{
+    backlog,
+    drive::{Called, Figures, Pool, drive},
+    error::{Result, setup},
+    ops::{self, TaskClient},
+    procfs,
+    system::{self, System},
+};
+
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Clone)]
+pub struct CostArgs {
+    pub baseline: PathBuf,
+    pub baseline_label: String,
+    pub stores: Vec<ComponentSet>,
+    pub concurrency: Vec<usize>,
+    pub warmup: Duration,
+    pub duration: Duration,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub store: &'static str,
+    pub build: String,
+    pub scenario: &'static str,
+    pub concurrency: usize,
+    pub figures: Figures,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Memory {
+    pub store: &'static str,
+    pub build: String,
+    pub task_api_peak_rss_kib: Option<u64>,
+}
+
+pub fn store_name(store: ComponentSet) -> &'static str {
+    match store {
+        ComponentSet::InMemory => "in-memory",
+        ComponentSet::Redis => "redis",
+        ComponentSet::Postgres => "postgresql",
+    }
+}
+
+fn say(line: &str) {
+    eprintln!("==> {line}");
+}
+
+pub async fn run(args: &CostArgs) -> Result<(Vec<Row>, Vec<Memory>)> {
+    let mut rows = Vec::new();
+    let mut memory = Vec::new();
+    for &store in &args.stores {
+        let builds = [
+            (args.baseline_label.clone(), Some(args.baseline.clone())),
+            ("this build".to_string(), None),
+        ];
+        for (build, binaries) in builds {
+            say(&format!("{}: starting {build}", store_name(store)));
+            let mut system = System::start(store, binaries.as_deref()).await?;
+            let outcome = measure(args, &mut system, store, &build, &mut rows).await;
+            memory.push(Memory {
+                store: store_name(store),
+                build: build.clone(),
+                task_api_peak_rss_kib: procfs::status_kib(system.task_api.pid(), "VmHWM"),
+            });
+            if outcome.is_err() {
+                eprint!("{}", system.log_tails(30));
+            }
+            system.stop();
+            outcome?;
+        }
+    }
+    Ok((rows, memory))
+}
+
+async fn measure(
+    args: &CostArgs,
+    system: &mut System,
+    store: ComponentSet,
+    build: &str,
+    rows: &mut Vec<Row>,
+) -> Result<()> {
+    let broker = system.broker_address()?;
+    let max = args.concurrency.iter().copied().max().unwrap_or(1);
+    let mut clients = Vec::new();
+    for _ in 0..max.div_ceil(16) {
+        let channel = system::channel(system.task_api.port, "task-api").await?;
+        clients.push(ops::task_client(channel, system.stack.api_key())?);
+    }
+    let client = move |clients: &Vec<TaskClient>, worker: usize| clients[worker / 16].clone();
+    for &c in &args.concurrency {
+        let created = Pool::default();
+        let figures = drive(c, args.warmup, args.duration, {
+            let clients = clients.clone();
+            let created = created.clone();
+            move |worker| {
+                let mut client = client(&clients, worker);
+                let created = created.clone();
+                async move {
+                    let id = ops::create(&mut client).await?;
+                    created.put(id);
+                    Ok(Called::Done)
+                }
+            }
+        })
+        .await;
+        record(rows, store, build, "CreateTask", c, figures);
+        settle(&broker).await?;
+
+        let completed = Pool::default();
+        let figures = drive(c, args.warmup, args.duration, {
+            let clients = clients.clone();
+            let (created, completed) = (created.clone(), completed.clone());
+            move |worker| {
+                let mut client = client(&clients, worker);
+                let (created, completed) = (created.clone(), completed.clone());
+                async move {
+                    let Some(id) = created.take() else {
+                        return Ok(Called::Exhausted);
+                    };
+                    ops::complete(&mut client, &id).await?;
+                    completed.put(id);
+                    Ok(Called::Done)
+                }
+            }
+        })
+        .await;
+        record(rows, store, build, "UpdateTaskStatus", c, figures);
+        settle(&broker).await?;
+
+        let figures = drive(c, args.warmup, args.duration, {
+            let clients = clients.clone();
+            let completed = completed.clone();
+            move |worker| {
+                let mut client = client(&clients, worker);
+                let completed = completed.clone();
+                async move {
+                    let Some(id) = completed.take() else {
+                        return Ok(Called::Exhausted);
+                    };
+                    ops::delete(&mut client, &id).await?;
+                    Ok(Called::Done)
+                }
+            }
+        })
+        .await;
+        record(rows, store, build, "DeleteTask", c, figures);
+        settle(&broker).await?;
+        system.check_running()?;
+    }
+    Ok(())
+}
+
+fn record(
+    rows: &mut Vec<Row>,
+    store: ComponentSet,
+    build: &str,
+    scenario: &'static str,
+    concurrency: usize,
+    figures: Figures,
+) {
+    say(&format!(
+        "{} / {build}: {scenario} at {concurrency}: {:.0} rps, p50 {} ms, p99 {} ms, errors {}",
+        store_name(store),
+        figures.rps,
+        ms(figures.p50_ms),
+        ms(figures.p99_ms),
+        figures.errors
+    ));
+    rows.push(Row {
+        store: store_name(store),
+        build: build.to_string(),
+        scenario,
+        concurrency,
+        figures,
+    });
+}
+
+async fn settle(broker: &str) -> Result<()> {
+    match backlog::wait_all_drained(broker, &ops::TOPICS, SETTLE_TIMEOUT).await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(setup(format!(
+            "events were still being handled after {SETTLE_TIMEOUT:?}"
+        ))),
+        Err(e) => Err(setup(format!("reading the event streams: {e}"))),
+    }
+}
+
+pub fn ms(value: Option<f64>) -> String {
+    value.map_or_else(|| "-".into(), |v| format!("{v:.1}"))
+}
+
+/// The comparison table: each scenario, store and concurrency with both builds side by side.
+pub fn table(rows: &[Row], baseline: &str) -> String {
+    let mut out = format!(
+        "| scenario | store | in flight | {baseline} rps | this build rps | change | p99 ms {baseline} / this build | errors |\n|---|---|---:|---:|---:|---:|---:|---:|\n"
+    );
+    for row in rows.iter().filter(|r| r.build == baseline) {
+        let Some(this) = rows.iter().find(|r| {
+            r.build != baseline
+                && r.store == row.store
+                && r.scenario == row.scenario
+                && r.concurrency == row.concurrency
+        }) else {
+            continue;
+        };
+        let change = (this.figures.rps / row.figures.rps.max(0.001) - 1.0) * 100.0;
+        out.push_str(&format!(
+            "| {} | {} | {} | {:.0} | {:.0} | {change:+.0}% | {} / {} | {} |\n",
+            row.scenario,
+            row.store,
+            row.concurrency,
+            row.figures.rps,
+            this.figures.rps,
+            ms(row.figures.p99_ms),
+            ms(this.figures.p99_ms),
+            row.figures.errors + this.figures.errors,
+        ));
+    }
+    out
+}

@@ -11,7 +11,7 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use crate::common::{EventProbe, eventually};
+use crate::common::EventProbe;
 use dapr::dapr::proto::{
     common::v1::StateItem,
     runtime::v1::{

@@ -72,7 +72,8 @@ NAME_DEFAULTS = {
     "STATE_STORE_NAME": "statestore",
     "PUBSUB_NAME": "pubsub",
     "TASK_EVENTS_TOPIC": "task-events",
-    "DEAD_LETTER_TOPIC": "task-events-deadletter",
+    "OUTBOX_TOPIC": "task-events-outbox",
+    "RETRY_TOPIC": "task-events-retry",
     "SECRET_STORE_NAME": "secretstore",
     "API_KEY_SECRET_NAME": "task-api-auth",
     "API_KEY_SECRET_KEY": "api-key",
@@ -85,7 +86,8 @@ NAME_DEFAULTS = {
 KNOWN_ENV = {
     "APP_PORT", "APP_HOST", "DAPR_GRPC_ENDPOINT", "DAPR_GRPC_PORT", "DAPR_HTTP_PORT",
     "DAPR_API_TOKEN", "APP_API_TOKEN", "API_KEY_REFRESH_SECONDS", "AUTH_DISABLED",
-    "NOTIFY_TIMEOUT_MS", "SIDECAR_WAIT_SECONDS", "LOG_FORMAT", "RUST_LOG", *NAME_DEFAULTS,
+    "NOTIFY_TIMEOUT_MS", "SIDECAR_WAIT_SECONDS", "LOG_FORMAT", "RUST_LOG",
+    "TOMBSTONE_TTL_SECONDS", "REQUEST_ID_TTL_SECONDS", *NAME_DEFAULTS,
 }
 
 SIDECAR_RESOURCE_ANNOTATIONS = (
@@ -141,7 +143,8 @@ def code_facts(src: Path) -> CodeFacts:
     if not config.is_file():
         return CodeFacts(names, ports, set(KNOWN_ENV), "the table in deploycheck.py "
                          "(src/config.rs not found)", [])
-    text = config.read_text()
+    # The unit tests at the end set values of their own; they are not defaults.
+    text = config.read_text().split("#[cfg(test)]", 1)[0]
     errors = []
     consts = {}
     for m in re.finditer(r'\bconst\s+([A-Z][A-Z0-9_]*)\s*:\s*[^=;]+=\s*'
@@ -556,7 +559,8 @@ def check_components(target, docs, apps: list[App], facts: CodeFacts) -> list[st
     caller = next((a for a in apps if a.app_id == CALLER), None)
     if caller is not None:
         pubsub = components.get(caller.names["PUBSUB_NAME"])
-        topics = {caller.names["TASK_EVENTS_TOPIC"], caller.names["DEAD_LETTER_TOPIC"]}
+        topics = {caller.names["TASK_EVENTS_TOPIC"], caller.names["OUTBOX_TOPIC"],
+                  caller.names["RETRY_TOPIC"]}
         if pubsub is not None:
             allowed = (_component_metadata(pubsub).get("allowedTopics") or {}).get("value")
             if allowed is None:
@@ -565,7 +569,7 @@ def check_components(target, docs, apps: list[App], facts: CodeFacts) -> list[st
             elif {t.strip() for t in str(allowed).split(",")} != topics:
                 errors.append(f"{target}: Component {_name(pubsub)!r} allows topics {allowed!r}, "
                               f"but the code uses {', '.join(sorted(topics))} "
-                              f"(TASK_EVENTS_TOPIC, DEAD_LETTER_TOPIC; {facts.source})")
+                              f"(TASK_EVENTS_TOPIC, OUTBOX_TOPIC, RETRY_TOPIC; {facts.source})")
         for sub in _by_kind(docs, "Subscription"):
             spec = sub.get("spec") or {}
             where = f"{target}: Subscription/{_name(sub)}"
@@ -575,9 +579,9 @@ def check_components(target, docs, apps: list[App], facts: CodeFacts) -> list[st
                 errors.append(f"{where}: pubsubname {spec.get('pubsubname')!r} is not "
                               f"{caller.names['PUBSUB_NAME']!r}")
             dead = spec.get("deadLetterTopic")
-            if dead is not None and dead != caller.names["DEAD_LETTER_TOPIC"]:
+            if dead is not None and dead != caller.names["RETRY_TOPIC"]:
                 errors.append(f"{where}: deadLetterTopic {dead!r} is not "
-                              f"{caller.names['DEAD_LETTER_TOPIC']!r}")
+                              f"{caller.names['RETRY_TOPIC']!r}")
         callee = caller.names["NOTIFICATION_APP_ID"]
         if callee not in {a.app_id for a in apps}:
             errors.append(f"{target}: task-api invokes app id {callee!r} (NOTIFICATION_APP_ID), "
@@ -691,8 +695,8 @@ def check_resiliency(target, docs, apps, crds, repo: Path, notes: list[str]) -> 
     return errors
 
 
-# The self-hosted Resiliency files that apply when the apps run on Redis, as they do here.
-SELFHOSTED_RESILIENCY = ("components/common", "components/redis")
+# The self-hosted Resiliency files that apply when the apps use the Redis broker, as they do here.
+SELFHOSTED_RESILIENCY = ("components/common", "components/pubsub/redis")
 
 
 def selfhosted_resiliency(repo: Path) -> dict | None:
@@ -1011,7 +1015,7 @@ BREAKS = [
     ("component scoped away from its user", "base/dapr/pubsub.yaml",
      "scopes:\n  - task-api", "scopes:\n  - notification-service", "leaves out task-api"),
     ("topic name drifts", "base/dapr/pubsub.yaml",
-     "value: task-events,task-events-deadletter", "value: task-events,task-events-dlq",
+     "value: task-events,task-events-outbox,task-events-retry", "value: task-events,task-events-dlq",
      "allows topics"),
     ("app token annotation and env disagree", "base/task-api.yaml",
      "dapr.io/app-token-secret: task-api-app-token", "dapr.io/app-token-secret: task-api-token",
@@ -1071,7 +1075,8 @@ BREAKS = [
      "uses Dapr component 'tasks'"),
     ("the code's default topic changes", "src/config.rs",
      'DEFAULT_TASK_EVENTS_TOPIC: &str = "task-events"',
-     'DEFAULT_TASK_EVENTS_TOPIC: &str = "tasks"', "the code uses task-events-deadletter, tasks"),
+     'DEFAULT_TASK_EVENTS_TOPIC: &str = "tasks"',
+     "the code uses task-events-outbox, task-events-retry, tasks"),
     ("the code's default port changes", "src/config.rs",
      "TASK_API_DEFAULT_PORT: u16 = 50051", "TASK_API_DEFAULT_PORT: u16 = 8080",
      "listens on 8080 by default"),

@@ -1,5 +1,6 @@
 //! `devstack up`: runs task-api and notification-service, each with its daprd, plus the
-//! scheduler, on embedded components (or Redis with `--redis`), and stops them all on Ctrl-C.
+//! scheduler, on embedded components (or Redis with `--redis`, PostgreSQL with `--postgres`), and
+//! stops them all on Ctrl-C.
 //!
 //! Started by `scripts/run`, which builds what is missing first.
 
@@ -45,12 +46,13 @@ const TASK_API: App = App {
 const REDIS_PORT: u16 = 6379;
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
 
-const USAGE: &str = "usage: devstack up [--redis]
+const USAGE: &str = "usage: devstack up [--redis | --postgres]
 
 Runs task-api and notification-service with their Dapr sidecars and the scheduler.
-  (default)  embedded components: in-memory state and pub/sub, local-file secrets
-  --redis    Redis state and pub/sub (uses the Redis on 127.0.0.1:6379, or starts one)
-TASK_API_COMPONENTS=redis does the same as --redis.";
+  (default)   embedded components: in-memory state and pub/sub, local-file secrets
+  --redis     Redis state and pub/sub (uses the Redis on 127.0.0.1:6379, or starts one)
+  --postgres  PostgreSQL state (a private server, kept until Ctrl-C) and Redis pub/sub (as above)
+TASK_API_COMPONENTS=redis or =postgres does the same as the flags.";
 
 fn say(line: &str) {
     println!("==> {line}");
@@ -59,7 +61,11 @@ fn say(line: &str) {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut redis = std::env::var("TASK_API_COMPONENTS").is_ok_and(|v| v == "redis");
+    let mut components = match std::env::var("TASK_API_COMPONENTS").as_deref() {
+        Ok("redis") => ComponentSet::Redis,
+        Ok("postgres" | "postgresql") => ComponentSet::Postgres,
+        _ => ComponentSet::InMemory,
+    };
     match args.first().map(String::as_str) {
         Some("up") => {}
         _ => {
@@ -69,7 +75,8 @@ async fn main() -> ExitCode {
     }
     for arg in &args[1..] {
         match arg.as_str() {
-            "--redis" => redis = true,
+            "--redis" => components = ComponentSet::Redis,
+            "--postgres" | "--postgresql" => components = ComponentSet::Postgres,
             "--help" | "-h" => {
                 println!("{USAGE}");
                 return ExitCode::SUCCESS;
@@ -80,7 +87,7 @@ async fn main() -> ExitCode {
             }
         }
     }
-    match up(redis).await {
+    match up(components).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("==> error: {message}");
@@ -89,7 +96,7 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn up(redis: bool) -> Result<(), String> {
+async fn up(components: ComponentSet) -> Result<(), String> {
     for app in [&TASK_API, &NOTIFICATION_SERVICE] {
         for (port, what) in [
             (app.port, format!("{} (app port)", app.id)),
@@ -101,9 +108,14 @@ async fn up(redis: bool) -> Result<(), String> {
     }
     let binaries = app_binaries()?;
 
-    let mut builder = Stack::builder().scheduler(true).log_sink(LogSink::Echo);
-    if redis {
-        builder = builder.components(ComponentSet::Redis);
+    let mut builder = Stack::builder()
+        .scheduler(true)
+        .log_sink(LogSink::Echo)
+        .components(components);
+    if components != ComponentSet::InMemory {
+        if components == ComponentSet::Postgres {
+            say("starting PostgreSQL on a free port (data kept until Ctrl-C)");
+        }
         if redis_answers(REDIS_PORT).await {
             say(&format!(
                 "using the Redis already running on 127.0.0.1:{REDIS_PORT}"
@@ -132,10 +144,10 @@ async fn up(redis: bool) -> Result<(), String> {
     }
 
     let commands = walkthrough::readme_commands();
-    let components = if redis {
-        "Redis state and pub/sub"
-    } else {
-        "embedded: in-memory state and pub/sub, local-file secrets"
+    let components = match components {
+        ComponentSet::Redis => "Redis state and pub/sub",
+        ComponentSet::Postgres => "PostgreSQL state, Redis pub/sub",
+        ComponentSet::InMemory => "embedded: in-memory state and pub/sub, local-file secrets",
     };
     println!();
     say(&format!("ready: task-api is serving ({components})"));

@@ -348,26 +348,30 @@ impl Tasks {
             Attempt::Failed(Error::from_write(error, &id, written))
         };
 
-        if let Some(list) = after
-            && after != before
-        {
-            self.index
-                .insert(list, position.clone(), record.revision)
-                .await
-                .map_err(|e| failed(e, false))?;
-        }
         let relayed = self.outbox.durable().await.map_err(|e| failed(e, false))?;
-        if relayed {
+        // Steps 1 and 2 depend on nothing but each other's completion before step 3.
+        let enter = async {
+            match after {
+                Some(list) if after != before => {
+                    self.index
+                        .insert(list, position.clone(), record.revision)
+                        .await
+                }
+                _ => Ok(()),
+            }
+        };
+        let stage = async {
+            if !relayed {
+                return Ok(());
+            }
             let staged = StagedEvent {
                 event: event.clone(),
                 nonce,
                 staged_at: time::now(),
             };
-            self.outbox
-                .stage(&staged)
-                .await
-                .map_err(|e| failed(e, false))?;
-        }
+            self.outbox.stage(&staged).await
+        };
+        tokio::try_join!(enter, stage).map_err(|e| failed(e, false))?;
         match self
             .store
             .put(&record, current.map(|c| c.etag.as_str()))

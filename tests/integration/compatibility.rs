@@ -122,3 +122,197 @@ async fn a_task_stored_by_the_python_original_is_read_and_updated() {
         String::from_utf8_lossy(&check.stderr)
     );
 }
+
+/// A document as the original stores it, for a task with these fields.
+fn original_document(id: &str, title: &str, status: &str, description: &str) -> String {
+    serde_json::json!({
+        "id": id,
+        "title": title,
+        "description": if description.is_empty() { serde_json::Value::Null } else { description.into() },
+        "status": status,
+        "priority": 3,
+        "created_at": "2025-01-15T10:30:00",
+        "updated_at": "2025-01-15T10:30:00",
+    })
+    .to_string()
+}
+
+fn listed(tasks: &[pb::Task]) -> Vec<&str> {
+    tasks.iter().map(|t| t.id.as_str()).collect()
+}
+
+/// Tasks the original stored are listed once task-api reads one, receives the original's event
+/// for another, or runs `task-api adopt` for the rest; including tasks the original accepted
+/// but callers may not send now (a title of spaces, a description over 2,000 characters).
+#[tokio::test]
+async fn tasks_the_original_stored_become_listable() {
+    let stack = Stack::builder()
+        .components(ComponentSet::Redis)
+        .start()
+        .await
+        .unwrap();
+    let redis = stack.redis().unwrap();
+    let long = "d".repeat(2500);
+    let originals = [
+        (
+            "00000000-0000-4000-8000-000000000001",
+            "Read by id",
+            "pending",
+            "",
+        ),
+        (
+            "00000000-0000-4000-8000-000000000002",
+            "From its event",
+            "completed",
+            "",
+        ),
+        (
+            "00000000-0000-4000-8000-000000000003",
+            "   ",
+            "in_progress",
+            long.as_str(),
+        ),
+        (
+            "00000000-0000-4000-8000-000000000004",
+            "Adopted",
+            "pending",
+            "",
+        ),
+    ];
+    for (id, title, status, description) in originals {
+        let document = original_document(id, title, status, description);
+        redis
+            .cli(&[
+                "HSET",
+                &format!("task-api||task-{id}"),
+                "data",
+                &document,
+                "version",
+                "1",
+            ])
+            .unwrap();
+    }
+    let (app, notifications) =
+        TestApp::task_api_with_notifications(&stack, Options::default()).await;
+    let mut client = app.client().await;
+    let all = |client: &mut crate::common::Client| {
+        let mut client = client.clone();
+        async move {
+            client
+                .list_tasks(pb::ListTasksRequest::default())
+                .await
+                .unwrap()
+                .into_inner()
+                .tasks
+        }
+    };
+    assert!(all(&mut client).await.is_empty(), "nothing indexed yet");
+
+    // Read by id.
+    client
+        .get_task(pb::GetTaskRequest {
+            id: originals[0].0.into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed(&all(&mut client).await), [originals[0].0]);
+
+    // The original's event for it, as the original publishes it (no revision): its task is
+    // indexed, and, being completed, notified once.
+    let mut dapr = dapr::dapr::proto::runtime::v1::dapr_client::DaprClient::new(
+        app.sidecar.channel().await.unwrap(),
+    );
+    dapr.publish_event(dapr::dapr::proto::runtime::v1::PublishEventRequest {
+        pubsub_name: "pubsub".into(),
+        topic: "task-events".into(),
+        data: format!(r#"{{"event_type":"task.completed","task_id":"{}","title":"From its event","status":"completed","timestamp":"2025-01-15T10:30:00"}}"#, originals[1].0).into_bytes(),
+        data_content_type: "application/json".into(),
+        metadata: Default::default(),
+    })
+    .await
+    .unwrap();
+    crate::common::wait_until_handled(&stack, &["task-events", "task-events-retry"]).await;
+    assert_eq!(
+        listed(&all(&mut client).await),
+        [originals[0].0, originals[1].0]
+    );
+
+    // The rest with `task-api adopt`, fed the keys as `redis-cli --scan` lists them (twice:
+    // adopting again changes nothing).
+    let keys = redis
+        .cli(&["--scan", "--pattern", "task-api||task-*"])
+        .unwrap();
+    for _ in 0..2 {
+        let mut adopt = Command::new(env!("CARGO_BIN_EXE_task-api"))
+            .arg("adopt")
+            .env_clear()
+            .env("DAPR_GRPC_PORT", app.sidecar.grpc_port().to_string())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        adopt
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{keys}\nnot a key\n").as_bytes())
+            .unwrap();
+        let output = adopt.wait_with_output().unwrap();
+        assert!(output.status.success());
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout).trim(),
+            "4 tasks listable; 0 ids named no live task; 1 lines skipped"
+        );
+    }
+    let every = all(&mut client).await;
+    let mut ids: Vec<&str> = listed(&every);
+    ids.sort();
+    assert_eq!(ids, originals.map(|o| o.0));
+    let spaces = every.iter().find(|t| t.id == originals[2].0).unwrap();
+    assert_eq!(spaces.title, "   ");
+    assert_eq!(spaces.description.as_deref().map(str::len), Some(2500));
+    let in_progress = client
+        .list_tasks(pb::ListTasksRequest {
+            status: TaskStatus::InProgress as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed(&in_progress.tasks), [originals[2].0]);
+
+    // And they update like any other: the one with a title of spaces gets a priority.
+    let updated = client
+        .update_task(pb::UpdateTaskRequest {
+            id: originals[2].0.into(),
+            priority: Some(5),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((updated.title.as_str(), updated.priority), ("   ", 5));
+    let of_priority_5 = client
+        .list_tasks(pb::ListTasksRequest {
+            priority: Some(5),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed(&of_priority_5.tasks), [originals[2].0]);
+    let received = notifications
+        .notifications_client()
+        .await
+        .list_notifications(
+            task_api::proto::notification::v1::ListNotificationsRequest {
+                task_id: originals[1].0.into(),
+            },
+        )
+        .await
+        .unwrap()
+        .into_inner()
+        .notifications;
+    assert_eq!(received.len(), 1);
+}

@@ -18,6 +18,7 @@
 //! | duplicated | changes published under more than one CloudEvent id |
 //! | resurrected | tasks deleted (the client was told so, or a delete committed) that are alive |
 //! | notif. missing / doubled | committed completions without a notification / with two |
+//! | misfiled | live tasks ListTasks does not list once, or deleted ones it lists |
 //! | internal | calls answered INTERNAL (faults must be UNAVAILABLE) |
 //!
 //! Every count but committed and published must be 0. `FAULTS=full` (scripts/faults) runs the
@@ -327,6 +328,8 @@ struct Audit {
     /// The longest an event took to arrive after its change, or after the heal for changes
     /// made before it.
     slowest: Duration,
+    /// Live tasks ListTasks does not list once, or deleted ones it lists.
+    misfiled: usize,
 }
 
 impl Audit {
@@ -339,6 +342,7 @@ impl Audit {
             + self.notifications_doubled
             + self.internal
             + self.gave_up
+            + self.misfiled
     }
 }
 
@@ -487,13 +491,47 @@ async fn audit(rig: &mut Rig, outcomes: &Outcomes, scenario: &str) -> Audit {
         }
     }
 
+    // Every live task is listed, exactly once.
+    let mut client = rig.client().await;
+    let mut listed: HashMap<String, usize> = HashMap::new();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .list_tasks(pb::ListTasksRequest {
+                page_size: 100,
+                page_token: token,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        for task in page.tasks {
+            *listed.entry(task.id).or_default() += 1;
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    for record in &records {
+        let id = record.id().to_string();
+        let times = listed.get(&id).copied().unwrap_or(0);
+        if record.is_deleted() != (times == 0) || times > 1 {
+            eprintln!(
+                "listed {times} times: {id} (deleted: {})",
+                record.is_deleted()
+            );
+            audit.misfiled += 1;
+        }
+    }
+
     report(rig.store_name(), scenario, &audit);
     audit
 }
 
 fn report(store: &str, scenario: &str, audit: &Audit) {
     let row = format!(
-        "| {store} | {scenario} | {} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+        "| {store} | {scenario} | {} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
         audit.retried,
         audit.slowest.as_secs_f64(),
         audit.committed,
@@ -504,6 +542,7 @@ fn report(store: &str, scenario: &str, audit: &Audit) {
         audit.resurrected,
         audit.notifications_missing,
         audit.notifications_doubled,
+        audit.misfiled,
         audit.internal + audit.gave_up,
     );
     eprintln!("{row}");

@@ -12,5 +12,6 @@ mod dependencies;
 mod deploy_resources;
 mod faults;
 mod lifecycle;
+mod listing;
 mod run_command;
 mod task_service;

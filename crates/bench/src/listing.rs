@@ -132,7 +132,8 @@ async fn measure(
                             .await
                             .map_err(|s| ops::describe(&s))?
                             .into_inner();
-                        if page.tasks.len() != 20 {
+                        // 20, or all there are (1% of 1,000 tasks is 10).
+                        if page.tasks.is_empty() || page.tasks.len() > 20 {
                             return Err(format!("a first page of {} tasks", page.tasks.len()));
                         }
                         Ok(Called::Done)

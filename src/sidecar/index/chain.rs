@@ -26,7 +26,7 @@ use super::{
     store::{Condition, LeafStore},
 };
 use crate::{
-    domain::TaskId,
+    domain::{TaskId, Versioned},
     sidecar::{SidecarError, backoff},
 };
 
@@ -88,14 +88,22 @@ impl<S: LeafStore> Chain<S> {
         })
     }
 
-    pub async fn read(&self, id: &str) -> Result<Option<StoredLeaf>, SidecarError> {
-        match self.store.get(&self.key(id)).await? {
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// What was read under leaf `id`'s key, as a leaf (an empty list has no head document).
+    pub fn interpret(
+        &self,
+        id: &str,
+        stored: Option<Versioned<Vec<u8>>>,
+    ) -> Result<Option<StoredLeaf>, SidecarError> {
+        match stored {
             Some(stored) => Ok(Some(StoredLeaf {
                 id: id.to_string(),
                 leaf: self.decode(id, &stored.value)?,
                 etag: Some(stored.etag),
             })),
-            // An empty list has no head document yet.
             None if id == HEAD => Ok(Some(StoredLeaf {
                 id: HEAD.to_string(),
                 leaf: Leaf::default(),
@@ -105,34 +113,17 @@ impl<S: LeafStore> Chain<S> {
         }
     }
 
-    /// Leaves in the order asked (one bulk read).
-    pub async fn read_many(&self, ids: &[LeafId]) -> Result<Vec<Option<StoredLeaf>>, SidecarError> {
-        let keys: Vec<String> = ids.iter().map(|id| self.key(id)).collect();
-        let stored = self.store.get_many(&keys).await?;
-        ids.iter()
-            .zip(stored)
-            .map(|(id, stored)| match stored {
-                Some(stored) => Ok(Some(StoredLeaf {
-                    id: id.clone(),
-                    leaf: self.decode(id, &stored.value)?,
-                    etag: Some(stored.etag),
-                })),
-                None if id == HEAD => Ok(Some(StoredLeaf {
-                    id: HEAD.to_string(),
-                    leaf: Leaf::default(),
-                    etag: None,
-                })),
-                None => Ok(None),
-            })
-            .collect()
+    pub async fn read(&self, id: &str) -> Result<Option<StoredLeaf>, SidecarError> {
+        let stored = self.store.get(&self.key(id)).await?;
+        self.interpret(id, stored)
     }
 
     /// The leaf most likely to hold `position` (the head for none), from the directory.
     pub async fn hint(&self, position: Option<&Position>) -> LeafId {
-        self.ensure_directory().await;
         let Some(position) = position else {
             return HEAD.to_string();
         };
+        self.ensure_directory().await;
         let directory = self.directory.lock().unwrap_or_else(|e| e.into_inner());
         directory
             .leaves

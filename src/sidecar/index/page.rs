@@ -57,15 +57,24 @@ impl<'a, S: LeafStore> ListReader<'a, S> {
                 exhausted: false,
             });
         }
+        // The first leaf of every list in one bulk read.
+        let keys: Vec<String> = chains
+            .iter()
+            .zip(&starts)
+            .map(|(chain, start)| chain.key(start))
+            .collect();
+        let first = match chains.first() {
+            Some(chain) => chain.store().get_many(&keys).await?,
+            None => Vec::new(),
+        };
         let mut reader = Self {
             chains,
             streams,
             after,
         };
-        // The first leaf of every list in one round trip per list (lists are separate chains,
-        // but the store reads each group in parallel).
-        for (index, start) in starts.into_iter().enumerate() {
-            reader.enter(index, start, None).await?;
+        for (index, (start, stored)) in starts.into_iter().zip(first).enumerate() {
+            let leaf = reader.chains[index].interpret(&start, stored)?;
+            reader.enter_read(index, start, None, Some(leaf)).await?;
         }
         Ok(reader)
     }
@@ -78,6 +87,17 @@ impl<'a, S: LeafStore> ListReader<'a, S> {
         id: LeafId,
         previous: Option<StoredLeaf>,
     ) -> Result<(), SidecarError> {
+        self.enter_read(index, id, previous, None).await
+    }
+
+    /// Like [`ListReader::enter`], with the first leaf already read when `read` is given.
+    async fn enter_read(
+        &mut self,
+        index: usize,
+        id: LeafId,
+        previous: Option<StoredLeaf>,
+        mut read: Option<Option<StoredLeaf>>,
+    ) -> Result<(), SidecarError> {
         let chain = self.chains[index];
         let mut next = Some(id);
         let mut previous = previous;
@@ -87,7 +107,11 @@ impl<'a, S: LeafStore> ListReader<'a, S> {
                 self.streams[index].leaf = None;
                 return Ok(());
             };
-            let Some(current) = chain.read(&id).await? else {
+            let current = match read.take() {
+                Some(already) => already,
+                None => chain.read(&id).await?,
+            };
+            let Some(current) = current else {
                 match previous.take() {
                     // Absorbed into its left neighbour after we read that: read it again.
                     Some(left) => {

@@ -1,4 +1,5 @@
-//! Generates the gRPC code for `proto/` and the descriptor set that server reflection serves.
+//! Generates the gRPC code for `proto/` and, for each app, the descriptor set its server
+//! reflection serves (each app describes its own service only).
 //!
 //! protoc comes from the `protoc-bin-vendored` crate unless `PROTOC` names another one, so a
 //! build needs nothing installed beyond cargo.
@@ -18,16 +19,27 @@ fn main() -> Result<(), Box<dyn Error>> {
         Some(path) => PathBuf::from(path),
         None => protoc_bin_vendored::protoc_bin_path()?,
     };
-    config.protoc_executable(protoc);
+    config.protoc_executable(&protoc);
     let well_known_types = protoc_bin_vendored::include_path()?;
 
-    tonic_prost_build::configure()
-        .file_descriptor_set_path(out_dir.join("descriptors.bin"))
-        .compile_with_config(
-            config,
-            &PROTOS.map(PathBuf::from),
-            &[PathBuf::from("proto"), well_known_types],
-        )?;
+    let includes = [PathBuf::from("proto"), well_known_types];
+    tonic_prost_build::configure().compile_with_config(
+        config,
+        &PROTOS.map(PathBuf::from),
+        &includes,
+    )?;
+    // One descriptor set per app, for its reflection service.
+    for (proto, name) in PROTOS
+        .iter()
+        .zip(["task_descriptors", "notification_descriptors"])
+    {
+        let mut config = tonic_prost_build::Config::new();
+        config.protoc_executable(&protoc);
+        config.file_descriptor_set_path(out_dir.join(format!("{name}.bin")));
+        config.out_dir(out_dir.join(name));
+        std::fs::create_dir_all(out_dir.join(name))?;
+        config.compile_protos(&[PathBuf::from(proto)], &includes)?;
+    }
 
     for proto in PROTOS {
         println!("cargo:rerun-if-changed={proto}");

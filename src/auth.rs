@@ -3,11 +3,13 @@
 //! | Calls | Needs |
 //! |---|---|
 //! | `grpc.health.v1`, server reflection | nothing |
-//! | `ListTopicSubscriptions`, `ListInputBindings`, `HealthCheck` (daprd sends them without a token) | nothing |
-//! | every other AppCallback / AppCallbackAlpha method | `dapr-api-token` = `APP_API_TOKEN`, when that is set |
-//! | TaskService and anything else | `dapr-api-token` = `APP_API_TOKEN` (calls through the sidecar), or the API key (`authorization: Bearer <key>` or `x-api-key`) |
+//! | `ListTopicSubscriptions`, `ListInputBindings`, `HealthCheck` (daprd sends them without a token; they read and change nothing) | nothing |
+//! | every other AppCallback / AppCallbackAlpha method | `dapr-api-token` = `APP_API_TOKEN` |
+//! | the app's own service (TaskService, NotificationService) | `dapr-api-token` = `APP_API_TOKEN` (calls through the sidecar), or the API key (`authorization: Bearer <key>` or `x-api-key`) when the app has one |
 //!
-//! Secrets are compared in constant time and never logged.
+//! `APP_API_TOKEN` is required: an app without it refuses to start, so no configuration leaves
+//! the callbacks (which read and change tasks, and take events) open to whoever reaches the
+//! port. Secrets are compared in constant time and never logged.
 
 use std::{
     future::Future,
@@ -18,11 +20,10 @@ use std::{
 };
 
 use http::{HeaderMap, Request, Response};
-use subtle::ConstantTimeEq;
 use tonic::Status;
 use tower::{Layer, Service};
 
-use crate::sidecar::secrets::ApiKeySecret;
+use crate::secret::Secret;
 
 const CALLBACK: &str = "/dapr.proto.runtime.v1.AppCallback/";
 const CALLBACK_ALPHA: &str = "/dapr.proto.runtime.v1.AppCallbackAlpha/";
@@ -53,49 +54,54 @@ fn policy(path: &str) -> Policy {
     }
 }
 
-/// The accepted API key, refreshed from the secret store in the background.
+/// Where the API key comes from (the app's secret store, in practice).
+pub trait KeySource: Send + Sync + 'static {
+    /// The current key; the error says why it could not be read.
+    fn fetch(&self) -> impl Future<Output = Result<Secret, String>> + Send;
+}
+
+/// The accepted API key, refreshed from its source in the background.
 #[derive(Debug, Clone, Default)]
-pub struct ApiKey(Arc<RwLock<Option<Arc<str>>>>);
+pub struct ApiKey(Arc<RwLock<Option<Secret>>>);
 
 impl ApiKey {
-    /// Reads the key now; fails if the secret store or the secret is missing.
-    pub async fn load(
-        &self,
-        secret: &ApiKeySecret,
-    ) -> Result<(), crate::sidecar::secrets::SecretError> {
-        let key = secret.fetch().await?;
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Some(key.into());
+    /// Reads the key now.
+    pub async fn load(&self, source: &impl KeySource) -> Result<(), String> {
+        let key = source.fetch().await?;
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Some(key);
         Ok(())
     }
 
-    /// Re-reads the key every `interval`, so a rotated key takes effect without a restart. A
-    /// failed read keeps the last key.
-    pub fn refresh_every(
+    /// Reads the key again every `interval` until `stop` completes, so a rotated key takes
+    /// effect without a restart. A failed read keeps the last key.
+    pub async fn refresh_until(
         &self,
-        secret: ApiKeySecret,
+        source: impl KeySource,
         interval: Duration,
-    ) -> tokio::task::JoinHandle<()> {
-        let key = self.clone();
-        tokio::spawn(async move {
+        stop: impl Future<Output = ()>,
+    ) {
+        let refresh = async {
             let mut ticker = tokio::time::interval(interval);
             ticker.tick().await;
             loop {
                 ticker.tick().await;
-                match key.load(&secret).await {
-                    Ok(()) => {
-                        tracing::debug!(store = %secret.store, secret = %secret.name, "API key refreshed")
-                    }
+                match self.load(&source).await {
+                    Ok(()) => tracing::debug!("API key refreshed"),
                     Err(error) => {
                         tracing::warn!(%error, "API key refresh failed; keeping the last key")
                     }
                 }
             }
-        })
+        };
+        tokio::select! {
+            () = refresh => {}
+            () = stop => {}
+        }
     }
 
     fn matches(&self, presented: &str) -> Option<bool> {
         let current = self.0.read().unwrap_or_else(|e| e.into_inner()).clone()?;
-        Some(bool::from(current.as_bytes().ct_eq(presented.as_bytes())))
+        Some(current.matches(presented.as_bytes()))
     }
 }
 
@@ -103,39 +109,61 @@ impl ApiKey {
 #[derive(Debug, Clone)]
 pub struct AuthPolicy {
     /// `APP_API_TOKEN`.
-    app_token: Option<Arc<str>>,
-    /// `None` when API keys are disabled.
+    app_token: Secret,
+    /// `None` when the app takes no API key (AUTH_DISABLED, or an app without one).
     api_key: Option<ApiKey>,
+    /// Whether callers of the app's own service may come without any credentials
+    /// (AUTH_DISABLED=true).
+    open_service: bool,
 }
 
 impl AuthPolicy {
-    pub fn new(app_token: Option<String>, api_key: Option<ApiKey>) -> Self {
+    /// Callers of the app's own service need the app token or `api_key`.
+    pub fn new(app_token: Secret, api_key: ApiKey) -> Self {
         Self {
-            app_token: app_token.map(Into::into),
-            api_key,
+            app_token,
+            api_key: Some(api_key),
+            open_service: false,
+        }
+    }
+
+    /// Callers of the app's own service need the app token (they come through the sidecar).
+    pub fn sidecar_only(app_token: Secret) -> Self {
+        Self {
+            app_token,
+            api_key: None,
+            open_service: false,
+        }
+    }
+
+    /// Callers of the app's own service need nothing (AUTH_DISABLED=true); callbacks still need
+    /// the app token.
+    pub fn open_service(app_token: Secret) -> Self {
+        Self {
+            app_token,
+            api_key: None,
+            open_service: true,
         }
     }
 
     /// Decides one request by its path and headers.
     pub fn check(&self, path: &str, headers: &HeaderMap) -> Result<(), Status> {
         let sidecar_token_ok = || {
-            let presented = headers.get(dapr::client::API_TOKEN_METADATA_KEY);
-            match (&self.app_token, presented) {
-                (Some(expected), Some(presented)) => {
-                    bool::from(expected.as_bytes().ct_eq(presented.as_bytes()))
-                }
-                _ => false,
-            }
+            headers
+                .get(dapr::client::API_TOKEN_METADATA_KEY)
+                .is_some_and(|presented| self.app_token.matches(presented.as_bytes()))
         };
         match policy(path) {
             Policy::Open => Ok(()),
-            Policy::SidecarToken if self.app_token.is_none() || sidecar_token_ok() => Ok(()),
+            Policy::SidecarToken if sidecar_token_ok() => Ok(()),
             Policy::SidecarToken => Err(Status::unauthenticated(
                 "missing or wrong dapr-api-token: this callback is only for the app's Dapr sidecar",
             )),
-            Policy::Caller if sidecar_token_ok() => Ok(()),
+            Policy::Caller if self.open_service || sidecar_token_ok() => Ok(()),
             Policy::Caller => match &self.api_key {
-                None => Ok(()),
+                None => Err(Status::unauthenticated(
+                    "call this service through Dapr (it adds the app token), e.g. with metadata dapr-app-id",
+                )),
                 Some(api_key) => match presented_key(headers).map(|k| api_key.matches(k)) {
                     Some(Some(true)) => Ok(()),
                     Some(None) => Err(Status::unavailable(
@@ -217,10 +245,10 @@ mod tests {
         map
     }
 
-    fn policy_with_key(app_token: Option<&str>) -> AuthPolicy {
+    fn policy_with_key(app_token: &str) -> AuthPolicy {
         let key = ApiKey::default();
-        *key.0.write().unwrap() = Some("s3cret".into());
-        AuthPolicy::new(app_token.map(str::to_string), Some(key))
+        *key.0.write().unwrap() = Some(Secret::new("s3cret"));
+        AuthPolicy::new(Secret::new(app_token), key)
     }
 
     const CREATE: &str = "/task.v1.TaskService/CreateTask";
@@ -228,7 +256,7 @@ mod tests {
 
     #[test]
     fn callers_need_the_api_key() {
-        let auth = policy_with_key(None);
+        let auth = policy_with_key("tok");
         assert!(
             auth.check(CREATE, &headers(&[("authorization", "Bearer s3cret")]))
                 .is_ok()
@@ -250,7 +278,7 @@ mod tests {
 
     #[test]
     fn the_sidecar_token_replaces_the_api_key() {
-        let auth = policy_with_key(Some("tok"));
+        let auth = policy_with_key("tok");
         assert!(
             auth.check(CREATE, &headers(&[("dapr-api-token", "tok")]))
                 .is_ok()
@@ -262,37 +290,60 @@ mod tests {
     }
 
     #[test]
-    fn callbacks_need_the_token_only_when_one_is_set() {
-        let open = policy_with_key(None);
-        assert!(open.check(TOPIC, &headers(&[])).is_ok());
-        let guarded = policy_with_key(Some("tok"));
+    fn callbacks_always_need_the_token() {
+        for guarded in [
+            policy_with_key("tok"),
+            AuthPolicy::open_service(Secret::new("tok")),
+            AuthPolicy::sidecar_only(Secret::new("tok")),
+        ] {
+            assert_eq!(
+                guarded.check(TOPIC, &headers(&[])).unwrap_err().code(),
+                tonic::Code::Unauthenticated
+            );
+            assert!(
+                guarded
+                    .check(TOPIC, &headers(&[("dapr-api-token", "tok")]))
+                    .is_ok()
+            );
+            assert!(
+                guarded
+                    .check(TOPIC, &headers(&[("x-api-key", "s3cret")]))
+                    .is_err()
+            );
+            for path in OPEN_CALLBACKS {
+                assert!(guarded.check(path, &headers(&[])).is_ok(), "{path}");
+            }
+            assert!(
+                guarded
+                    .check("/grpc.health.v1.Health/Check", &headers(&[]))
+                    .is_ok()
+            );
+        }
+    }
+
+    #[test]
+    fn a_service_reached_only_through_dapr_needs_the_token() {
+        let auth = AuthPolicy::sidecar_only(Secret::new("tok"));
+        let list = "/notification.v1.NotificationService/ListNotifications";
         assert_eq!(
-            guarded.check(TOPIC, &headers(&[])).unwrap_err().code(),
+            auth.check(list, &headers(&[])).unwrap_err().code(),
             tonic::Code::Unauthenticated
         );
         assert!(
-            guarded
-                .check(TOPIC, &headers(&[("dapr-api-token", "tok")]))
+            auth.check(list, &headers(&[("dapr-api-token", "tok")]))
                 .is_ok()
         );
         assert!(
-            guarded
-                .check(TOPIC, &headers(&[("x-api-key", "s3cret")]))
+            auth.check(list, &headers(&[("dapr-api-token", "nope")]))
                 .is_err()
         );
-        for path in OPEN_CALLBACKS {
-            assert!(guarded.check(path, &headers(&[])).is_ok(), "{path}");
-        }
-        assert!(
-            guarded
-                .check("/grpc.health.v1.Health/Check", &headers(&[]))
-                .is_ok()
-        );
+        let open = AuthPolicy::open_service(Secret::new("tok"));
+        assert!(open.check(CREATE, &headers(&[])).is_ok(), "AUTH_DISABLED");
     }
 
     #[test]
     fn a_key_not_yet_loaded_is_unavailable_not_unauthenticated() {
-        let auth = AuthPolicy::new(None, Some(ApiKey::default()));
+        let auth = AuthPolicy::new(Secret::new("tok"), ApiKey::default());
         let status = auth
             .check(CREATE, &headers(&[("x-api-key", "any")]))
             .unwrap_err();

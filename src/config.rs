@@ -8,6 +8,8 @@ use std::{
     time::Duration,
 };
 
+use crate::secret::Secret;
+
 /// Default port of task-api.
 pub const TASK_API_DEFAULT_PORT: u16 = 50051;
 /// Default port of notification-service.
@@ -170,7 +172,7 @@ pub struct SidecarConfig {
     /// `DAPR_GRPC_ENDPOINT`, else `http://127.0.0.1:$DAPR_GRPC_PORT`, else port 50001.
     pub endpoint: String,
     /// `DAPR_API_TOKEN`: sent as `dapr-api-token` on every call to the sidecar.
-    pub api_token: Option<String>,
+    pub api_token: Option<Secret>,
     /// `SIDECAR_WAIT_SECONDS` (default 60): how long start-up waits for the sidecar.
     pub wait: Duration,
     /// `SIDECAR_TIMEOUT_MS` (default 10000): the longest any one call to the sidecar may take.
@@ -192,7 +194,7 @@ impl SidecarConfig {
         };
         Ok(Self {
             endpoint,
-            api_token: settings.get(DAPR_API_TOKEN_ENV).map(str::to_string),
+            api_token: settings.get(DAPR_API_TOKEN_ENV).map(Secret::new),
             wait: settings.seconds("SIDECAR_WAIT_SECONDS", 60)?,
             call_timeout: Duration::from_millis(settings.parsed("SIDECAR_TIMEOUT_MS", 10_000)?),
         })
@@ -220,8 +222,9 @@ pub enum AuthConfig {
 pub struct TaskApiConfig {
     pub server: ServerConfig,
     pub sidecar: SidecarConfig,
-    /// `APP_API_TOKEN`: what daprd sends as `dapr-api-token`; required on callbacks when set.
-    pub app_api_token: Option<String>,
+    /// `APP_API_TOKEN`: what daprd sends as `dapr-api-token`. Required: the app refuses to
+    /// start without it.
+    pub app_api_token: Option<Secret>,
     /// `STATE_STORE_NAME` (default statestore).
     pub state_store: String,
     /// `PUBSUB_NAME` (default pubsub).
@@ -287,7 +290,8 @@ impl TaskApiConfig {
 pub struct NotificationConfig {
     pub server: ServerConfig,
     pub sidecar: SidecarConfig,
-    pub app_api_token: Option<String>,
+    /// `APP_API_TOKEN`, required as for task-api.
+    pub app_api_token: Option<Secret>,
     pub state_store: String,
 }
 
@@ -302,10 +306,10 @@ impl NotificationConfig {
     }
 }
 
-fn app_api_token(settings: &Settings) -> Option<String> {
+fn app_api_token(settings: &Settings) -> Option<Secret> {
     settings
         .get(dapr::client::APP_API_TOKEN_ENV)
-        .map(str::to_string)
+        .map(Secret::new)
 }
 
 #[cfg(test)]

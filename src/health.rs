@@ -19,6 +19,10 @@ pub const LIVENESS: &str = "liveness";
 #[derive(Clone)]
 pub struct Readiness {
     ready: Arc<AtomicBool>,
+    /// Set when shutdown begins: from then on the app stays not ready.
+    closed: Arc<AtomicBool>,
+    /// One change at a time, so a probe's late "ready" cannot overtake the close.
+    changing: Arc<tokio::sync::Mutex<()>>,
     reporter: HealthReporter,
     services: Arc<[&'static str]>,
 }
@@ -31,6 +35,8 @@ impl Readiness {
             .await;
         let readiness = Self {
             ready: Arc::new(AtomicBool::new(false)),
+            closed: Arc::new(AtomicBool::new(false)),
+            changing: Arc::default(),
             reporter,
             services: services.iter().copied().chain([""]).collect(),
         };
@@ -42,10 +48,19 @@ impl Readiness {
         self.ready.load(Ordering::Acquire)
     }
 
+    /// Reports ready or not; once [`Readiness::close`] was called, never ready again.
     pub async fn set(&self, ready: bool) {
+        let _one_at_a_time = self.changing.lock().await;
+        let ready = ready && !self.closed.load(Ordering::Acquire);
         if self.ready.swap(ready, Ordering::AcqRel) != ready {
             self.publish(ready).await;
         }
+    }
+
+    /// Not ready from now on, whatever a probe finds: the app is shutting down.
+    pub async fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.set(false).await;
     }
 
     async fn publish(&self, ready: bool) {

@@ -23,6 +23,7 @@ pub mod health;
 pub mod notification;
 mod percent;
 pub mod proto;
+pub mod secret;
 pub mod service;
 pub mod sidecar;
 pub mod startup;

@@ -12,5 +12,8 @@ pub mod notification {
     }
 }
 
-/// The descriptor set server reflection serves (task.v1 and notification.v1).
-pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("descriptors");
+/// What task-api's server reflection describes: task.v1.
+pub const TASK_DESCRIPTORS: &[u8] = tonic::include_file_descriptor_set!("task_descriptors");
+/// What notification-service's server reflection describes: notification.v1.
+pub const NOTIFICATION_DESCRIPTORS: &[u8] =
+    tonic::include_file_descriptor_set!("notification_descriptors");

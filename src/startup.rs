@@ -1,16 +1,14 @@
-//! Building and running an app: one tonic server per process carrying the app's own services,
+//! Building and running an app: one tonic server per process carrying the app's own service,
 //! the AppCallback interfaces, `grpc.health.v1` and server reflection, on one port.
 //!
 //! The port serves from the first instant (daprd asks for subscriptions as soon as it accepts
-//! connections), while readiness waits for the sidecar in the background. Shutdown marks the
-//! app not ready, lets in-flight requests finish, and returns.
+//! connections), while readiness waits for the sidecar in the background. Shutdown closes
+//! readiness for good, stops every background task, lets in-flight requests finish, and returns.
 
 use std::{
     future::Future,
     net::SocketAddr,
-    pin::Pin,
     process::ExitCode,
-    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -19,27 +17,23 @@ use dapr::dapr::proto::runtime::v1::{
     app_callback_health_check_server::AppCallbackHealthCheckServer,
     app_callback_server::AppCallbackServer,
 };
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::watch};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
 
 use crate::{
     api::TaskApi,
-    auth::{ApiKey, AuthLayer, AuthPolicy},
+    auth::{ApiKey, AuthLayer, AuthPolicy, KeySource},
     callback::{Subscriptions, TaskCallbacks},
-    config::{AuthConfig, ConfigError, LogFormat, Settings, SidecarConfig, TaskApiConfig},
+    config::{AuthConfig, ConfigError, LogFormat, Settings, TaskApiConfig},
     health::Readiness,
     proto::{self, task::v1::task_service_server::TaskServiceServer},
+    secret::Secret,
     service::{EventHandler, Relay, Tasks},
     sidecar::{
-        Dependencies, Sidecar, SidecarError, StateStore,
-        dead_letters::DeadLetters,
-        index::TaskIndex,
-        notify::Notifier,
-        outbox::Outbox,
-        requests::CreateRequests,
-        secrets::{ApiKeySecret, SecretError},
-        tasks::TaskStore,
+        Dependencies, Sidecar, SidecarError, StateStore, dead_letters::DeadLetters,
+        index::TaskIndex, notify::Notifier, outbox::Outbox, requests::CreateRequests,
+        secrets::ApiKeySecret, tasks::TaskStore,
     },
     telemetry::{self, RequestLogLayer},
 };
@@ -48,12 +42,18 @@ use crate::{
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// Failed probes in a row before the app reports itself not ready (within ~3 s).
 const PROBE_FAILURES: u32 = 2;
+/// How long background tasks get to end after the server stopped.
+const BACKGROUND_GRACE: Duration = Duration::from_secs(5);
 
 /// Why an app could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(
+        "APP_API_TOKEN is not set. Without it anyone who reaches port {port} could call the app's Dapr callbacks, which change tasks and take events. Set APP_API_TOKEN to the token the sidecar sends (the sidecar's own APP_API_TOKEN; on Kubernetes the Secret named by dapr.io/app-token-secret)"
+    )]
+    NoAppToken { port: u16 },
     #[error("cannot listen on {address}: {source}")]
     Bind {
         address: SocketAddr,
@@ -73,7 +73,7 @@ pub enum StartupError {
     #[error(
         "cannot read the API key: {0}. Provide the secret, or set AUTH_DISABLED=true to run without API keys"
     )]
-    ApiKey(#[from] SecretError),
+    ApiKey(String),
     #[error("the gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
 }
@@ -87,165 +87,59 @@ pub struct Requirement {
     pub setting: &'static str,
 }
 
-type ReadyHook =
-    Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = Result<(), StartupError>> + Send>> + Send>;
+/// The API key an app reads once its sidecar answers, and again every `every` until shutdown.
+pub struct KeyRefresh {
+    pub key: ApiKey,
+    pub secret: ApiKeySecret,
+    pub every: Duration,
+}
+
+/// The API key in the app's secret store, as auth wants it.
+struct SecretStoreKey(ApiKeySecret);
+
+impl KeySource for SecretStoreKey {
+    async fn fetch(&self) -> Result<Secret, String> {
+        self.0.fetch().await.map_err(|e| e.to_string())
+    }
+}
+
+/// What an app is made of.
+pub struct AppParts {
+    pub name: &'static str,
+    pub sidecar: Sidecar,
+    /// How long start-up waits for the sidecar and its components.
+    pub sidecar_wait: Duration,
+    pub requirements: Vec<Requirement>,
+    /// What readiness checks once the app is up.
+    pub dependencies: Dependencies,
+    /// The app's services, callbacks and health; reflection is added from `descriptors`.
+    pub routes: Routes,
+    /// The descriptor set of the app's own service, for reflection.
+    pub descriptors: &'static [u8],
+    pub auth: AuthPolicy,
+    pub readiness: Readiness,
+    pub api_key: Option<KeyRefresh>,
+}
 
 /// An app bound to its port, not serving yet.
 pub struct Application {
-    name: &'static str,
     listener: TcpListener,
-    routes: Routes,
-    auth: AuthPolicy,
-    readiness: Readiness,
-    sidecar: Sidecar,
-    dependencies: Dependencies,
-    sidecar_wait: Duration,
-    requirements: Vec<Requirement>,
-    on_sidecar_ready: ReadyHook,
-}
-
-/// What an app is made of; see [`Application::build`].
-pub struct AppParts {
-    pub name: &'static str,
-    pub address: SocketAddr,
-    pub sidecar_config: SidecarConfig,
-    pub sidecar: Sidecar,
-    /// What readiness checks once the app is up.
-    pub dependencies: Dependencies,
-    pub routes: Routes,
-    pub auth: AuthPolicy,
-    pub readiness: Readiness,
-    pub requirements: Vec<Requirement>,
-    /// Runs once the sidecar answers, before the app reports ready (e.g. reading secrets).
-    pub on_sidecar_ready: ReadyHook,
+    parts: AppParts,
 }
 
 impl Application {
-    /// Binds the port (0 picks a free one) and adds health and reflection to `routes`.
-    pub async fn build(parts: AppParts) -> Result<Self, StartupError> {
-        let listener =
-            TcpListener::bind(parts.address)
-                .await
-                .map_err(|source| StartupError::Bind {
-                    address: parts.address,
-                    source,
-                })?;
-        Ok(Self {
-            name: parts.name,
-            listener,
-            routes: parts.routes,
-            auth: parts.auth,
-            readiness: parts.readiness,
-            sidecar: parts.sidecar,
-            dependencies: parts.dependencies,
-            sidecar_wait: parts.sidecar_config.wait,
-            requirements: parts.requirements,
-            on_sidecar_ready: parts.on_sidecar_ready,
-        })
+    /// Binds `address` (port 0 picks a free one).
+    pub async fn bind(address: SocketAddr, parts: AppParts) -> Result<Self, StartupError> {
+        let listener = TcpListener::bind(address)
+            .await
+            .map_err(|source| StartupError::Bind { address, source })?;
+        Ok(Self { listener, parts })
     }
 
     /// task-api: TaskService and the AppCallback interfaces.
     pub async fn task_api(config: TaskApiConfig) -> Result<Self, StartupError> {
-        let sidecar = Sidecar::connect_lazy(&config.sidecar)?;
-        let state = StateStore::new(sidecar.clone(), &config.state_store);
-        let store = TaskStore::new(state.clone(), config.tombstone_ttl);
-        let outbox = Outbox::new(
-            sidecar.clone(),
-            &config.pubsub,
-            &config.outbox_topic,
-            &config.topic,
-        );
-        let tasks = Tasks::new(
-            store.clone(),
-            TaskIndex::new(state.clone()),
-            outbox.clone(),
-            CreateRequests::new(state.clone(), config.request_id_ttl),
-        );
-        let events = EventHandler::new(
-            tasks.clone(),
-            Relay::new(store, outbox.clone()),
-            Notifier::new(
-                sidecar.clone(),
-                &config.notification_app_id,
-                config.notify_timeout,
-            ),
-            DeadLetters::new(state.clone()),
-        );
-        let dependencies = Dependencies::new(sidecar.clone())
-            .with_state_store(state)
-            .with_broker(outbox.clone());
-        let (reporter, health_service) = tonic_health::server::health_reporter();
-        let readiness = Readiness::new(reporter, &["task.v1.TaskService"]).await;
-        let callbacks = TaskCallbacks::new(
-            tasks.clone(),
-            events,
-            Subscriptions::new(&config, outbox.clone()),
-            readiness.clone(),
-        );
-
-        let mut requirements = vec![
-            Requirement {
-                kind: "state",
-                name: config.state_store.clone(),
-                setting: "STATE_STORE_NAME",
-            },
-            Requirement {
-                kind: "pubsub",
-                name: config.pubsub.clone(),
-                setting: "PUBSUB_NAME",
-            },
-        ];
-        let (api_key, on_sidecar_ready): (Option<ApiKey>, ReadyHook) = match &config.auth {
-            AuthConfig::Disabled => {
-                tracing::warn!("AUTH_DISABLED=true: direct callers need no API key");
-                (None, Box::new(|| Box::pin(async { Ok(()) })))
-            }
-            AuthConfig::ApiKey {
-                secret_store,
-                secret_name,
-                secret_key,
-                refresh,
-            } => {
-                requirements.push(Requirement {
-                    kind: "secretstores",
-                    name: secret_store.clone(),
-                    setting: "SECRET_STORE_NAME (or AUTH_DISABLED=true)",
-                });
-                let key = ApiKey::default();
-                let secret =
-                    ApiKeySecret::new(sidecar.clone(), secret_store, secret_name, secret_key);
-                let refresh = *refresh;
-                let hook_key = key.clone();
-                let hook: ReadyHook = Box::new(move || {
-                    Box::pin(async move {
-                        hook_key.load(&secret).await?;
-                        tracing::info!(store = %secret.store, secret = %secret.name, "API key loaded");
-                        hook_key.refresh_every(secret, refresh);
-                        Ok(())
-                    })
-                });
-                (Some(key), hook)
-            }
-        };
-
-        let routes = Routes::new(TaskServiceServer::new(TaskApi::new(tasks)))
-            .add_service(AppCallbackServer::new(callbacks.clone()))
-            .add_service(AppCallbackAlphaServer::new(callbacks.clone()))
-            .add_service(AppCallbackHealthCheckServer::new(callbacks))
-            .add_service(health_service);
-        Self::build(AppParts {
-            name: "task-api",
-            address: config.server.address(),
-            sidecar_config: config.sidecar.clone(),
-            sidecar,
-            dependencies,
-            routes: with_reflection(routes),
-            auth: AuthPolicy::new(config.app_api_token.clone(), api_key),
-            readiness,
-            requirements,
-            on_sidecar_ready,
-        })
-        .await
+        let address = config.server.address();
+        Self::bind(address, task_api_parts(config).await?).await
     }
 
     /// The port actually bound.
@@ -254,39 +148,39 @@ impl Application {
     }
 
     pub fn readiness(&self) -> Readiness {
-        self.readiness.clone()
+        self.parts.readiness.clone()
     }
 
-    /// Serves until `shutdown` completes (then drains in-flight requests), or until the app
-    /// cannot become ready (then fails).
+    /// Serves until `shutdown` completes, or until the app cannot become ready (then fails).
+    /// Either way readiness closes for good, the background tasks stop, and in-flight requests
+    /// finish before this returns.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartupError> {
-        let Self {
+        let Self { listener, parts } = self;
+        let AppParts {
             name,
-            listener,
-            routes,
-            auth,
-            readiness,
             sidecar,
-            dependencies,
             sidecar_wait,
             requirements,
-            on_sidecar_ready,
-        } = self;
-        let local = listener.local_addr().ok();
-        tracing::info!(app = name, address = ?local, "listening; waiting for the Dapr sidecar at {} (up to {sidecar_wait:?})", sidecar.endpoint());
+            dependencies,
+            routes,
+            descriptors,
+            auth,
+            readiness,
+            api_key,
+        } = parts;
+        tracing::info!(app = name, address = ?listener.local_addr().ok(), "listening; waiting for the Dapr sidecar at {} (up to {sidecar_wait:?})", sidecar.endpoint());
 
-        let fatal: Arc<Mutex<Option<StartupError>>> = Arc::default();
-        let (fatal_tx, fatal_rx) = tokio::sync::oneshot::channel::<()>();
-        let become_ready = tokio::spawn({
+        let (stop, stopped) = watch::channel(false);
+        let (fatal_tx, fatal_rx) = tokio::sync::oneshot::channel::<StartupError>();
+        let background = tokio::spawn({
             let readiness = readiness.clone();
-            let fatal = fatal.clone();
             async move {
-                let result =
-                    become_ready(&sidecar, sidecar_wait, &requirements, on_sidecar_ready).await;
-                match result {
+                let ready =
+                    become_ready(&sidecar, sidecar_wait, &requirements, api_key.as_ref()).await;
+                match ready {
                     Ok(metadata) => {
                         readiness.set(true).await;
                         tracing::info!(
@@ -295,34 +189,60 @@ impl Application {
                             dapr_version = %metadata.runtime_version,
                             "ready: the Dapr sidecar answers and every component is there"
                         );
-                        watch_dependencies(dependencies, readiness).await;
+                        let refresh = async {
+                            if let Some(KeyRefresh { key, secret, every }) = api_key {
+                                key.refresh_until(
+                                    SecretStoreKey(secret),
+                                    every,
+                                    until(stopped.clone()),
+                                )
+                                .await;
+                            }
+                        };
+                        tokio::join!(
+                            watch_dependencies(dependencies, readiness, until(stopped.clone())),
+                            refresh
+                        );
                     }
                     Err(error) => {
-                        *fatal.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
-                        let _ = fatal_tx.send(());
+                        let _ = fatal_tx.send(error);
                     }
                 }
             }
         });
 
-        let stop = {
+        let mut fatal = None;
+        let draining = {
             let readiness = readiness.clone();
+            let fatal = &mut fatal;
             async move {
                 tokio::select! {
                     () = shutdown => tracing::info!(app = name, "shutting down: draining in-flight requests"),
-                    Ok(()) = fatal_rx => {}
+                    Ok(error) = fatal_rx => *fatal = Some(error),
                 }
-                readiness.set(false).await;
+                readiness.close().await;
+                let _ = stop.send(true);
             }
         };
         let served = tonic::transport::Server::builder()
             .layer(RequestLogLayer)
             .layer(AuthLayer(auth))
-            .add_routes(routes)
-            .serve_with_incoming_shutdown(incoming(listener), stop)
+            .add_routes(with_reflection(routes, descriptors))
+            .serve_with_incoming_shutdown(incoming(listener), draining)
             .await;
-        become_ready.abort();
-        if let Some(error) = fatal.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        // The server is done; so are the background tasks, or they are stopped.
+        let mut background = background;
+        if tokio::time::timeout(BACKGROUND_GRACE, &mut background)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                app = name,
+                "background tasks did not stop in time; cancelled"
+            );
+            background.abort();
+        }
+        if let Some(error) = fatal {
             tracing::error!(app = name, "cannot start: {error}");
             return Err(error);
         }
@@ -330,6 +250,107 @@ impl Application {
         tracing::info!(app = name, "stopped");
         Ok(())
     }
+}
+
+/// Completes once `stopped` says so.
+async fn until(mut stopped: watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|stop| *stop).await;
+}
+
+/// task-api's parts: its use cases over the sidecar, its service and callbacks.
+async fn task_api_parts(config: TaskApiConfig) -> Result<AppParts, StartupError> {
+    let app_token = config
+        .app_api_token
+        .clone()
+        .ok_or(StartupError::NoAppToken {
+            port: config.server.port,
+        })?;
+    let sidecar = Sidecar::connect_lazy(&config.sidecar)?;
+    let state = StateStore::new(sidecar.clone(), &config.state_store);
+    let store = TaskStore::new(state.clone(), config.tombstone_ttl);
+    let outbox = Outbox::new(
+        sidecar.clone(),
+        &config.pubsub,
+        &config.outbox_topic,
+        &config.topic,
+    );
+    let tasks = Tasks::new(
+        store.clone(),
+        TaskIndex::new(state.clone()),
+        outbox.clone(),
+        CreateRequests::new(state.clone(), config.request_id_ttl),
+    );
+    let events = EventHandler::new(
+        tasks.clone(),
+        Relay::new(store, outbox.clone()),
+        Notifier::new(
+            sidecar.clone(),
+            &config.notification_app_id,
+            config.notify_timeout,
+        ),
+        DeadLetters::new(state.clone()),
+    );
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let readiness = Readiness::new(reporter, &["task.v1.TaskService"]).await;
+    let callbacks = TaskCallbacks::new(
+        tasks.clone(),
+        events,
+        Subscriptions::new(&config, outbox.clone()),
+        readiness.clone(),
+    );
+    let routes = Routes::new(TaskServiceServer::new(TaskApi::new(tasks)))
+        .add_service(AppCallbackServer::new(callbacks.clone()))
+        .add_service(AppCallbackAlphaServer::new(callbacks.clone()))
+        .add_service(AppCallbackHealthCheckServer::new(callbacks))
+        .add_service(health_service);
+
+    let mut requirements = vec![
+        state_store_requirement(&config.state_store),
+        Requirement {
+            kind: "pubsub",
+            name: config.pubsub.clone(),
+            setting: "PUBSUB_NAME",
+        },
+    ];
+    let (auth, api_key) = match &config.auth {
+        AuthConfig::Disabled => {
+            tracing::warn!("AUTH_DISABLED=true: direct callers need no API key");
+            (AuthPolicy::open_service(app_token), None)
+        }
+        AuthConfig::ApiKey {
+            secret_store,
+            secret_name,
+            secret_key,
+            refresh,
+        } => {
+            requirements.push(Requirement {
+                kind: "secretstores",
+                name: secret_store.clone(),
+                setting: "SECRET_STORE_NAME (or AUTH_DISABLED=true)",
+            });
+            let key = ApiKey::default();
+            let refresh = KeyRefresh {
+                key: key.clone(),
+                secret: ApiKeySecret::new(sidecar.clone(), secret_store, secret_name, secret_key),
+                every: *refresh,
+            };
+            (AuthPolicy::new(app_token, key), Some(refresh))
+        }
+    };
+    Ok(AppParts {
+        name: "task-api",
+        dependencies: Dependencies::new(sidecar.clone())
+            .with_state_store(state)
+            .with_broker(outbox),
+        sidecar,
+        sidecar_wait: config.sidecar.wait,
+        requirements,
+        routes,
+        descriptors: proto::TASK_DESCRIPTORS,
+        auth,
+        readiness,
+        api_key,
+    })
 }
 
 /// Accepted connections with Nagle's algorithm off: small gRPC frames would otherwise wait for
@@ -347,13 +368,14 @@ fn incoming(
     })
 }
 
-/// Adds server reflection (v1 and v1alpha, so every grpcurl works) for the app's own services
-/// and grpc.health.v1.
-pub fn with_reflection(routes: Routes) -> Routes {
+/// Adds server reflection (v1 and v1alpha, so every grpcurl works) for the app's own service,
+/// grpc.health.v1, and the google.rpc error details its errors carry.
+fn with_reflection(routes: Routes, descriptors: &'static [u8]) -> Routes {
     let builder = || {
         tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(descriptors)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
     };
     let mut routes = routes;
     match builder().build_v1() {
@@ -367,12 +389,12 @@ pub fn with_reflection(routes: Routes) -> Routes {
     routes
 }
 
-/// Waits for the sidecar and its components (both bounded by `wait`), then runs the hook.
+/// Waits for the sidecar and its components (both bounded by `wait`), then reads the API key.
 async fn become_ready(
     sidecar: &Sidecar,
     wait: Duration,
     requirements: &[Requirement],
-    on_sidecar_ready: ReadyHook,
+    api_key: Option<&KeyRefresh>,
 ) -> Result<GetMetadataResponse, StartupError> {
     let started = Instant::now();
     let metadata = loop {
@@ -385,7 +407,14 @@ async fn become_ready(
             Some(_) => tokio::time::sleep(Duration::from_millis(250)).await,
         }
     };
-    on_sidecar_ready().await?;
+    if let Some(refresh) = api_key {
+        refresh
+            .key
+            .load(&SecretStoreKey(refresh.secret.clone()))
+            .await
+            .map_err(StartupError::ApiKey)?;
+        tracing::info!(store = %refresh.secret.store, secret = %refresh.secret.name, "API key loaded");
+    }
     Ok(metadata)
 }
 
@@ -411,28 +440,38 @@ fn missing_component(
     })
 }
 
-/// Keeps readiness in step with what the app depends on: not ready after a few failed probes in
-/// a row, ready again on the first probe that passes.
-async fn watch_dependencies(dependencies: Dependencies, readiness: Readiness) {
-    let mut failures = 0;
-    loop {
-        tokio::time::sleep(PROBE_INTERVAL).await;
-        match dependencies.check().await {
-            Ok(()) => {
-                if failures >= PROBE_FAILURES {
-                    tracing::info!("the sidecar, state store and broker work again: ready");
+/// Keeps readiness in step with what the app depends on, until `stop`: not ready after a few
+/// failed probes in a row, ready again on the first probe that passes.
+async fn watch_dependencies(
+    dependencies: Dependencies,
+    readiness: Readiness,
+    stop: impl Future<Output = ()>,
+) {
+    let probing = async {
+        let mut failures = 0;
+        loop {
+            tokio::time::sleep(PROBE_INTERVAL).await;
+            match dependencies.check().await {
+                Ok(()) => {
+                    if failures >= PROBE_FAILURES {
+                        tracing::info!("the sidecar, state store and broker work again: ready");
+                    }
+                    failures = 0;
+                    readiness.set(true).await;
                 }
-                failures = 0;
-                readiness.set(true).await;
-            }
-            Err(error) => {
-                failures += 1;
-                if failures == PROBE_FAILURES {
-                    tracing::warn!(%error, "not ready");
-                    readiness.set(false).await;
+                Err(error) => {
+                    failures += 1;
+                    if failures == PROBE_FAILURES {
+                        tracing::warn!(%error, "not ready");
+                        readiness.set(false).await;
+                    }
                 }
             }
         }
+    };
+    tokio::select! {
+        () = probing => {}
+        () = stop => {}
     }
 }
 
@@ -485,5 +524,14 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = terminate.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// A required component, for notification-service too.
+pub fn state_store_requirement(name: &str) -> Requirement {
+    Requirement {
+        kind: "state",
+        name: name.to_string(),
+        setting: "STATE_STORE_NAME",
     }
 }

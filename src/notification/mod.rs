@@ -17,13 +17,19 @@ use crate::{
     auth::AuthPolicy,
     config::NotificationConfig,
     health::Readiness,
-    proto::notification::v1::notification_service_server::NotificationServiceServer,
+    proto::{self, notification::v1::notification_service_server::NotificationServiceServer},
     sidecar::{Dependencies, Sidecar, StateStore, notifications::NotificationStore},
-    startup::{AppParts, Application, Requirement, StartupError, with_reflection},
+    startup::{AppParts, Application, StartupError, state_store_requirement},
 };
 
 /// Builds notification-service, bound and ready to run.
 pub async fn build(config: NotificationConfig) -> Result<Application, StartupError> {
+    let app_token = config
+        .app_api_token
+        .clone()
+        .ok_or(StartupError::NoAppToken {
+            port: config.server.port,
+        })?;
     let sidecar = Sidecar::connect_lazy(&config.sidecar)?;
     let state = StateStore::new(sidecar.clone(), &config.state_store);
     let store = NotificationStore::new(state.clone());
@@ -37,22 +43,18 @@ pub async fn build(config: NotificationConfig) -> Result<Application, StartupErr
     .add_service(AppCallbackAlphaServer::new(callbacks.clone()))
     .add_service(AppCallbackHealthCheckServer::new(callbacks))
     .add_service(health_service);
-    Application::build(AppParts {
+    let parts = AppParts {
         name: "notification-service",
-        address: config.server.address(),
-        sidecar_config: config.sidecar.clone(),
         dependencies: Dependencies::new(sidecar.clone()).with_state_store(state),
         sidecar,
-        routes: with_reflection(routes),
-        // Reached only through Dapr (and by operators): the sidecar token when one is set.
-        auth: AuthPolicy::new(config.app_api_token.clone(), None),
+        sidecar_wait: config.sidecar.wait,
+        requirements: vec![state_store_requirement(&config.state_store)],
+        routes,
+        descriptors: proto::NOTIFICATION_DESCRIPTORS,
+        // Reached only through Dapr: callers need the token their sidecar adds.
+        auth: AuthPolicy::sidecar_only(app_token),
         readiness,
-        requirements: vec![Requirement {
-            kind: "state",
-            name: config.state_store.clone(),
-            setting: "STATE_STORE_NAME",
-        }],
-        on_sidecar_ready: Box::new(|| Box::pin(async { Ok(()) })),
-    })
-    .await
+        api_key: None,
+    };
+    Application::bind(config.server.address(), parts).await
 }

@@ -172,11 +172,16 @@ impl Sidecar {
             .keep_alive_while_idle(true)
             .connect_lazy();
         let token = match &config.api_token {
-            Some(token) => Some(token.parse().map_err(|_| {
-                SidecarError::InvalidSettings(
-                    "DAPR_API_TOKEN holds characters not allowed in gRPC metadata".into(),
-                )
-            })?),
+            Some(token) => {
+                let mut value: MetadataValue<Ascii> = token.expose().parse().map_err(|_| {
+                    SidecarError::InvalidSettings(
+                        "DAPR_API_TOKEN holds characters not allowed in gRPC metadata".into(),
+                    )
+                })?;
+                // Kept out of Debug output.
+                value.set_sensitive(true);
+                Some(value)
+            }
             None => None,
         };
         Ok(Self {

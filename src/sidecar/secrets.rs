@@ -3,6 +3,7 @@
 use dapr::dapr::proto::runtime::v1::GetSecretRequest;
 
 use super::{Sidecar, SidecarError};
+use crate::secret::Secret;
 
 /// Where the key is: `store` / secret `name` / field `key`.
 #[derive(Debug, Clone)]
@@ -40,7 +41,7 @@ impl ApiKeySecret {
     }
 
     /// The current key. Never logged.
-    pub async fn fetch(&self) -> Result<String, SecretError> {
+    pub async fn fetch(&self) -> Result<Secret, SecretError> {
         let response = self
             .sidecar
             .grpc()
@@ -60,7 +61,7 @@ impl ApiKeySecret {
             .data
             .get(&self.key)
             .filter(|value| !value.is_empty())
-            .cloned()
+            .map(|value| Secret::new(value.as_str()))
             .ok_or_else(|| SecretError::MissingField {
                 store: self.store.clone(),
                 name: self.name.clone(),

@@ -476,10 +476,10 @@ async fn grpc_callers_reach_task_api_through_their_sidecar() {
     drop(app);
 }
 
-/// With APP_API_TOKEN set, callbacks need the token: a caller without it is refused; daprd,
+/// Callbacks need the app token: a caller without it (or with a wrong one) is refused; daprd,
 /// which sends it, delivers events.
 #[tokio::test]
-async fn callbacks_require_the_app_token_when_set() {
+async fn callbacks_require_the_app_token() {
     let stack = redis_stack().await;
     let token = "callback-token";
     let (app, notifications) = TestApp::task_api_with_notifications(
@@ -591,7 +591,7 @@ async fn bulk_events_get_one_status_per_entry() {
 
     // Straight to the callback: a replayed real completion, a malformed entry, an unknown type,
     // an empty one.
-    let mut callback = AppCallbackClient::new(app.channel().await);
+    let mut callback = AppCallbackClient::new(app.as_its_sidecar().await);
     let entry = |id: &str, data: Vec<u8>| rt::TopicEventBulkRequestEntry {
         entry_id: id.into(),
         content_type: "application/cloudevents+json".into(),
@@ -644,7 +644,7 @@ async fn bulk_events_get_one_status_per_entry() {
     #[allow(deprecated)]
     let mut alpha =
         dapr::dapr::proto::runtime::v1::app_callback_alpha_client::AppCallbackAlphaClient::new(
-            app.channel().await,
+            app.as_its_sidecar().await,
         );
     #[allow(deprecated)]
     let alpha_response = alpha
@@ -668,7 +668,7 @@ async fn bulk_events_get_one_status_per_entry() {
 async fn unused_callbacks_answer_deliberately() {
     let stack = Stack::builder().scheduler(true).start().await.unwrap();
     let app = TestApp::task_api(&stack, Options::default()).await;
-    let mut callback = AppCallbackClient::new(app.channel().await);
+    let mut callback = AppCallbackClient::new(app.as_its_sidecar().await);
     let bindings = callback.list_input_bindings(()).await.unwrap().into_inner();
     assert!(bindings.bindings.is_empty());
     let binding = callback

@@ -44,6 +44,7 @@ pub type Client = TaskServiceClient<InterceptedService<Channel, WithHeader>>;
 #[derive(Default, Clone)]
 pub struct Options {
     pub settings: Vec<(&'static str, String)>,
+    /// `APP_API_TOKEN` of the app and its sidecar, instead of the stack's.
     pub app_api_token: Option<String>,
     pub app_health_check: bool,
     pub app_id: Option<&'static str>,
@@ -57,6 +58,8 @@ pub struct TestApp {
     pub sidecar: Sidecar,
     pub readiness: Readiness,
     pub api_key: String,
+    /// The token its sidecar sends it (`APP_API_TOKEN`).
+    pub app_token: String,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<JoinHandle<Result<(), StartupError>>>,
 }
@@ -75,10 +78,11 @@ fn settings(stack: &Stack, grpc_port: u16, options: &Options) -> Settings {
         "DAPR_GRPC_ENDPOINT",
         format!("http://127.0.0.1:{grpc_port}"),
     );
-    if let Some(token) = &options.app_api_token {
-        settings.set("APP_API_TOKEN", token.clone());
-    }
-    let _ = stack;
+    let token = options
+        .app_api_token
+        .as_deref()
+        .unwrap_or(stack.app_token());
+    settings.set("APP_API_TOKEN", token);
     for (name, value) in &options.settings {
         settings.set(name, value.clone());
     }
@@ -157,6 +161,10 @@ impl TestApp {
             sidecar,
             readiness,
             api_key: stack.api_key().to_string(),
+            app_token: options
+                .app_api_token
+                .clone()
+                .unwrap_or_else(|| stack.app_token().to_string()),
             shutdown: Some(shutdown),
             server: Some(server),
         };
@@ -198,8 +206,19 @@ impl TestApp {
         TaskServiceClient::with_interceptor(self.channel().await, WithHeader(header, value.into()))
     }
 
-    pub async fn notifications_client(&self) -> NotificationServiceClient<Channel> {
-        NotificationServiceClient::new(self.channel().await)
+    /// A channel that calls the app as its sidecar does (with the app token): for the
+    /// callbacks, and for notification-service, which takes no other callers.
+    pub async fn as_its_sidecar(&self) -> InterceptedService<Channel, WithHeader> {
+        InterceptedService::new(
+            self.channel().await,
+            WithHeader("dapr-api-token", self.app_token.clone()),
+        )
+    }
+
+    pub async fn notifications_client(
+        &self,
+    ) -> NotificationServiceClient<InterceptedService<Channel, WithHeader>> {
+        NotificationServiceClient::new(self.as_its_sidecar().await)
     }
 }
 
@@ -467,6 +486,7 @@ impl BinaryApp {
                 "DAPR_GRPC_PORT".to_string(),
                 builder.grpc_port().to_string(),
             ),
+            ("APP_API_TOKEN".to_string(), stack.app_token().to_string()),
             ("RUST_LOG".to_string(), "warn".to_string()),
         ];
         all_env.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));

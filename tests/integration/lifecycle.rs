@@ -69,8 +69,11 @@ async fn health_and_reflection_answer_without_credentials() {
 async fn readiness_waits_for_the_sidecar_and_liveness_does_not() {
     // Nothing listens on this port: the sidecar never answers.
     let sidecar_port = free_port().unwrap();
-    let mut settings =
-        task_api::config::Settings::from_pairs([("APP_HOST", "127.0.0.1"), ("APP_PORT", "0")]);
+    let mut settings = task_api::config::Settings::from_pairs([
+        ("APP_HOST", "127.0.0.1"),
+        ("APP_PORT", "0"),
+        ("APP_API_TOKEN", "t"),
+    ]);
     settings.set(
         "DAPR_GRPC_ENDPOINT",
         format!("http://127.0.0.1:{sidecar_port}"),
@@ -114,6 +117,7 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
         .env("APP_HOST", "127.0.0.1")
         .env("APP_PORT", app_port.to_string())
         .env("DAPR_GRPC_PORT", sidecar.grpc_port().to_string())
+        .env("APP_API_TOKEN", stack.app_token())
         .env("RUST_LOG", "info");
     let mut process = stack
         .spawn_app(AppProcess {
@@ -176,4 +180,35 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     assert_eq!(status.code(), Some(0), "{}", process.log_tail(20));
     assert!(process.log_contains("shutting down"));
     assert!(process.log_contains("stopped"));
+}
+
+/// Neither app starts without `APP_API_TOKEN`: no setting leaves the callbacks open. The
+/// binary exits 1 at once and says what to set.
+#[tokio::test]
+async fn the_apps_refuse_to_start_without_an_app_token() {
+    for binary in [
+        env!("CARGO_BIN_EXE_task-api"),
+        env!("CARGO_BIN_EXE_notification-service"),
+    ] {
+        let output = tokio::time::timeout(
+            Duration::from_secs(20),
+            tokio::process::Command::new(binary)
+                .env_clear()
+                .env("APP_HOST", "127.0.0.1")
+                .env("APP_PORT", "0")
+                .env("AUTH_DISABLED", "true")
+                .env("DAPR_GRPC_PORT", free_port().unwrap().to_string())
+                .output(),
+        )
+        .await
+        .expect("exits at once")
+        .unwrap();
+        assert_eq!(output.status.code(), Some(1), "{binary}");
+        let said = String::from_utf8_lossy(&output.stdout).to_string()
+            + &String::from_utf8_lossy(&output.stderr);
+        assert!(
+            said.contains("APP_API_TOKEN is not set"),
+            "{binary}: {said}"
+        );
+    }
 }

@@ -162,6 +162,7 @@ async fn start_app(stack: &Stack, name: &'static str, binary: &Path) -> Result<A
         .env("APP_HOST", "127.0.0.1")
         .env("APP_PORT", port.to_string())
         .env("DAPR_GRPC_PORT", sidecar.grpc_port().to_string())
+        .env("APP_API_TOKEN", stack.app_token())
         .env("RUST_LOG", "warn")
         .env("LOG_FORMAT", "text");
     // Runtime tuning knobs pass through, so their effect can be measured.

@@ -212,7 +212,7 @@ async fn start_app(stack: &Stack, app: &App, binaries: &Path) -> Result<Running,
         .env("APP_PORT", app.port.to_string())
         .env("DAPR_GRPC_PORT", sidecar.grpc_port().to_string())
         .env_remove("DAPR_GRPC_ENDPOINT")
-        .env_remove("APP_API_TOKEN")
+        .env("APP_API_TOKEN", stack.app_token())
         .env_remove("DAPR_API_TOKEN");
     let mut process = stack
         .spawn_app(AppProcess {

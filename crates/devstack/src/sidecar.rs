@@ -37,7 +37,7 @@ impl<'a> SidecarBuilder<'a> {
             http_port: free_port()?,
             internal_port: free_port()?,
             metrics_port: free_port()?,
-            app_api_token: None,
+            app_api_token: Some(stack.app_token().to_string()),
             dapr_api_token: None,
             app_health_check: None,
             resources: None,

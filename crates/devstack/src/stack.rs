@@ -129,6 +129,8 @@ impl StackBuilder {
             Some(key) => key,
             None => random_hex(16)?,
         };
+        // What each sidecar sends its app as `dapr-api-token` (apps refuse to start without).
+        let app_token = random_hex(16)?;
         let secrets_file = dir.path().join("secrets.json");
         let secrets = serde_json::json!({ DEV_API_KEY_SECRET: { DEV_API_KEY_FIELD: api_key } });
         std::fs::write(&secrets_file, secrets.to_string())
@@ -160,6 +162,7 @@ impl StackBuilder {
             components: self.components,
             sink: self.sink,
             api_key,
+            app_token,
             resources_dir,
             config_path,
             scheduler,
@@ -184,6 +187,7 @@ pub struct Stack {
     components: ComponentSet,
     sink: LogSink,
     api_key: String,
+    app_token: String,
     resources_dir: PathBuf,
     config_path: PathBuf,
     // Fields drop in order: processes before the directory they work in.
@@ -234,6 +238,12 @@ impl Stack {
     /// The API key task-api accepts on this stack (from its local secret store).
     pub fn api_key(&self) -> &str {
         &self.api_key
+    }
+
+    /// The token every sidecar of this stack sends its app (`APP_API_TOKEN` of both), unless
+    /// a sidecar is given another.
+    pub fn app_token(&self) -> &str {
+        &self.app_token
     }
 
     /// The state store's Redis (Redis set), or the one server of a shared-Redis stack.

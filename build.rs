@@ -23,11 +23,10 @@ fn main() -> Result<(), Box<dyn Error>> {
     let well_known_types = protoc_bin_vendored::include_path()?;
 
     let includes = [PathBuf::from("proto"), well_known_types];
-    tonic_prost_build::configure().compile_with_config(
-        config,
-        &PROTOS.map(PathBuf::from),
-        &includes,
-    )?;
+    // Undecodable requests are the caller's mistake: see src/proto/codec.rs.
+    tonic_prost_build::configure()
+        .codec_path("crate::proto::codec::CallerCodec")
+        .compile_with_config(config, &PROTOS.map(PathBuf::from), &includes)?;
     // One descriptor set per app, for its reflection service.
     for (proto, name) in PROTOS
         .iter()

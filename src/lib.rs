@@ -20,6 +20,7 @@ pub mod callback;
 pub mod config;
 pub mod domain;
 pub mod health;
+pub mod limits;
 pub mod notification;
 mod percent;
 pub mod proto;

@@ -1,4 +1,6 @@
-//! Code generated from `proto/` by build.rs.
+//! Code generated from `proto/` by build.rs, and the codec it uses.
+
+pub mod codec;
 
 pub mod task {
     pub mod v1 {

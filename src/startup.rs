@@ -27,6 +27,7 @@ use crate::{
     callback::{Subscriptions, TaskCallbacks},
     config::{AuthConfig, ConfigError, LogFormat, Settings, TaskApiConfig},
     health::Readiness,
+    limits::{self, MetadataLimitLayer},
     proto::{self, task::v1::task_service_server::TaskServiceServer},
     secret::Secret,
     service::{EventHandler, Relay, Tasks},
@@ -225,7 +226,9 @@ impl Application {
             }
         };
         let served = tonic::transport::Server::builder()
+            .http2_max_header_list_size(limits::H2_MAX_HEADER_LIST_BYTES)
             .layer(RequestLogLayer)
+            .layer(MetadataLimitLayer)
             .layer(AuthLayer(auth))
             .add_routes(with_reflection(routes, descriptors))
             .serve_with_incoming_shutdown(incoming(listener), draining)

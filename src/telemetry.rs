@@ -26,6 +26,12 @@ pub fn current_traceparent() -> Option<HeaderValue> {
     TRACEPARENT.try_with(Clone::clone).ok().flatten()
 }
 
+/// The trace id of the request being served, if any.
+pub fn current_trace_id() -> Option<String> {
+    let traceparent = current_traceparent()?;
+    trace_id(traceparent.to_str().ok()?).map(str::to_string)
+}
+
 /// Installs the global subscriber. `RUST_LOG` filters (default `info`).
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));

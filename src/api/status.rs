@@ -7,7 +7,7 @@
 //! | stale ETag, or contention that outlasted the retries | ABORTED + ErrorInfo with the current ETag |
 //! | request_id reused for a different task | INVALID_ARGUMENT + ErrorInfo (`REQUEST_ID_REUSED`) |
 //! | sidecar, state store or broker unreachable | UNAVAILABLE + ErrorInfo (`SIDECAR_UNAVAILABLE`, or `OUTCOME_UNKNOWN` with the task id when the change may have been saved) |
-//! | anything else | INTERNAL |
+//! | anything else (a bug) | INTERNAL with a generic message and the trace id; the cause goes to the log |
 //!
 //! Through Dapr service invocation these reach HTTP callers as 400, 404, 409, 500 and 503.
 
@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
-use crate::{domain::Violations, service::Error};
+use crate::{domain::Violations, service::Error, telemetry};
 
 const DOMAIN: &str = "task-api";
 
@@ -78,12 +78,32 @@ impl From<Error> for Status {
                     ErrorDetails::with_error_info(reason, DOMAIN, metadata),
                 )
             }
-            Error::Internal(source) => {
-                tracing::error!(error = %source, "internal error");
-                Status::internal(message)
-            }
+            Error::Internal(source) => internal(&source),
         }
     }
+}
+
+/// INTERNAL, for what can only be a bug or a broken dependency: the caller learns nothing of
+/// the cause (it may hold state keys or the sidecar's internals) but gets the trace id under
+/// which the whole cause chain is logged.
+pub fn internal(error: &(dyn std::error::Error + 'static)) -> Status {
+    let mut chain = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        chain.push_str(": ");
+        chain.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    let trace_id = telemetry::current_trace_id();
+    tracing::error!(
+        trace_id = trace_id.as_deref().unwrap_or("-"),
+        error = %chain,
+        "internal error"
+    );
+    Status::internal(match trace_id {
+        Some(id) => format!("internal error; its cause is logged under trace id {id}"),
+        None => "internal error; its cause is logged".to_string(),
+    })
 }
 
 /// INVALID_ARGUMENT naming every broken field and rule.

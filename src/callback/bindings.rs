@@ -12,7 +12,7 @@ pub fn list() -> ListInputBindingsResponse {
 
 pub fn on_event(request: &BindingEventRequest) -> Status {
     Status::not_found(format!(
-        "task-api has no input binding named {:?}",
-        request.name
+        "task-api has no input binding named {}",
+        crate::domain::text::echo(&request.name)
     ))
 }

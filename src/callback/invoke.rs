@@ -11,10 +11,12 @@
 //! | `PATCH`/`PUT tasks/<id>` | update: `{"title"?, "description"?, "priority"?, "etag"?}` |
 //! | `PUT tasks/<id>/status?status=<s>` (or body `{"status", "etag"?}`) | change status |
 //! | `DELETE tasks/<id>?etag=` | delete |
-//! | `GET dead-letters` | events task-api could never handle |
+//! | `GET dead-letters` | events task-api could never handle: summaries, the first 512 bytes of each payload |
+//! | `GET dead-letters/<event id>` | one of them, with its payload (the first 64 KiB) |
 //! | `POST dead-letters/replay` | handle them again; those handled now are removed |
 //!
-//! An ETag may also come as an `if-match` header. gRPC callers (`InvokeService` without an
+//! A write's ETag may come in the body (`etag`), as `If-Match`, or as `?etag=`; given in several
+//! places, the values must agree. Without one a write applies to the current version. gRPC callers (`InvokeService` without an
 //! HTTP verb) use the TaskService method names with protobuf payloads: method `CreateTask` with
 //! `Any(task.v1.CreateTaskRequest)` answers `Any(task.v1.Task)`, and so on.
 //!
@@ -26,7 +28,11 @@ use serde::{Deserialize, Serialize};
 use tonic::{Code, Status, metadata::MetadataMap};
 
 use crate::{
-    api::{convert, status::invalid},
+    api::{
+        convert,
+        status::{internal, invalid},
+    },
+    domain::text::{echo, excerpt},
     domain::{
         NewTask, Priority, RequestId, Task, TaskChanges, TaskStatus, Versioned, Violations, time,
     },
@@ -63,16 +69,21 @@ pub async fn on_invoke(
         .as_ref()
         .map(|any| any.value.as_slice())
         .unwrap_or_default();
-    let if_match = metadata
-        .get("if-match")
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.trim_matches('"').to_string());
-    let etag_query = param(&query, "etag").map(str::to_string);
+    let if_match = if_match(metadata)?;
+    let etag_query = param(&query, "etag");
+    // The ETag a write is conditioned on; see `precondition`.
+    let condition = |in_body: Option<String>| {
+        precondition([
+            ("etag", in_body.as_deref()),
+            ("If-Match", if_match.as_deref()),
+            ("?etag=", etag_query),
+        ])
+    };
     let segments: Vec<&str> = request.method.trim_matches('/').split('/').collect();
     let not_allowed = || {
         Status::unimplemented(format!(
-            "method {:?} does not support {}",
-            request.method,
+            "method {} does not support {}",
+            echo(&request.method),
             verb.as_str_name()
         ))
     };
@@ -101,7 +112,10 @@ pub async fn on_invoke(
                     Some(text) => Some(
                         text.parse::<i64>()
                             .map_err(|_| {
-                                Violations::single("priority", format!("{text:?} is not a number"))
+                                Violations::single(
+                                    "priority",
+                                    format!("{} is not a number", echo(text)),
+                                )
                             })
                             .and_then(|p| Priority::parse(p).map_err(Violations::from))
                             .map_err(|v| invalid(&v))?,
@@ -112,7 +126,7 @@ pub async fn on_invoke(
                     Some(text) => text.parse::<i64>().map_err(|_| {
                         invalid(&Violations::single(
                             "page_size",
-                            format!("{text:?} is not a number"),
+                            format!("{} is not a number", echo(text)),
                         ))
                     })?,
                     None => 0,
@@ -150,12 +164,12 @@ pub async fn on_invoke(
                             "nothing to update: set at least one of title, description, priority",
                         )));
                     }
-                    let etag = body.etag.or(if_match).or(etag_query);
+                    let etag = condition(body.etag)?;
                     let task = tasks.update(&id, &changes, etag.as_deref()).await?;
                     json_response(&TaskJson::from(&task))
                 }
                 Verb::Delete => {
-                    let etag = if_match.or(etag_query);
+                    let etag = condition(None)?;
                     tasks.delete(&id, etag.as_deref()).await?;
                     json_response(&serde_json::json!({}))
                 }
@@ -184,17 +198,27 @@ pub async fn on_invoke(
             let status = text
                 .parse::<TaskStatus>()
                 .map_err(|e| invalid(&Violations::single("status", e.to_string())))?;
-            let etag = body.etag.or(if_match).or(etag_query);
+            let etag = condition(body.etag)?;
             let task = tasks.change_status(&id, status, etag.as_deref()).await?;
             json_response(&TaskJson::from(&task))
         }
         ["dead-letters"] if verb == Verb::Get => json_response(&events.dead_letters().await?),
+        ["dead-letters", "replay"] if verb == Verb::Get => Err(not_allowed()),
+        ["dead-letters", id] if verb == Verb::Get => {
+            match events.dead_letter(&percent_id(id)).await? {
+                Some(letter) => json_response(&letter),
+                None => Err(Status::not_found(format!(
+                    "no dead letter has id {}",
+                    echo(&percent_id(id))
+                ))),
+            }
+        }
         ["dead-letters", "replay"] if verb == Verb::Post => {
             json_response(&events.replay_dead_letters().await?)
         }
         _ => Err(Status::not_found(format!(
-            "task-api has no method {:?} (verb {}); see the README for the invocation routes",
-            request.method,
+            "task-api has no method {} (verb {}); see the README for the invocation routes",
+            echo(&request.method),
             verb.as_str_name()
         ))),
     }
@@ -258,7 +282,8 @@ async fn rpc(tasks: &Tasks, request: &InvokeRequest) -> Result<InvokeResponse, S
                 Code::NotFound
             },
             format!(
-                "task-api has no gRPC-style method {other:?}: use CreateTask, GetTask, ListTasks, UpdateTask, UpdateTaskStatus or DeleteTask, or call the HTTP routes with an HTTP verb"
+                "task-api has no gRPC-style method {}: use CreateTask, GetTask, ListTasks, UpdateTask, UpdateTaskStatus or DeleteTask, or call the HTTP routes with an HTTP verb",
+                echo(other)
             ),
         )),
     }
@@ -268,11 +293,16 @@ fn decode<M: Message + Default>(any: &prost_types::Any, name: &str) -> Result<M,
     let type_name = any.type_url.rsplit('/').next().unwrap_or("");
     if !type_name.is_empty() && type_name != name {
         return Err(Status::invalid_argument(format!(
-            "expected a {name} payload, got {type_name}"
+            "expected a {name} payload, got {}",
+            echo(type_name)
         )));
     }
-    M::decode(any.value.as_slice())
-        .map_err(|e| Status::invalid_argument(format!("the payload is not a valid {name}: {e}")))
+    M::decode(any.value.as_slice()).map_err(|e| {
+        Status::invalid_argument(format!(
+            "the payload is not a valid {name}: {}",
+            excerpt(&e.to_string(), 200)
+        ))
+    })
 }
 
 fn proto_response<M: Message>(message: &M, name: &str) -> Result<InvokeResponse, Status> {
@@ -286,15 +316,18 @@ fn proto_response<M: Message>(message: &M, name: &str) -> Result<InvokeResponse,
 }
 
 fn json_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Status> {
-    serde_json::from_slice(body)
-        .map_err(|e| Status::invalid_argument(format!("the body is not the expected JSON: {e}")))
+    serde_json::from_slice(body).map_err(|e| {
+        Status::invalid_argument(format!(
+            "the body is not the expected JSON: {}",
+            excerpt(&e.to_string(), 200)
+        ))
+    })
 }
 
 /// A JSON answer. The Any carries no type URL, so daprd hands HTTP callers the bytes as
 /// `application/json` (with a type URL they would get `application/x-protobuf`).
 fn json_response<T: Serialize>(value: &T) -> Result<InvokeResponse, Status> {
-    let bytes = serde_json::to_vec(value)
-        .map_err(|e| Status::internal(format!("could not encode the answer: {e}")))?;
+    let bytes = serde_json::to_vec(value).map_err(|e| internal(&e))?;
     Ok(InvokeResponse {
         data: Some(prost_types::Any {
             type_url: String::new(),
@@ -302,6 +335,61 @@ fn json_response<T: Serialize>(value: &T) -> Result<InvokeResponse, Status> {
         }),
         content_type: JSON.into(),
     })
+}
+
+/// The `If-Match` header of an HTTP caller. daprd renames standard HTTP headers for gRPC apps
+/// (`If-Match` arrives as `dapr-if-match`); a gRPC caller may send `if-match` itself. A weak
+/// validator (`W/"2"`) is taken as its ETag; `*` (any current version) conditions nothing.
+fn if_match(metadata: &MetadataMap) -> Result<Option<String>, Status> {
+    let Some(value) = metadata
+        .get("dapr-if-match")
+        .or_else(|| metadata.get("if-match"))
+    else {
+        return Ok(None);
+    };
+    let value = value.to_str().map_err(|_| {
+        invalid(&Violations::single(
+            "If-Match",
+            "must be an ETag such as \"3\"",
+        ))
+    })?;
+    let value = value.trim();
+    if value == "*" {
+        return Ok(None);
+    }
+    if value.contains(',') {
+        return Err(invalid(&Violations::single(
+            "If-Match",
+            "name one ETag: a task has one current version",
+        )));
+    }
+    let value = value.strip_prefix("W/").unwrap_or(value);
+    Ok(Some(value.trim_matches('"').to_string()))
+}
+
+/// The one ETag a write is conditioned on. Callers may put it in the body, in `If-Match`, or in
+/// the query; where they put it in several places the values must agree, so a caller is never
+/// surprised by which one won.
+fn precondition<const N: usize>(
+    sources: [(&'static str, Option<&str>); N],
+) -> Result<Option<String>, Status> {
+    let mut found: Option<(&'static str, &str)> = None;
+    for (name, value) in sources {
+        let Some(value) = value.filter(|v| !v.is_empty()) else {
+            continue;
+        };
+        match found {
+            Some((first, seen)) if seen != value => {
+                return Err(invalid(&Violations::single(
+                    name,
+                    format!("disagrees with the ETag in {first}: send one ETag"),
+                )));
+            }
+            Some(_) => {}
+            None => found = Some((name, value)),
+        }
+    }
+    Ok(found.map(|(_, value)| value.to_string()))
 }
 
 fn param<'a>(query: &'a [(String, String)], name: &str) -> Option<&'a str> {
@@ -374,4 +462,50 @@ impl From<&Versioned<Task>> for TaskJson {
 struct ListJson {
     tasks: Vec<TaskJson>,
     next_page_token: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> MetadataMap {
+        let mut metadata = MetadataMap::new();
+        for (name, value) in pairs {
+            metadata.insert(*name, value.parse().unwrap());
+        }
+        metadata
+    }
+
+    #[test]
+    fn if_match_is_read_as_daprd_forwards_it() {
+        let read = |pairs| if_match(&headers(pairs)).unwrap();
+        assert_eq!(read(&[("dapr-if-match", "\"3\"")]).as_deref(), Some("3"));
+        assert_eq!(read(&[("if-match", "3")]).as_deref(), Some("3"));
+        assert_eq!(read(&[("dapr-if-match", "W/\"4\"")]).as_deref(), Some("4"));
+        assert_eq!(read(&[("dapr-if-match", "*")]), None);
+        assert_eq!(read(&[]), None);
+        let several = if_match(&headers(&[("dapr-if-match", "\"1\", \"2\"")])).unwrap_err();
+        assert_eq!(several.code(), Code::InvalidArgument);
+    }
+
+    #[test]
+    fn an_etag_given_twice_must_agree() {
+        assert_eq!(
+            precondition([
+                ("etag", Some("2")),
+                ("If-Match", Some("2")),
+                ("?etag=", None)
+            ])
+            .unwrap()
+            .as_deref(),
+            Some("2")
+        );
+        assert_eq!(
+            precondition([("etag", None), ("If-Match", Some(""))]).unwrap(),
+            None
+        );
+        let error = precondition([("etag", Some("2")), ("If-Match", Some("3"))]).unwrap_err();
+        assert_eq!(error.code(), Code::InvalidArgument);
+        assert!(error.message().contains("If-Match"), "{}", error.message());
+    }
 }

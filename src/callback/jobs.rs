@@ -9,7 +9,7 @@ use tonic::Status;
 pub fn on_job(request: &JobEventRequest) -> Result<JobEventResponse, Status> {
     tracing::warn!(job = %request.name, method = %request.method, "job event for a job task-api does not schedule");
     Err(Status::not_found(format!(
-        "task-api has no handler for job {:?}",
-        request.name
+        "task-api has no handler for job {}",
+        crate::domain::text::echo(&request.name)
     )))
 }

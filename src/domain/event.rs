@@ -80,9 +80,9 @@ pub struct TaskEvent {
 pub enum EventParseError {
     #[error("not a task event: {0}")]
     Malformed(String),
-    #[error("unknown event_type {0:?}")]
+    #[error("unknown event_type {}", super::text::echo(.0))]
     UnknownType(String),
-    #[error("unknown status {0:?}")]
+    #[error("unknown status {}", super::text::echo(.0))]
     UnknownStatus(String),
 }
 

@@ -9,6 +9,7 @@ mod notification;
 mod record;
 mod status;
 mod task;
+pub mod text;
 pub mod time;
 mod validation;
 mod versioned;

@@ -31,7 +31,7 @@ impl fmt::Display for TaskStatus {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown status {0:?}: expected pending, in_progress or completed")]
+#[error("unknown status {}: expected pending, in_progress or completed", super::text::echo(.0))]
 pub struct UnknownStatus(pub String);
 
 impl FromStr for TaskStatus {

@@ -1,3 +1,4 @@
+use super::text::echo;
 use std::fmt;
 
 use chrono::{DateTime, Utc};
@@ -31,7 +32,8 @@ impl TaskId {
             return Err(FieldViolation::new(
                 "id",
                 format!(
-                    "must be 1 to {ID_MAX_CHARS} letters, digits, '-', '_' or '.', got {text:?}"
+                    "must be 1 to {ID_MAX_CHARS} letters, digits, '-', '_' or '.', got {}",
+                    echo(text)
                 ),
             ));
         }

@@ -75,8 +75,8 @@ impl NotificationCallbacks {
             .filter(|v| !v.is_empty())
             .ok_or_else(|| Status::invalid_argument("query parameter task_id is required"))?;
         let notifications = self.store.for_task(task_id).await.map_err(Error::from)?;
-        let body = serde_json::to_vec(&notifications)
-            .map_err(|e| Status::internal(format!("could not encode the answer: {e}")))?;
+        let body =
+            serde_json::to_vec(&notifications).map_err(|e| crate::api::status::internal(&e))?;
         Ok(json(body))
     }
 }
@@ -117,7 +117,8 @@ impl AppCallback for NotificationCallbacks {
             ("notify", Verb::Post | Verb::Put | Verb::None) => self.notify(&metadata, body).await,
             ("notifications", Verb::Get | Verb::None) => self.list(query).await,
             (method, verb) => Err(Status::not_found(format!(
-                "notification-service has no method {method:?} for verb {}: it serves POST notify and GET notifications?task_id=",
+                "notification-service has no method {} for verb {}: it serves POST notify and GET notifications?task_id=",
+                crate::domain::text::echo(method),
                 verb.as_str_name()
             ))),
         }
@@ -155,8 +156,8 @@ impl AppCallback for NotificationCallbacks {
         request: Request<rt::BindingEventRequest>,
     ) -> Result<Response<rt::BindingEventResponse>, Status> {
         Err(Status::not_found(format!(
-            "notification-service has no input binding named {:?}",
-            request.get_ref().name
+            "notification-service has no input binding named {}",
+            crate::domain::text::echo(&request.get_ref().name)
         )))
     }
 
@@ -182,8 +183,8 @@ impl AppCallback for NotificationCallbacks {
         request: Request<rt::JobEventRequest>,
     ) -> Result<Response<rt::JobEventResponse>, Status> {
         Err(Status::not_found(format!(
-            "notification-service has no job {:?}",
-            request.get_ref().name
+            "notification-service has no job {}",
+            crate::domain::text::echo(&request.get_ref().name)
         )))
     }
 }

@@ -17,10 +17,10 @@
 
 use super::{Error, Relay, Tasks};
 use crate::{
-    domain::{Notification, TaskEvent, TaskEventType, TaskId, TaskStatus, time},
+    domain::{Notification, TaskEvent, TaskEventType, TaskId, TaskStatus, text::echo, time},
     sidecar::{
         SidecarError,
-        dead_letters::{DeadLetter, DeadLetters},
+        dead_letters::{DeadLetter, DeadLetterSummary, DeadLetters},
         notify::Notifier,
         outbox::event_id,
     },
@@ -119,6 +119,7 @@ impl EventHandler {
             data_content_type: delivery.data_content_type.to_string(),
             data: String::from_utf8_lossy(delivery.data).into_owned(),
             truncated: false,
+            data_bytes: delivery.data.len(),
             received_at: time::format(time::now()),
         };
         match self.dead_letters.record(letter).await {
@@ -163,7 +164,7 @@ impl EventHandler {
     /// once however often it arrives.
     async fn notify_completion(&self, event: &TaskEvent) -> Outcome {
         let Ok(id) = TaskId::parse(&event.task_id) else {
-            return Outcome::Dead(format!("task_id {:?} is not a task id", event.task_id));
+            return Outcome::Dead(format!("task_id {} is not a task id", echo(&event.task_id)));
         };
         let record = match self.tasks.store.get(&id).await {
             Ok(record) => record,
@@ -201,23 +202,32 @@ impl EventHandler {
         }
     }
 
-    pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>, Error> {
-        Ok(self.dead_letters.list().await?)
+    /// Summaries of the kept dead letters, oldest first.
+    pub async fn dead_letters(&self) -> Result<Vec<DeadLetterSummary>, Error> {
+        Ok(self.dead_letters.summaries().await?)
     }
 
-    /// Handles every dead letter again; the ones handled now are removed.
+    /// One dead letter, or `None` if no letter has that id.
+    pub async fn dead_letter(&self, id: &str) -> Result<Option<DeadLetter>, Error> {
+        Ok(self.dead_letters.get(id).await?)
+    }
+
+    /// Handles every dead letter again; the ones handled now are removed. A letter whose
+    /// payload was cut cannot be handled and stays. Reads a few letters at a time.
     pub async fn replay_dead_letters(&self) -> Result<ReplayReport, Error> {
         let mut report = ReplayReport::default();
-        for letter in self.dead_letters.list().await? {
-            let route = Route::from_name(&letter.route).unwrap_or(Route::TaskEvents);
-            match self.process(route, letter.data.as_bytes()).await {
-                Outcome::Success(_) => {
-                    self.dead_letters.remove(&letter.id).await?;
-                    report.handled += 1;
-                }
-                Outcome::Retry(reason) | Outcome::Dead(reason) => {
-                    tracing::info!(event_id = %letter.id, %reason, "dead letter still not handled; kept");
-                    report.kept += 1;
+        for ids in self.dead_letters.id_chunks().await? {
+            for letter in self.dead_letters.read(&ids).await? {
+                let route = Route::from_name(&letter.route).unwrap_or(Route::TaskEvents);
+                match self.process(route, letter.data.as_bytes()).await {
+                    Outcome::Success(_) => {
+                        self.dead_letters.remove(&letter.id).await?;
+                        report.handled += 1;
+                    }
+                    Outcome::Retry(reason) | Outcome::Dead(reason) => {
+                        tracing::info!(event_id = %letter.id, %reason, "dead letter still not handled; kept");
+                        report.kept += 1;
+                    }
                 }
             }
         }

@@ -13,7 +13,7 @@ pub use relay::Relay;
 pub use tasks::Tasks;
 
 use crate::{
-    domain::{RequestId, TaskId, TaskStatus, Violations},
+    domain::{RequestId, TaskId, TaskStatus, Violations, text::excerpt},
     sidecar::SidecarError,
 };
 
@@ -95,7 +95,7 @@ impl From<SidecarError> for Error {
             SidecarError::Unavailable(message) => Error::unavailable(message, None),
             SidecarError::InvalidEtag(message) => Error::Invalid(Violations::single(
                 "etag",
-                format!("is not a valid ETag ({message})"),
+                format!("is not a valid ETag ({})", excerpt(&message, 200)),
             )),
             other => Error::Internal(other),
         }

@@ -1,8 +1,9 @@
 //! Events task-api could never handle, kept for operators to read and replay.
 //!
 //! Each letter is its own document (`dead-letter-<event id>`, payload cut to [`MAX_DATA_BYTES`]),
-//! and a catalog document lists the ids of the newest [`KEPT`]. Every document stays far below
-//! daprd's 4 MiB message limit however large or many the letters that arrive.
+//! and a catalog document lists the ids of the newest [`KEPT`]. Every document, every bulk read
+//! ([`READ_CHUNK`] letters) and the summary listing stay below daprd's 4 MiB message limit
+//! however large or many the letters that arrive.
 
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +19,12 @@ pub const KEPT: usize = 1000;
 pub const MAX_DATA_BYTES: usize = 64 * 1024;
 /// Longest event id kept (ids are chosen by publishers).
 const MAX_ID_BYTES: usize = 200;
+/// Longest reason kept.
+const MAX_REASON_BYTES: usize = 1000;
+/// Letters read per bulk read: 16 × 64 KiB stays far below 4 MiB.
+const READ_CHUNK: usize = 16;
+/// Bytes of payload a summary shows.
+pub const EXCERPT_BYTES: usize = 512;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeadLetter {
@@ -36,7 +43,42 @@ pub struct DeadLetter {
     pub data: String,
     #[serde(default)]
     pub truncated: bool,
+    /// The payload's size as it arrived.
+    #[serde(default)]
+    pub data_bytes: usize,
     pub received_at: String,
+}
+
+/// A letter as `GET dead-letters` lists it: the start of its payload only, so a thousand of
+/// them (about 2 KiB each at most) fit one answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetterSummary {
+    pub id: String,
+    pub topic: String,
+    pub route: String,
+    pub reason: String,
+    pub data_content_type: String,
+    pub data_bytes: usize,
+    /// The first [`EXCERPT_BYTES`] of the payload; `GET dead-letters/<id>` has the rest kept.
+    pub data_excerpt: String,
+    pub received_at: String,
+}
+
+impl From<DeadLetter> for DeadLetterSummary {
+    fn from(letter: DeadLetter) -> Self {
+        let mut data_excerpt = letter.data;
+        cut(&mut data_excerpt, EXCERPT_BYTES);
+        Self {
+            id: letter.id,
+            topic: letter.topic,
+            route: letter.route,
+            reason: letter.reason,
+            data_content_type: letter.data_content_type,
+            data_bytes: letter.data_bytes,
+            data_excerpt,
+            received_at: letter.received_at,
+        }
+    }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -74,8 +116,9 @@ impl DeadLetters {
     /// Records `letter`; `false` if a letter with its id is already kept.
     pub async fn record(&self, mut letter: DeadLetter) -> Result<bool, SidecarError> {
         cut(&mut letter.id, MAX_ID_BYTES);
+        letter.data_bytes = letter.data_bytes.max(letter.data.len());
         letter.truncated = cut(&mut letter.data, MAX_DATA_BYTES);
-        cut(&mut letter.reason, 1000);
+        cut(&mut letter.reason, MAX_REASON_BYTES);
         let bytes = serde_json::to_vec(&letter).expect("a dead letter serialises to JSON");
         // The letter first: a catalog entry never names a letter that is not there.
         self.state
@@ -107,20 +150,44 @@ impl DeadLetters {
         Ok(added)
     }
 
-    /// The kept letters, oldest first.
-    pub async fn list(&self) -> Result<Vec<DeadLetter>, SidecarError> {
+    /// The ids of the kept letters, oldest first, in groups small enough to read at once
+    /// with [`DeadLetters::read`].
+    pub async fn id_chunks(&self) -> Result<Vec<Vec<String>>, SidecarError> {
         let catalog: Catalog = self.state.read_document(CATALOG).await?;
-        let keys: Vec<String> = catalog.ids.iter().map(|id| Self::key(id)).collect();
+        Ok(catalog
+            .ids
+            .chunks(READ_CHUNK)
+            .map(<[String]>::to_vec)
+            .collect())
+    }
+
+    /// The letters with these ids (at most [`READ_CHUNK`] of them), in their order.
+    pub async fn read(&self, ids: &[String]) -> Result<Vec<DeadLetter>, SidecarError> {
+        let keys: Vec<String> = ids.iter().map(|id| Self::key(id)).collect();
         let mut letters = Vec::with_capacity(keys.len());
-        for chunk in keys.chunks(100) {
-            for stored in self.state.get_many(chunk).await?.into_iter().flatten() {
-                match serde_json::from_slice::<DeadLetter>(&stored.value) {
-                    Ok(letter) => letters.push(letter),
-                    Err(error) => tracing::warn!(%error, "an unreadable dead letter was skipped"),
-                }
+        for stored in self.state.get_many(&keys).await?.into_iter().flatten() {
+            match serde_json::from_slice::<DeadLetter>(&stored.value) {
+                Ok(letter) => letters.push(letter),
+                Err(error) => tracing::warn!(%error, "an unreadable dead letter was skipped"),
             }
         }
         Ok(letters)
+    }
+
+    /// Summaries of the kept letters, oldest first.
+    pub async fn summaries(&self) -> Result<Vec<DeadLetterSummary>, SidecarError> {
+        let mut summaries = Vec::new();
+        for ids in self.id_chunks().await? {
+            summaries.extend(self.read(&ids).await?.into_iter().map(Into::into));
+        }
+        Ok(summaries)
+    }
+
+    /// One letter, with as much of its payload as was kept.
+    pub async fn get(&self, id: &str) -> Result<Option<DeadLetter>, SidecarError> {
+        let mut id = id.to_string();
+        cut(&mut id, MAX_ID_BYTES);
+        Ok(self.read(&[id]).await?.pop())
     }
 
     /// Forgets a letter (after a successful replay).

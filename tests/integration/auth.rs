@@ -187,3 +187,118 @@ async fn a_missing_secret_stops_start_up_with_a_clear_message() {
     assert!(error.contains("no-such-secret"), "{error}");
     assert!(error.contains("AUTH_DISABLED=true"), "{error}");
 }
+
+/// Closed by default: in the default configuration no method of either app, callbacks
+/// included, reads or changes anything for a caller without valid credentials (none, a wrong
+/// key, a wrong app token), and the API key does not open the callbacks. Only health,
+/// reflection and the three callbacks daprd makes without a token (which read nothing) answer.
+#[tokio::test]
+async fn no_method_answers_without_valid_credentials() {
+    use prost::Message;
+    let stack = in_memory().await;
+    let (app, notifications) =
+        TestApp::task_api_with_notifications(&stack, Options::default()).await;
+
+    // Every TaskService method, from the descriptors reflection serves.
+    let descriptors =
+        prost_types::FileDescriptorSet::decode(task_api::proto::TASK_DESCRIPTORS).unwrap();
+    let task_methods: Vec<String> = descriptors
+        .file
+        .iter()
+        .flat_map(|file| {
+            file.service.iter().flat_map(move |service| {
+                service.method.iter().map(move |method| {
+                    format!("/{}.{}/{}", file.package(), service.name(), method.name())
+                })
+            })
+        })
+        .collect();
+    assert_eq!(task_methods.len(), 6, "{task_methods:?}");
+    let callbacks = [
+        "/dapr.proto.runtime.v1.AppCallback/OnInvoke",
+        "/dapr.proto.runtime.v1.AppCallback/OnTopicEvent",
+        "/dapr.proto.runtime.v1.AppCallback/OnBulkTopicEvent",
+        "/dapr.proto.runtime.v1.AppCallback/OnBindingEvent",
+        "/dapr.proto.runtime.v1.AppCallback/OnJobEvent",
+        "/dapr.proto.runtime.v1.AppCallbackAlpha/OnBulkTopicEventAlpha1",
+        "/dapr.proto.runtime.v1.AppCallbackAlpha/OnJobEventAlpha1",
+    ];
+    let wrong: [&[(&'static str, &str)]; 5] = [
+        &[],
+        &[("x-api-key", "guess")],
+        &[("authorization", "Bearer guess")],
+        &[("dapr-api-token", "guess")],
+        &[("dapr-api-token", "")],
+    ];
+    // The data a successful forged call would have created: a task, an event, a notification.
+    let create = pb::CreateTaskRequest {
+        title: "forged".into(),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let refused = |result: Result<Vec<u8>, tonic::Status>, what: &str| match result {
+        Err(status) if status.code() == Code::Unauthenticated => {}
+        other => panic!("{what}: {other:?}"),
+    };
+    for app_under_test in [&app, &notifications] {
+        let paths: Vec<String> = if std::ptr::eq(app_under_test, &app) {
+            task_methods
+                .iter()
+                .cloned()
+                .chain(callbacks.map(String::from))
+                .collect()
+        } else {
+            ["/notification.v1.NotificationService/ListNotifications".to_string()]
+                .into_iter()
+                .chain(callbacks.map(String::from))
+                .collect()
+        };
+        for path in &paths {
+            for headers in wrong {
+                let result = crate::common::raw_call(
+                    app_under_test.channel().await,
+                    path,
+                    create.clone(),
+                    headers,
+                )
+                .await;
+                refused(result, &format!("{path} with {headers:?}"));
+            }
+        }
+        // The API key is for callers of TaskService, not for the callbacks or notification-service.
+        for path in paths.iter().filter(|p| !p.starts_with("/task.v1.")) {
+            let result = crate::common::raw_call(
+                app_under_test.channel().await,
+                path,
+                create.clone(),
+                &[("x-api-key", &app.api_key)],
+            )
+            .await;
+            refused(result, &format!("{path} with the API key"));
+        }
+    }
+
+    // What needs no credentials answers, and reads or changes nothing.
+    for path in [
+        "/dapr.proto.runtime.v1.AppCallback/ListTopicSubscriptions",
+        "/dapr.proto.runtime.v1.AppCallback/ListInputBindings",
+        "/dapr.proto.runtime.v1.AppCallbackHealthCheck/HealthCheck",
+        "/grpc.health.v1.Health/Check",
+    ] {
+        let answer = crate::common::raw_call(app.channel().await, path, Vec::new(), &[]).await;
+        assert!(answer.is_ok(), "{path}: {answer:?}");
+    }
+    // The controls: valid credentials pass the same gate.
+    let mut client = app.client().await;
+    let listed = client.list_tasks(list()).await.unwrap().into_inner();
+    assert!(listed.tasks.is_empty(), "nothing was created: {listed:?}");
+    let invoke = crate::common::raw_call(
+        app.channel().await,
+        "/dapr.proto.runtime.v1.AppCallback/OnInvoke",
+        Vec::new(),
+        &[("dapr-api-token", &app.app_token)],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(invoke.code(), Code::NotFound, "past the gate: {invoke:?}");
+}

@@ -256,7 +256,7 @@ async fn poison_messages_are_kept_as_dead_letters() {
             .contains("not a task event")
     );
     assert!(
-        text["data"]
+        text["data_excerpt"]
             .as_str()
             .unwrap()
             .contains("this is not a task event")
@@ -283,6 +283,84 @@ async fn poison_messages_are_kept_as_dead_letters() {
     // task-api is still serving.
     let mut client = app.client().await;
     create(&mut client, "still alive", None).await;
+}
+
+/// However large the poison, dead letters stay below daprd's 4 MiB message limit: 24 payloads
+/// of 1 MiB are all kept (each cut to 64 KiB), listed as short summaries in one answer, readable
+/// one by one, and replayed without a failure; nothing is left to be redelivered.
+#[tokio::test]
+async fn large_poison_payloads_stay_below_the_message_limit() {
+    const LETTERS: usize = 24;
+    const MIB: usize = 1024 * 1024;
+    let stack = redis_stack().await;
+    let (app, _notifications) =
+        TestApp::task_api_with_notifications(&stack, Options::default()).await;
+    let caller = stack.sidecar("operator").unwrap().start().await.unwrap();
+    for n in 0..LETTERS {
+        let (data, content_type) = if n % 2 == 0 {
+            // JSON, but not a task event.
+            (
+                format!(
+                    r#"{{"event_type":"task.huge","blob":"{}"}}"#,
+                    "b".repeat(MIB)
+                )
+                .into_bytes(),
+                "application/json",
+            )
+        } else {
+            ("t".repeat(MIB).into_bytes(), "text/plain")
+        };
+        publish(&app.sidecar, data, content_type, &format!("huge-{n}")).await;
+    }
+    let port = caller.http_port();
+    let get = move |path: String| async move {
+        http::request(port, "GET", &path, &[], b"", Duration::from_secs(30))
+            .await
+            .unwrap()
+    };
+    let listed = eventually(Duration::from_secs(60), || async {
+        let response = get("/v1.0/invoke/task-api/method/dead-letters".into()).await;
+        let count = response.json().ok()?.as_array()?.len();
+        (response.status == 200 && count == LETTERS).then_some(response)
+    })
+    .await;
+    assert!(
+        listed.body.len() < 64 * 1024,
+        "summaries only: {} bytes",
+        listed.body.len()
+    );
+    for summary in listed.json().unwrap().as_array().unwrap() {
+        assert!(
+            summary["data_bytes"].as_u64().unwrap() >= MIB as u64,
+            "{summary}"
+        );
+        assert!(summary["data_excerpt"].as_str().unwrap().len() <= 512);
+    }
+    let one = get("/v1.0/invoke/task-api/method/dead-letters/huge-1".into()).await;
+    assert_eq!(one.status, 200, "{}", one.text());
+    let letter = one.json().unwrap();
+    assert_eq!(letter["truncated"], true);
+    assert_eq!(letter["data"].as_str().unwrap().len(), 64 * 1024);
+    let missing = get("/v1.0/invoke/task-api/method/dead-letters/no-such-letter".into()).await;
+    assert_eq!(missing.status, 404);
+
+    let replay = http::request(
+        caller.http_port(),
+        "POST",
+        "/v1.0/invoke/task-api/method/dead-letters/replay",
+        &[],
+        b"",
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    assert_eq!(replay.status, 200, "{}", replay.text());
+    assert_eq!(
+        replay.json().unwrap(),
+        serde_json::json!({"handled": 0, "kept": LETTERS}),
+        "cut payloads cannot be handled: kept"
+    );
+    wait_until_handled(&stack, &["task-events", "task-events-retry"]).await;
 }
 
 #[tokio::test]
@@ -350,6 +428,83 @@ async fn http_callers_reach_the_task_operations_through_their_sidecar() {
     )
     .await;
     assert_eq!(stale.status, 409, "a stale ETag: {}", stale.text());
+
+    // If-Match, as HTTP clients send it (daprd hands it to the app as dapr-if-match), guards
+    // every write: a stale one is refused with 409 and changes nothing, the current one works.
+    let current = call("GET", format!("{base}/tasks/{id}"), "")
+        .await
+        .json()
+        .unwrap()["etag"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let guarded = |method: &'static str, path: String, body: &'static str, etag: String| async move {
+        let if_match = format!("\"{etag}\"");
+        let headers = [
+            ("content-type", "application/json"),
+            ("if-match", if_match.as_str()),
+        ];
+        http::request(port, method, &path, &headers, body.as_bytes(), timeout)
+            .await
+            .unwrap()
+    };
+    let writes: [(&'static str, String, &'static str); 4] = [
+        ("PATCH", format!("{base}/tasks/{id}"), r#"{"priority":4}"#),
+        (
+            "PUT",
+            format!("{base}/tasks/{id}"),
+            r#"{"title":"Renamed"}"#,
+        ),
+        (
+            "PUT",
+            format!("{base}/tasks/{id}/status"),
+            r#"{"status":"pending"}"#,
+        ),
+        ("DELETE", format!("{base}/tasks/{id}"), ""),
+    ];
+    for (method, path, body) in &writes {
+        let refused = guarded(method, path.clone(), body, "1".into()).await;
+        assert_eq!(refused.status, 409, "{method} {path}: {}", refused.text());
+    }
+    let unchanged = call("GET", format!("{base}/tasks/{id}"), "")
+        .await
+        .json()
+        .unwrap();
+    assert_eq!(
+        unchanged["etag"],
+        current.as_str(),
+        "a refused write changed nothing"
+    );
+    assert_eq!(unchanged["title"], "From HTTP");
+    let mut etag = current;
+    for (method, path, body) in &writes[..3] {
+        let applied = guarded(method, path.clone(), body, etag.clone()).await;
+        assert_eq!(applied.status, 200, "{method} {path}: {}", applied.text());
+        etag = applied.json().unwrap()["etag"]
+            .as_str()
+            .unwrap()
+            .to_string();
+    }
+    let disagreeing = guarded(
+        "PATCH",
+        format!("{base}/tasks/{id}"),
+        r#"{"priority":2,"etag":"1"}"#,
+        etag.clone(),
+    )
+    .await;
+    assert_eq!(disagreeing.status, 400, "{}", disagreeing.text());
+    assert!(
+        disagreeing.text().contains("If-Match"),
+        "{}",
+        disagreeing.text()
+    );
+    let stale_delete = guarded("DELETE", format!("{base}/tasks/{id}"), "", "2".into()).await;
+    assert_eq!(stale_delete.status, 409, "{}", stale_delete.text());
+    assert_eq!(
+        call("GET", format!("{base}/tasks/{id}"), "").await.status,
+        200,
+        "a stale If-Match deletes nothing"
+    );
 
     let invalid = call("POST", format!("{base}/tasks"), r#"{"title":""}"#).await;
     assert_eq!(invalid.status, 400, "{}", invalid.text());

@@ -1,7 +1,11 @@
 //! Integration-test harness: the real apps, in process on port 0, each behind a real daprd.
 
-use std::time::{Duration, Instant};
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
 
+use bytes::{Buf, BufMut};
 use dapr::dapr::proto::runtime::v1::{
     self as rt,
     app_callback_server::{AppCallback, AppCallbackServer},
@@ -20,6 +24,7 @@ use task_api::{
 use tokio::{sync::mpsc, task::JoinHandle};
 use tonic::{
     Request, Response, Status,
+    codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
     metadata::MetadataValue,
     service::{Interceptor, interceptor::InterceptedService},
     transport::Channel,
@@ -554,4 +559,91 @@ fn spawn_binary(stack: &Stack, binary: &str, env: &[(String, String)]) -> devsta
             command,
         })
         .unwrap()
+}
+
+/// The grpcurl binary: `$GRPCURL`, the one scripts/test installs in the cache, or one on PATH.
+pub fn grpcurl() -> PathBuf {
+    if let Some(path) = std::env::var_os("GRPCURL") {
+        return path.into();
+    }
+    let cache = std::env::var_os("TASK_API_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").unwrap_or_default();
+            Path::new(&home).join(".cache/task-api")
+        });
+    let cached = cache.join("bin/grpcurl");
+    if cached.is_file() {
+        return cached;
+    }
+    let on_path = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|dir| dir.join("grpcurl"))
+        .find(|p| p.is_file());
+    on_path.unwrap_or_else(|| {
+        panic!(
+            "grpcurl is not installed: scripts/test installs it (go install github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.4)"
+        )
+    })
+}
+
+/// Sends bytes as they are and hands back the bytes of the answer: for messages no generated
+/// client would send.
+#[derive(Clone, Default)]
+pub struct RawCodec;
+
+pub struct Raw;
+
+impl Encoder for Raw {
+    type Item = Vec<u8>;
+    type Error = Status;
+    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for Raw {
+    type Item = Vec<u8>;
+    type Error = Status;
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
+    }
+    fn buffer_settings(&self) -> BufferSettings {
+        BufferSettings::default()
+    }
+}
+
+impl Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = Raw;
+    type Decoder = Raw;
+    fn encoder(&mut self) -> Raw {
+        Raw
+    }
+    fn decoder(&mut self) -> Raw {
+        Raw
+    }
+}
+
+/// Calls `path` on `channel` with `body` as the raw message and `headers` as metadata.
+pub async fn raw_call(
+    channel: Channel,
+    path: &str,
+    body: Vec<u8>,
+    headers: &[(&'static str, &str)],
+) -> Result<Vec<u8>, Status> {
+    let mut grpc = tonic::client::Grpc::new(channel).max_encoding_message_size(usize::MAX);
+    grpc.ready()
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+    let mut request = Request::new(body);
+    for (name, value) in headers {
+        request
+            .metadata_mut()
+            .insert(*name, MetadataValue::try_from(*value).unwrap());
+    }
+    grpc.unary(request, path.parse().unwrap(), RawCodec)
+        .await
+        .map(|r| r.into_inner())
 }

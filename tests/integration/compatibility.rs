@@ -316,3 +316,174 @@ async fn tasks_the_original_stored_become_listable() {
         .notifications;
     assert_eq!(received.len(), 1);
 }
+
+/// Lenient reads, strict writes: every kind of task the original could store (its only rules:
+/// a title of 1 to 200 characters, a priority of 1 to 5) reads back as stored, lists, and takes
+/// an update that keeps what it did not change. Callers may no longer send some of these titles
+/// and descriptions; they are kept until a caller replaces them.
+#[tokio::test]
+async fn every_task_the_original_can_store_reads_lists_and_updates() {
+    let stack = Stack::builder()
+        .components(ComponentSet::Redis)
+        .start()
+        .await
+        .unwrap();
+    let redis = stack.redis().unwrap();
+    let long_description = "line\u{7}\n".repeat(2_000);
+    // (name, title, description, status, priority, timestamp)
+    type Case = (
+        &'static str,
+        String,
+        Option<String>,
+        &'static str,
+        i64,
+        &'static str,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "whitespace-title",
+            "   ".into(),
+            None,
+            "pending",
+            1,
+            "2025-01-15T10:30:00",
+        ),
+        (
+            "control-title",
+            "a\u{0}b\u{1b}[31m".into(),
+            Some("".into()),
+            "in_progress",
+            5,
+            "2025-01-15T10:30:00.5",
+        ),
+        (
+            "invisible-title",
+            "\u{200b}\u{200b}".into(),
+            None,
+            "completed",
+            3,
+            "2025-01-15T10:30:00.123456",
+        ),
+        (
+            "longest-title",
+            "é🦀".repeat(100),
+            None,
+            "pending",
+            2,
+            "2025-01-15T10:30:00+00:00",
+        ),
+        (
+            "long-description",
+            "Read".into(),
+            Some(long_description.clone()),
+            "pending",
+            4,
+            "2025-01-15T10:30:00",
+        ),
+        (
+            "empty-description",
+            "Empty".into(),
+            Some("".into()),
+            "completed",
+            1,
+            "2025-01-15T10:30:00",
+        ),
+    ];
+    let id = |name: &str| {
+        let n = cases.iter().position(|c| c.0 == name).unwrap();
+        format!("00000000-0000-4000-8000-{n:0>12}")
+    };
+    let ids: Vec<String> = cases.iter().map(|c| id(c.0)).collect();
+    for (name, title, description, status, priority, timestamp) in &cases {
+        let document = serde_json::json!({
+            "id": id(name),
+            "title": title,
+            "description": description,
+            "status": status,
+            "priority": priority,
+            "created_at": timestamp,
+            "updated_at": timestamp,
+        });
+        redis
+            .cli(&[
+                "HSET",
+                &format!("task-api||task-{}", id(name)),
+                "data",
+                &document.to_string(),
+                "version",
+                "1",
+            ])
+            .unwrap();
+    }
+    let app = TestApp::task_api(&stack, Options::default()).await;
+    let mut client = app.client().await;
+    for (name, title, description, status, priority, _) in &cases {
+        let task = client
+            .get_task(pb::GetTaskRequest { id: id(name) })
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e:?}"))
+            .into_inner();
+        assert_eq!(&task.title, title, "{name}");
+        let expected_description = description.as_deref().filter(|d| !d.is_empty());
+        assert_eq!(task.description.as_deref(), expected_description, "{name}");
+        assert_eq!(
+            TaskStatus::try_from(task.status).unwrap().as_str_name(),
+            format!("TASK_STATUS_{}", status.to_uppercase()),
+            "{name}"
+        );
+        assert_eq!(i64::from(task.priority), *priority, "{name}");
+    }
+    let listed_now = client
+        .list_tasks(pb::ListTasksRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks;
+    let mut listed_ids: Vec<String> = listed_now.iter().map(|t| t.id.clone()).collect();
+    listed_ids.sort();
+    assert_eq!(
+        listed_ids, ids,
+        "every one was read, so every one is listed"
+    );
+
+    for (name, title, description, _, _, _) in &cases {
+        let updated = client
+            .update_task(pb::UpdateTaskRequest {
+                id: id(name),
+                priority: Some(if name.len() % 2 == 0 { 4 } else { 2 }),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e:?}"))
+            .into_inner();
+        assert_eq!(&updated.title, title, "{name}: the title is kept");
+        assert_eq!(
+            updated.description.as_deref(),
+            description.as_deref().filter(|d| !d.is_empty()),
+            "{name}: the description is kept"
+        );
+        let of_priority = client
+            .list_tasks(pb::ListTasksRequest {
+                priority: Some(updated.priority),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            of_priority.tasks.iter().any(|t| t.id == id(name)),
+            "{name}: listed under its new priority"
+        );
+    }
+    // Strict writes: the same title sent by a caller is refused, naming the field.
+    let refused = client
+        .update_task(pb::UpdateTaskRequest {
+            id: id("control-title"),
+            title: Some("a\u{0}b".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(refused.message().contains("title"), "{refused:?}");
+}

@@ -452,7 +452,11 @@ async fn audit(rig: &mut Rig, outcomes: &Outcomes, scenario: &str) -> Audit {
         .notifications
         .as_ref()
         .expect("notification-service runs");
-    let mut client = NotificationServiceClient::new(notifications.channel().await);
+    // As its sidecar calls it: notification-service takes no other callers.
+    let mut client = NotificationServiceClient::with_interceptor(
+        notifications.channel().await,
+        WithHeader("dapr-api-token", rig.stack.app_token().to_string()),
+    );
     let tasks: BTreeSet<&String> = committed.keys().map(|(task, _)| task).collect();
     for task in tasks {
         let received = client

@@ -212,3 +212,187 @@ async fn the_apps_refuse_to_start_without_an_app_token() {
         );
     }
 }
+
+/// grpcurl's combined output. Async: the apps under test serve on this test's runtime.
+async fn grpcurl(args: &[&str]) -> String {
+    let output = tokio::process::Command::new(crate::common::grpcurl())
+        .arg("-plaintext")
+        .args(args)
+        .output()
+        .await
+        .expect("grpcurl runs");
+    String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr)
+}
+
+/// A real grpcurl sees exactly each app's own services (plus health and reflection), and
+/// decodes the google.rpc error details task-api sends: BadRequest on bad input, ErrorInfo on a
+/// stale ETag.
+#[tokio::test]
+async fn grpcurl_lists_each_apps_own_services_and_decodes_error_details() {
+    let stack = Stack::builder().start().await.unwrap();
+    let (task_api, notifications) =
+        TestApp::task_api_with_notifications(&stack, Options::default()).await;
+    // grpcurl asks reflection v1, which lists itself; v1alpha is served too, for older clients.
+    let common = [
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+    ];
+    for (app, own) in [
+        (&task_api, "task.v1.TaskService"),
+        (&notifications, "notification.v1.NotificationService"),
+    ] {
+        let listed = grpcurl(&[&format!("127.0.0.1:{}", app.port), "list"]).await;
+        let mut services: Vec<&str> = listed.lines().map(str::trim).collect();
+        services.sort();
+        let mut expected: Vec<&str> = common.iter().copied().chain([own]).collect();
+        expected.sort();
+        assert_eq!(services, expected, "{listed}");
+    }
+
+    let key = format!("x-api-key: {}", task_api.api_key);
+    let address = format!("127.0.0.1:{}", task_api.port);
+    let call = |data: String, method: &'static str| {
+        let key = key.clone();
+        let address = address.clone();
+        async move {
+            grpcurl(&[
+                "-H",
+                &key,
+                "-d",
+                &data,
+                &address,
+                &format!("task.v1.TaskService/{method}"),
+            ])
+            .await
+        }
+    };
+    let bad = call(r#"{"title": ""}"#.into(), "CreateTask").await;
+    assert!(bad.contains("Code: InvalidArgument"), "{bad}");
+    assert!(
+        bad.contains("type.googleapis.com/google.rpc.BadRequest"),
+        "{bad}"
+    );
+    assert!(bad.contains("\"field\": \"title\""), "decoded: {bad}");
+    assert!(!bad.contains("not recognized"), "{bad}");
+
+    let created = call(r#"{"title": "grpcurl"}"#.into(), "CreateTask").await;
+    let task: serde_json::Value = serde_json::from_str(&created).expect(&created);
+    let id = task["id"].as_str().unwrap();
+    call(format!(r#"{{"id": "{id}", "priority": 2}}"#), "UpdateTask").await;
+    let stale = call(
+        format!(r#"{{"id": "{id}", "priority": 3, "etag": "1"}}"#),
+        "UpdateTask",
+    )
+    .await;
+    assert!(stale.contains("Code: Aborted"), "{stale}");
+    assert!(
+        stale.contains("type.googleapis.com/google.rpc.ErrorInfo"),
+        "{stale}"
+    );
+    assert!(
+        stale.contains("\"current_etag\": \"2\""),
+        "decoded: {stale}"
+    );
+    assert!(!stale.contains("not recognized"), "{stale}");
+}
+
+/// Once shutdown begins, readiness never says SERVING again, although the sidecar still answers
+/// (so the dependency probe would pass) while a call is still being drained; and when the app
+/// returns, every task it started on its runtime has ended.
+#[test]
+fn shutdown_closes_readiness_for_good_and_ends_every_background_task() {
+    let tests = tokio::runtime::Runtime::new().unwrap();
+    // The app alone on a runtime of its own, so its tasks can be counted.
+    let app_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    tests.block_on(async {
+        let stack = Stack::builder().start().await.unwrap();
+        let sidecar = stack.sidecar("task-api").unwrap();
+        let mut settings = task_api::config::Settings::from_pairs([
+            ("APP_HOST", "127.0.0.1"),
+            ("APP_PORT", "0"),
+            // The key is refreshed every second: that task must end too.
+            ("API_KEY_REFRESH_SECONDS", "1"),
+        ]);
+        settings.set("APP_API_TOKEN", stack.app_token());
+        settings.set(
+            "DAPR_GRPC_ENDPOINT",
+            format!("http://127.0.0.1:{}", sidecar.grpc_port()),
+        );
+        let config = task_api::config::TaskApiConfig::from_settings(&settings).unwrap();
+        let app = app_runtime
+            .spawn(task_api::startup::Application::task_api(config))
+            .await
+            .unwrap()
+            .unwrap();
+        let port = app.port();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = app_runtime.spawn(app.run_until(async {
+            let _ = stopped.await;
+        }));
+        let _sidecar = sidecar.app_port(port).start().await.unwrap();
+        let channel = Channel::from_shared(format!("http://127.0.0.1:{port}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let started = Instant::now();
+        while health(channel.clone(), "").await.ok() != Some(1) {
+            assert!(started.elapsed() < Duration::from_secs(30), "never ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        // A watch of readiness: a call in flight, which the drain waits for.
+        let mut watch = HealthClient::new(channel.clone())
+            .watch(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let first = watch.next().await.unwrap().unwrap().status;
+        assert_eq!(first, 1, "SERVING before shutdown");
+        let _ = stop.send(());
+        let mut seen = Vec::new();
+        // Three probe intervals: long enough for a probe to report the sidecar healthy.
+        let watching = tokio::time::sleep(Duration::from_secs(3));
+        tokio::pin!(watching);
+        loop {
+            tokio::select! {
+                () = &mut watching => break,
+                update = watch.next() => match update {
+                    Some(Ok(update)) => seen.push(update.status),
+                    _ => break,
+                },
+            }
+        }
+        assert_eq!(
+            seen.first(),
+            Some(&2),
+            "NOT_SERVING once shutdown began: {seen:?}"
+        );
+        assert!(!seen.contains(&1), "never SERVING again: {seen:?}");
+        drop(watch);
+        drop(channel);
+
+        let result = tokio::time::timeout(Duration::from_secs(15), server)
+            .await
+            .expect("the app returns once the last call is done")
+            .unwrap();
+        assert!(result.is_ok(), "{result:?}");
+        let metrics = app_runtime.metrics();
+        let ended = Instant::now();
+        while metrics.num_alive_tasks() > 0 {
+            assert!(
+                ended.elapsed() < Duration::from_secs(3),
+                "{} tasks still alive after the app returned",
+                metrics.num_alive_tasks()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    app_runtime.shutdown_timeout(Duration::from_secs(1));
+}

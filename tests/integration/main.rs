@@ -5,6 +5,7 @@
 mod access_control;
 mod auth;
 mod callbacks;
+mod client_mistakes;
 mod common;
 mod compatibility;
 mod dapr_outbox;

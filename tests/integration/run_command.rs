@@ -2,39 +2,16 @@
 //! a real grpcurl, then Ctrl-C, after which none of its processes may be left.
 
 use std::{
-    path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
 };
 
 use devstack::{LogSink, ManagedProcess, repo_root, walkthrough};
 
+use crate::common::grpcurl;
+
 /// The first build of the release binaries may happen here.
 const READY_TIMEOUT: Duration = Duration::from_secs(900);
-
-fn grpcurl() -> PathBuf {
-    if let Some(path) = std::env::var_os("GRPCURL") {
-        return path.into();
-    }
-    let cache = std::env::var_os("TASK_API_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let home = std::env::var_os("HOME").unwrap_or_default();
-            Path::new(&home).join(".cache/task-api")
-        });
-    let cached = cache.join("bin/grpcurl");
-    if cached.is_file() {
-        return cached;
-    }
-    let on_path = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-        .map(|dir| dir.join("grpcurl"))
-        .find(|p| p.is_file());
-    on_path.unwrap_or_else(|| {
-        panic!(
-            "grpcurl is not installed: scripts/test installs it (go install github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.4)"
-        )
-    })
-}
 
 /// Runs one README command with the walkthrough's shell variables set.
 fn sh(command: &str, vars: &[(&str, &str)]) -> (bool, String) {

@@ -11,9 +11,9 @@ use task_api::proto::notification::v1::{
     ListNotificationsRequest, notification_service_client::NotificationServiceClient,
 };
 use tokio::sync::Semaphore;
-use tonic::transport::Channel;
+use tonic::{service::interceptor::InterceptedService, transport::Channel};
 
-use crate::load::Sample;
+use crate::{load::Sample, ops::Credential};
 
 /// Concurrent ListNotifications calls while checking.
 const POLLERS: usize = 8;
@@ -97,10 +97,12 @@ fn epoch_micros(at: SystemTime) -> i128 {
     }
 }
 
-/// Polls notification-service (on its app port, which needs no API key) for each sample until
-/// its notification is there or `timeout` has passed since the check began.
+/// Polls notification-service on its app port, presenting its sidecar's token (it takes no
+/// other callers), for each sample until its notification is there or `timeout` has passed
+/// since the check began.
 pub async fn check(
     channel: Channel,
+    app_token: Credential,
     samples: Vec<Sample>,
     timeout: Duration,
 ) -> Vec<(String, Delivery)> {
@@ -108,7 +110,8 @@ pub async fn check(
     let permits = Arc::new(Semaphore::new(POLLERS));
     let mut handles = Vec::with_capacity(samples.len());
     for sample in samples {
-        let mut client = NotificationServiceClient::new(channel.clone());
+        let mut client =
+            NotificationServiceClient::with_interceptor(channel.clone(), app_token.clone());
         let permits = permits.clone();
         handles.push(tokio::spawn(async move {
             let _permit = permits.acquire_owned().await;
@@ -127,7 +130,7 @@ pub async fn check(
 }
 
 async fn poll(
-    client: &mut NotificationServiceClient<Channel>,
+    client: &mut NotificationServiceClient<InterceptedService<Channel, Credential>>,
     sample: &Sample,
     deadline: Instant,
 ) -> Delivery {

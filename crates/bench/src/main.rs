@@ -337,7 +337,11 @@ async fn bench(args: &Args, system: &mut System) -> Result<Option<String>> {
             system::channel(system.task_api.sidecar.grpc_port(), "task-api's daprd").await?;
         ceilings.push(Ceiling::new(channel, template.clone()));
     }
-    let notifications = system::channel(system.notifications.port, "notification-service").await?;
+    // notification-service takes only its sidecar's token.
+    let notifications = (
+        system::channel(system.notifications.port, "notification-service").await?,
+        ops::Credential::new("dapr-api-token", system.stack.app_token())?,
+    );
 
     say(&format!(
         "creating {} tasks for GetTask and the mix",
@@ -528,7 +532,7 @@ async fn status_run(
     bench: &mut Bench<'_>,
     collected: &mut Collected,
     c: usize,
-    notifications: &tonic::transport::Channel,
+    notifications: &(tonic::transport::Channel, ops::Credential),
 ) -> Result<StatusRun> {
     let (ceiling, _) = bench
         .measure(Side::Ceiling, Scenario::Status, c, Vec::new())
@@ -543,7 +547,13 @@ async fn status_run(
         .await;
     bench.settle("UpdateTaskStatus").await?;
     let samples = shared.samples();
-    let deliveries = events::check(notifications.clone(), samples, DELIVERY_TIMEOUT).await;
+    let deliveries = events::check(
+        notifications.0.clone(),
+        notifications.1.clone(),
+        samples,
+        DELIVERY_TIMEOUT,
+    )
+    .await;
     collected.add(
         Scenario::Status,
         c,

@@ -46,24 +46,38 @@ const MAX_MESSAGE_BYTES: usize = 64 << 20;
 /// The lists an unfiltered ListTasks reads: one per status and priority.
 const LISTS: usize = 15;
 
-/// Sends task-api's API key on every call.
+/// Sends one metadata entry (a credential) on every call.
 #[derive(Clone)]
-pub struct ApiKey(MetadataValue<Ascii>);
+pub struct Credential {
+    name: &'static str,
+    value: MetadataValue<Ascii>,
+}
 
-impl Interceptor for ApiKey {
+impl Credential {
+    /// `name: value`; the error names the credential.
+    pub fn new(name: &'static str, value: &str) -> Result<Self> {
+        let value = value
+            .parse()
+            .map_err(|_| setup(format!("the {name} is not valid gRPC metadata")))?;
+        Ok(Self { name, value })
+    }
+}
+
+impl Interceptor for Credential {
     fn call(&mut self, mut request: Request<()>) -> std::result::Result<Request<()>, Status> {
-        request.metadata_mut().insert("x-api-key", self.0.clone());
+        request.metadata_mut().insert(self.name, self.value.clone());
         Ok(request)
     }
 }
 
-pub type TaskClient = TaskServiceClient<InterceptedService<Channel, ApiKey>>;
+pub type TaskClient = TaskServiceClient<InterceptedService<Channel, Credential>>;
 
+/// A TaskService client presenting task-api's API key.
 pub fn task_client(channel: Channel, api_key: &str) -> Result<TaskClient> {
-    let key = api_key
-        .parse()
-        .map_err(|_| setup("the API key is not valid gRPC metadata"))?;
-    Ok(TaskServiceClient::with_interceptor(channel, ApiKey(key)))
+    Ok(TaskServiceClient::with_interceptor(
+        channel,
+        Credential::new("x-api-key", api_key)?,
+    ))
 }
 
 /// A failed call, in one line of at most about 300 characters.

@@ -19,20 +19,12 @@ use std::{
     time::Duration,
 };
 
+use dapr_app::token::{self, Access};
 use http::{HeaderMap, Request, Response};
 use tonic::Status;
 use tower::{Layer, Service};
 
 use crate::secret::Secret;
-
-const CALLBACK: &str = "/dapr.proto.runtime.v1.AppCallback/";
-const CALLBACK_ALPHA: &str = "/dapr.proto.runtime.v1.AppCallbackAlpha/";
-/// Callbacks daprd makes without `dapr-api-token`.
-const OPEN_CALLBACKS: [&str; 3] = [
-    "/dapr.proto.runtime.v1.AppCallback/ListTopicSubscriptions",
-    "/dapr.proto.runtime.v1.AppCallback/ListInputBindings",
-    "/dapr.proto.runtime.v1.AppCallbackHealthCheck/HealthCheck",
-];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Policy {
@@ -42,15 +34,13 @@ enum Policy {
 }
 
 fn policy(path: &str) -> Policy {
-    if path.starts_with("/grpc.health.v1.")
-        || path.starts_with("/grpc.reflection.")
-        || OPEN_CALLBACKS.contains(&path)
-    {
-        Policy::Open
-    } else if path.starts_with(CALLBACK) || path.starts_with(CALLBACK_ALPHA) {
-        Policy::SidecarToken
-    } else {
-        Policy::Caller
+    if path.starts_with("/grpc.health.v1.") || path.starts_with("/grpc.reflection.") {
+        return Policy::Open;
+    }
+    match token::access(path) {
+        Some(Access::Open) => Policy::Open,
+        Some(Access::AppToken) => Policy::SidecarToken,
+        None => Policy::Caller,
     }
 }
 
@@ -156,9 +146,7 @@ impl AuthPolicy {
         match policy(path) {
             Policy::Open => Ok(()),
             Policy::SidecarToken if sidecar_token_ok() => Ok(()),
-            Policy::SidecarToken => Err(Status::unauthenticated(
-                "missing or wrong dapr-api-token: this callback is only for the app's Dapr sidecar",
-            )),
+            Policy::SidecarToken => Err(token::refused()),
             Policy::Caller if self.open_service || sidecar_token_ok() => Ok(()),
             Policy::Caller => match &self.api_key {
                 None => Err(Status::unauthenticated(
@@ -310,7 +298,11 @@ mod tests {
                     .check(TOPIC, &headers(&[("x-api-key", "s3cret")]))
                     .is_err()
             );
-            for path in OPEN_CALLBACKS {
+            for path in [
+                "/dapr.proto.runtime.v1.AppCallback/ListTopicSubscriptions",
+                "/dapr.proto.runtime.v1.AppCallback/ListInputBindings",
+                "/dapr.proto.runtime.v1.AppCallbackHealthCheck/HealthCheck",
+            ] {
                 assert!(guarded.check(path, &headers(&[])).is_ok(), "{path}");
             }
             assert!(

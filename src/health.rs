@@ -48,6 +48,18 @@ impl Readiness {
         self.ready.load(Ordering::Acquire)
     }
 
+    /// The answer to daprd's app health check (`--enable-app-health-check`): healthy while
+    /// ready. While unhealthy, daprd holds back topic events, bindings and jobs.
+    pub fn app_health(&self) -> Result<(), tonic::Status> {
+        if self.is_ready() {
+            Ok(())
+        } else {
+            Err(tonic::Status::unavailable(
+                "not ready: the Dapr sidecar is not answering (yet)",
+            ))
+        }
+    }
+
     /// Reports ready or not; once [`Readiness::close`] was called, never ready again.
     pub async fn set(&self, ready: bool) {
         let _one_at_a_time = self.changing.lock().await;

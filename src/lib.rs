@@ -4,14 +4,20 @@
 //! Data flows one way through the layers:
 //!
 //! ```text
-//! api/ (TaskService)      ─┐
-//! callback/ (AppCallback) ─┴─▶ service/ ──▶ domain/   (pure rules: Task, Title, status changes)
-//!                                  └──────▶ sidecar/  (the only code that talks to Dapr)
+//! api/ (TaskService) ◀── task routes ──┐
+//!    │                                 │
+//!    │     callback/ (AppCallback, via dapr-app)
+//!    │                                 │ events, dead letters
+//!    └───────────────▶ service/ ◀──────┘
+//!                        ├──▶ domain/   (pure rules: Task, Title, status changes)
+//!                        └──▶ sidecar/  (the only code that calls the sidecar)
 //! ```
 //!
-//! `domain` knows nothing of gRPC or Dapr; only `sidecar` uses the `dapr` crate; only `api`,
-//! `callback` and `notification` touch generated protobuf types or build a `tonic::Status`
-//! (through [`api::status`], the one place that maps errors to statuses).
+//! `domain` knows nothing of gRPC or Dapr. Only `sidecar` calls the Dapr sidecar. `callback`
+//! and `notification` answer daprd through the `dapr-app` crate, which implements the
+//! AppCallback interfaces. Errors of the use cases become a `tonic::Status` in one place,
+//! [`api::status`]; the edges that refuse a call before any use case runs (`auth`, `limits`, the
+//! codec in `proto`, routing in `callback`) build theirs where they refuse it.
 
 pub mod adopt;
 pub mod api;

@@ -12,11 +12,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dapr::dapr::proto::runtime::v1::{
-    GetMetadataResponse, app_callback_alpha_server::AppCallbackAlphaServer,
-    app_callback_health_check_server::AppCallbackHealthCheckServer,
-    app_callback_server::AppCallbackServer,
-};
+use dapr::dapr::proto::runtime::v1::GetMetadataResponse;
+use dapr_app::Callbacks;
 use tokio::{net::TcpListener, sync::watch};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
@@ -43,6 +40,9 @@ use crate::{
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// Failed probes in a row before the app reports itself not ready (within ~3 s).
 const PROBE_FAILURES: u32 = 2;
+/// How long shutdown waits for in-flight calls (a client holding a stream open would otherwise
+/// hold it forever); below Kubernetes' default 30 s grace period.
+const DRAIN_LIMIT: Duration = Duration::from_secs(20);
 /// How long background tasks get to end after the server stopped.
 const BACKGROUND_GRACE: Duration = Duration::from_secs(5);
 
@@ -175,6 +175,13 @@ impl Application {
         tracing::info!(app = name, address = ?listener.local_addr().ok(), "listening; waiting for the Dapr sidecar at {} (up to {sidecar_wait:?})", sidecar.endpoint());
 
         let (stop, stopped) = watch::channel(false);
+        let drain_limit = {
+            let stopped = stopped.clone();
+            async move {
+                until(stopped).await;
+                tokio::time::sleep(DRAIN_LIMIT).await;
+            }
+        };
         let (fatal_tx, fatal_rx) = tokio::sync::oneshot::channel::<StartupError>();
         let background = tokio::spawn({
             let readiness = readiness.clone();
@@ -225,14 +232,20 @@ impl Application {
                 let _ = stop.send(true);
             }
         };
-        let served = tonic::transport::Server::builder()
+        let serving = tonic::transport::Server::builder()
             .http2_max_header_list_size(limits::H2_MAX_HEADER_LIST_BYTES)
             .layer(RequestLogLayer)
             .layer(MetadataLimitLayer)
             .layer(AuthLayer(auth))
             .add_routes(with_reflection(routes, descriptors))
-            .serve_with_incoming_shutdown(incoming(listener), draining)
-            .await;
+            .serve_with_incoming_shutdown(incoming(listener), draining);
+        let served = tokio::select! {
+            served = serving => served,
+            () = drain_limit => {
+                tracing::warn!(app = name, "calls still open {DRAIN_LIMIT:?} after shutdown began; stopping without them");
+                Ok(())
+            }
+        };
         // The server is done; so are the background tasks, or they are stopped.
         let mut background = background;
         if tokio::time::timeout(BACKGROUND_GRACE, &mut background)
@@ -295,16 +308,15 @@ async fn task_api_parts(config: TaskApiConfig) -> Result<AppParts, StartupError>
     );
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let readiness = Readiness::new(reporter, &["task.v1.TaskService"]).await;
+    let api = TaskApi::new(tasks);
     let callbacks = TaskCallbacks::new(
-        tasks.clone(),
+        api.clone(),
         events,
         Subscriptions::new(&config, outbox.clone()),
         readiness.clone(),
     );
-    let routes = Routes::new(TaskServiceServer::new(TaskApi::new(tasks)))
-        .add_service(AppCallbackServer::new(callbacks.clone()))
-        .add_service(AppCallbackAlphaServer::new(callbacks.clone()))
-        .add_service(AppCallbackHealthCheckServer::new(callbacks))
+    let routes = Callbacks::new(callbacks)
+        .add_to(Routes::new(TaskServiceServer::new(api)))
         .add_service(health_service);
 
     let mut requirements = vec![

@@ -1,8 +1,10 @@
 //! Logging: one line per request outcome, carrying the W3C trace id of the call.
 //!
 //! The `traceparent` a request arrives with (daprd sets one on every call it makes, and direct
-//! callers may send their own) is kept for the duration of the request, so calls made to the
-//! sidecar while serving it carry it on and the sidecar's spans join the same trace.
+//! callers may send their own; a call without one gets a new one) is kept for the duration of
+//! the request, so calls made to the sidecar while serving it carry it on and the sidecar's
+//! spans join the same trace. Every line logged while serving it is inside a `request` span
+//! with the trace id, the method and the caller; the outcome line carries them itself.
 
 use std::{
     future::Future,
@@ -13,7 +15,8 @@ use std::{
 
 use http::{HeaderValue, Request, Response};
 use tower::{Layer, Service};
-use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+use tracing::{Instrument, Subscriber};
+use tracing_subscriber::{EnvFilter, fmt, fmt::MakeWriter, prelude::*};
 
 use crate::config::LogFormat;
 
@@ -32,23 +35,42 @@ pub fn current_trace_id() -> Option<String> {
     trace_id(traceparent.to_str().ok()?).map(str::to_string)
 }
 
-/// Installs the global subscriber. `RUST_LOG` filters (default `info`).
-pub fn init(format: LogFormat) {
+/// The apps' subscriber, writing to `writer`. `RUST_LOG` filters (default `info`).
+pub fn subscriber<W>(format: LogFormat, writer: W) -> Box<dyn Subscriber + Send + Sync>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let registry = tracing_subscriber::registry().with(filter);
-    let installed = match format {
-        LogFormat::Json => registry
-            .with(
+    match format {
+        LogFormat::Json => Box::new(
+            registry.with(
                 fmt::layer()
                     .json()
                     .flatten_event(true)
-                    .with_current_span(false),
-            )
-            .try_init(),
-        LogFormat::Text => registry.with(fmt::layer()).try_init(),
-    };
+                    // The request span's fields (trace id, method, caller) on every line.
+                    .with_current_span(true)
+                    .with_span_list(false)
+                    .with_writer(writer),
+            ),
+        ),
+        LogFormat::Text => Box::new(registry.with(fmt::layer().with_writer(writer))),
+    }
+}
+
+/// Installs the apps' subscriber on stdout.
+pub fn init(format: LogFormat) {
     // A second init (tests start several apps in one process) keeps the first subscriber.
-    drop(installed);
+    let _ = tracing::subscriber::set_global_default(subscriber(format, std::io::stdout));
+}
+
+/// `future` with the current request's trace context and span, for work spawned while serving
+/// it.
+pub fn in_this_request<F: Future>(future: F) -> impl Future<Output = F::Output> {
+    TRACEPARENT.scope(
+        current_traceparent(),
+        future.instrument(tracing::Span::current()),
+    )
 }
 
 /// The trace id of a `traceparent` header (`00-<trace id>-<span id>-<flags>`).
@@ -113,15 +135,24 @@ where
             .get("dapr-caller-app-id")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
+        let trace_id = traceparent
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .and_then(trace_id)
+            .unwrap_or("-")
+            .to_string();
+        // At error level so that the span, and with it the trace id on every line logged inside
+        // it, is there whatever level the filter lets through.
+        let span = tracing::error_span!(
+            "request",
+            trace_id = %trace_id,
+            grpc.method = %method,
+            caller = caller.as_deref().unwrap_or("-"),
+        );
+        span.in_scope(|| tracing::debug!("request started"));
         let started = Instant::now();
-        Box::pin(TRACEPARENT.scope(traceparent.clone(), async move {
-            let result = inner.call(request).await;
-            let trace_id = traceparent
-                .as_ref()
-                .and_then(|v| v.to_str().ok())
-                .and_then(trace_id)
-                .unwrap_or("-")
-                .to_string();
+        Box::pin(TRACEPARENT.scope(traceparent, async move {
+            let result = inner.call(request).instrument(span).await;
             let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
             let caller = caller.as_deref().unwrap_or("-");
             match &result {
@@ -188,6 +219,79 @@ fn log_outcome(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Log output kept in memory.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'w> MakeWriter<'w> for Captured {
+        type Writer = Captured;
+        fn make_writer(&'w self) -> Self::Writer {
+            self.clone()
+        }
+    }
+
+    /// Every line logged while serving a request carries its trace id, also from work spawned
+    /// for it; and calls made for it see its traceparent.
+    #[tokio::test]
+    async fn lines_inside_a_request_carry_its_trace_id() {
+        let captured = Captured::default();
+        let _default =
+            tracing::subscriber::set_default(subscriber(LogFormat::Json, captured.clone()));
+        let inner = tower::service_fn(|_: Request<()>| async {
+            tracing::warn!("inside");
+            let seen = tokio::spawn(in_this_request(async {
+                tracing::warn!("spawned");
+                current_trace_id()
+            }))
+            .await
+            .unwrap();
+            assert_eq!(seen.as_deref(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+            Ok::<_, std::convert::Infallible>(Response::new(()))
+        });
+        let mut service = RequestLogLayer.layer(inner);
+        let request = Request::builder()
+            .uri("/task.v1.TaskService/GetTask")
+            .header(
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            )
+            .body(())
+            .unwrap();
+        service.call(request).await.unwrap();
+        let output = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<serde_json::Value> = output
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        let trace_of = |message: &str| {
+            let line = lines
+                .iter()
+                .find(|l| l["message"] == message)
+                .unwrap_or_else(|| panic!("no line {message:?} in {output}"));
+            line["span"]["trace_id"]
+                .as_str()
+                .or(line["trace_id"].as_str())
+                .map(str::to_string)
+        };
+        for message in ["inside", "spawned", "request"] {
+            assert_eq!(
+                trace_of(message).as_deref(),
+                Some("4bf92f3577b34da6a3ce929d0e0e4736"),
+                "{message}: {output}"
+            );
+        }
+    }
 
     #[test]
     fn new_trace_contexts_are_valid() {

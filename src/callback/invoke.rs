@@ -1,186 +1,177 @@
 //! Service invocation into task-api (`OnInvoke`): the task operations for other Dapr apps.
 //!
-//! HTTP callers (`/v1.0/invoke/task-api/method/<path>` on their sidecar) send JSON; the verb
-//! comes in `http_extension`:
+//! HTTP callers (`/v1.0/invoke/task-api/method/<path>` on their sidecar) send and get JSON:
 //!
-//! | Verb and method | Does |
+//! | Verb and path | Does |
 //! |---|---|
 //! | `POST tasks` | create: `{"title", "description"?, "priority"?, "request_id"?}` |
 //! | `GET tasks?status=&priority=&page_size=&page_token=` | list: `{"tasks": [...], "next_page_token"}` |
 //! | `GET tasks/<id>` | get |
 //! | `PATCH`/`PUT tasks/<id>` | update: `{"title"?, "description"?, "priority"?, "etag"?}` |
-//! | `PUT tasks/<id>/status?status=<s>` (or body `{"status", "etag"?}`) | change status |
+//! | `PUT`/`POST`/`PATCH tasks/<id>/status?status=<s>` (or body `{"status", "etag"?}`) | change status |
 //! | `DELETE tasks/<id>?etag=` | delete |
 //! | `GET dead-letters` | events task-api could never handle: summaries, the first 512 bytes of each payload |
 //! | `GET dead-letters/<event id>` | one of them, with its payload (the first 64 KiB) |
 //! | `POST dead-letters/replay` | handle them again; those handled now are removed |
 //!
 //! A write's ETag may come in the body (`etag`), as `If-Match`, or as `?etag=`; given in several
-//! places, the values must agree. Without one a write applies to the current version. gRPC callers (`InvokeService` without an
-//! HTTP verb) use the TaskService method names with protobuf payloads: method `CreateTask` with
-//! `Any(task.v1.CreateTaskRequest)` answers `Any(task.v1.Task)`, and so on.
+//! places, the values must agree. Without one a write applies to the current version.
 //!
-//! Errors are gRPC statuses, which daprd turns into 400, 404, 409, 503 for HTTP callers.
+//! gRPC-style callers (`InvokeService` without an HTTP verb) use the TaskService method names
+//! with protobuf payloads: method `CreateTask` with `Any(task.v1.CreateTaskRequest)` answers
+//! `Any(task.v1.Task)`, and so on.
+//!
+//! Both are a translation only: every task operation is the TaskService handler itself, so the
+//! rules, errors and codes are those of TaskService. Errors are gRPC statuses, which daprd turns
+//! into 400, 404, 409, 501, 503 for HTTP callers.
 
-use dapr::dapr::proto::common::v1::{InvokeRequest, InvokeResponse, http_extension::Verb};
+use dapr_app::{Invocation, Reply, Verb};
 use prost::Message;
 use serde::{Deserialize, Serialize};
-use tonic::{Code, Status, metadata::MetadataMap};
+use tonic::{Request, Status};
 
 use crate::{
-    api::{
-        convert,
-        status::{internal, invalid},
-    },
-    domain::text::{echo, excerpt},
+    api::{TaskApi, convert, status::invalid},
     domain::{
-        NewTask, Priority, RequestId, Task, TaskChanges, TaskStatus, Versioned, Violations, time,
+        TaskStatus, Violations,
+        text::{echo, excerpt},
+        time,
     },
-    percent::query_pairs,
-    proto::task::v1 as pb,
-    service::{EventHandler, ListQuery, Tasks},
+    percent::{self, query_pairs},
+    proto::task::v1::{self as pb, task_service_server::TaskService},
+    service::EventHandler,
 };
 
-const JSON: &str = "application/json";
-const TYPE_PREFIX: &str = "type.googleapis.com/";
+/// What an HTTP invocation asks for, parsed once from its verb and path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Route {
+    CreateTask,
+    ListTasks,
+    GetTask(String),
+    UpdateTask(String),
+    ChangeStatus(String),
+    DeleteTask(String),
+    DeadLetters,
+    DeadLetter(String),
+    ReplayDeadLetters,
+}
+
+impl Route {
+    /// NOT_FOUND for a path task-api does not serve, UNIMPLEMENTED for a verb the path does not
+    /// take (daprd answers HTTP callers 404 and 501).
+    fn parse(verb: Verb, method: &str) -> Result<Self, Status> {
+        let segments: Vec<&str> = method.trim_matches('/').split('/').collect();
+        let id = |segment: &str| percent::decode(segment);
+        let route = match (segments.as_slice(), verb) {
+            (["tasks"], Verb::Post) => Route::CreateTask,
+            (["tasks"], Verb::Get) => Route::ListTasks,
+            (["tasks", task], Verb::Get) => Route::GetTask(id(task)),
+            (["tasks", task], Verb::Patch | Verb::Put) => Route::UpdateTask(id(task)),
+            (["tasks", task], Verb::Delete) => Route::DeleteTask(id(task)),
+            (["tasks", task, "status"], Verb::Put | Verb::Post | Verb::Patch) => {
+                Route::ChangeStatus(id(task))
+            }
+            (["dead-letters"], Verb::Get) => Route::DeadLetters,
+            (["dead-letters", "replay"], Verb::Post) => Route::ReplayDeadLetters,
+            (["dead-letters", letter], Verb::Get) if *letter != "replay" => {
+                Route::DeadLetter(id(letter))
+            }
+            (["tasks"] | ["tasks", _] | ["tasks", _, "status"] | ["dead-letters", ..], _) => {
+                return Err(Status::unimplemented(format!(
+                    "method {} does not take {}",
+                    echo(method),
+                    verb.as_str()
+                )));
+            }
+            _ => {
+                return Err(Status::not_found(format!(
+                    "task-api has no method {} (verb {}); see the README for the invocation routes",
+                    echo(method),
+                    verb.as_str()
+                )));
+            }
+        };
+        Ok(route)
+    }
+}
 
 /// Routes one invocation.
 pub async fn on_invoke(
-    tasks: &Tasks,
+    api: &TaskApi,
     events: &EventHandler,
-    metadata: &MetadataMap,
-    request: InvokeRequest,
-) -> Result<InvokeResponse, Status> {
-    let verb = request
-        .http_extension
-        .as_ref()
-        .and_then(|ext| Verb::try_from(ext.verb).ok())
-        .unwrap_or(Verb::None);
-    if verb == Verb::None {
-        return rpc(tasks, &request).await;
-    }
-    let query = request
-        .http_extension
-        .as_ref()
-        .map(|ext| query_pairs(&ext.querystring))
-        .unwrap_or_default();
-    let body = request
-        .data
-        .as_ref()
-        .map(|any| any.value.as_slice())
-        .unwrap_or_default();
-    let if_match = if_match(metadata)?;
-    let etag_query = param(&query, "etag");
+    call: Invocation,
+) -> Result<Reply, Status> {
+    let Some(verb) = call.verb else {
+        return rpc(api, &call).await;
+    };
+    let route = Route::parse(verb, &call.method)?;
+    let query = query_pairs(&call.query);
+    let body = call.data.as_slice();
     // The ETag a write is conditioned on; see `precondition`.
-    let condition = |in_body: Option<String>| {
-        precondition([
+    let condition = |in_body: Option<String>| -> Result<String, Status> {
+        let if_match = if_match(&call)?;
+        Ok(precondition([
             ("etag", in_body.as_deref()),
             ("If-Match", if_match.as_deref()),
-            ("?etag=", etag_query),
-        ])
+            ("?etag=", param(&query, "etag")),
+        ])?
+        .unwrap_or_default())
     };
-    let segments: Vec<&str> = request.method.trim_matches('/').split('/').collect();
-    let not_allowed = || {
-        Status::unimplemented(format!(
-            "method {} does not support {}",
-            echo(&request.method),
-            verb.as_str_name()
-        ))
-    };
-
-    match segments.as_slice() {
-        ["tasks"] => match verb {
-            Verb::Post => {
-                let body: CreateBody = json_body(body)?;
-                let new = NewTask::parse(&body.title, body.description.as_deref(), body.priority)
-                    .map_err(|v| invalid(&v))?;
-                let request_id = RequestId::parse(body.request_id.as_deref().unwrap_or(""))
-                    .map_err(|v| invalid(&v.into()))?;
-                json_response(&TaskJson::from(
-                    &tasks.create(new, request_id.as_ref()).await?,
-                ))
-            }
-            Verb::Get => {
-                let status = match param(&query, "status") {
-                    Some(text) => Some(
-                        text.parse::<TaskStatus>()
-                            .map_err(|e| invalid(&Violations::single("status", e.to_string())))?,
-                    ),
-                    None => None,
-                };
-                let priority = match param(&query, "priority") {
-                    Some(text) => Some(
-                        text.parse::<i64>()
-                            .map_err(|_| {
-                                Violations::single(
-                                    "priority",
-                                    format!("{} is not a number", echo(text)),
-                                )
-                            })
-                            .and_then(|p| Priority::parse(p).map_err(Violations::from))
-                            .map_err(|v| invalid(&v))?,
-                    ),
-                    None => None,
-                };
-                let page_size = match param(&query, "page_size") {
-                    Some(text) => text.parse::<i64>().map_err(|_| {
-                        invalid(&Violations::single(
-                            "page_size",
-                            format!("{} is not a number", echo(text)),
-                        ))
-                    })?,
-                    None => 0,
-                };
-                let list = ListQuery::parse(
-                    status,
-                    priority,
-                    page_size,
-                    param(&query, "page_token").unwrap_or(""),
-                )
-                .map_err(|v| invalid(&v))?;
-                let page = tasks.list(&list).await?;
-                json_response(&ListJson {
-                    tasks: page.tasks.iter().map(TaskJson::from).collect(),
-                    next_page_token: page.next_page_token.map(|t| t.encode()).unwrap_or_default(),
-                })
-            }
-            _ => Err(not_allowed()),
-        },
-        ["tasks", id] => {
-            let id = convert::task_id(&percent_id(id)).map_err(|v| invalid(&v))?;
-            match verb {
-                Verb::Get => json_response(&TaskJson::from(&tasks.get(&id).await?)),
-                Verb::Patch | Verb::Put => {
-                    let body: UpdateBody = json_body(body)?;
-                    let changes = TaskChanges::parse(
-                        body.title.as_deref(),
-                        body.description.as_deref(),
-                        body.priority,
-                    )
-                    .map_err(|v| invalid(&v))?;
-                    if changes.is_empty() {
-                        return Err(invalid(&Violations::single(
-                            "title",
-                            "nothing to update: set at least one of title, description, priority",
-                        )));
-                    }
-                    let etag = condition(body.etag)?;
-                    let task = tasks.update(&id, &changes, etag.as_deref()).await?;
-                    json_response(&TaskJson::from(&task))
-                }
-                Verb::Delete => {
-                    let etag = condition(None)?;
-                    tasks.delete(&id, etag.as_deref()).await?;
-                    json_response(&serde_json::json!({}))
-                }
-                _ => Err(not_allowed()),
-            }
+    match route {
+        Route::CreateTask => {
+            let body: CreateBody = json_body(body)?;
+            let request = pb::CreateTaskRequest {
+                title: body.title,
+                description: body.description,
+                priority: body.priority.map(priority).transpose()?,
+                request_id: body.request_id.unwrap_or_default(),
+            };
+            task_reply(api.create_task(Request::new(request)).await?.into_inner())
         }
-        ["tasks", id, "status"] => {
-            let id = convert::task_id(&percent_id(id)).map_err(|v| invalid(&v))?;
-            if !matches!(verb, Verb::Put | Verb::Post | Verb::Patch) {
-                return Err(not_allowed());
-            }
+        Route::ListTasks => {
+            let request = pb::ListTasksRequest {
+                status: match param(&query, "status") {
+                    Some(text) => convert::status(status(text)?) as i32,
+                    None => pb::TaskStatus::Unspecified as i32,
+                },
+                priority: param(&query, "priority")
+                    .map(|text| number("priority", text).and_then(priority))
+                    .transpose()?,
+                page_size: param(&query, "page_size")
+                    .map(|text| {
+                        number("page_size", text).and_then(|n| {
+                            i32::try_from(n).map_err(|_| {
+                                invalid(&Violations::single("page_size", "is out of range"))
+                            })
+                        })
+                    })
+                    .transpose()?
+                    .unwrap_or(0),
+                page_token: param(&query, "page_token").unwrap_or("").to_string(),
+            };
+            let page = api.list_tasks(Request::new(request)).await?.into_inner();
+            json_reply(&ListJson {
+                tasks: page.tasks.iter().map(TaskJson::from).collect(),
+                next_page_token: page.next_page_token,
+            })
+        }
+        Route::GetTask(id) => task_reply(
+            api.get_task(Request::new(pb::GetTaskRequest { id }))
+                .await?
+                .into_inner(),
+        ),
+        Route::UpdateTask(id) => {
+            let body: UpdateBody = json_body(body)?;
+            let request = pb::UpdateTaskRequest {
+                id,
+                title: body.title,
+                description: body.description,
+                priority: body.priority.map(priority).transpose()?,
+                etag: condition(body.etag)?,
+            };
+            task_reply(api.update_task(Request::new(request)).await?.into_inner())
+        }
+        Route::ChangeStatus(id) => {
             let body: StatusBody = if body.is_empty() {
                 StatusBody::default()
             } else {
@@ -195,91 +186,79 @@ pub async fn on_invoke(
                         "is required: pending, in_progress or completed",
                     ))
                 })?;
-            let status = text
-                .parse::<TaskStatus>()
-                .map_err(|e| invalid(&Violations::single("status", e.to_string())))?;
-            let etag = condition(body.etag)?;
-            let task = tasks.change_status(&id, status, etag.as_deref()).await?;
-            json_response(&TaskJson::from(&task))
+            let request = pb::UpdateTaskStatusRequest {
+                id,
+                status: convert::status(status(&text)?) as i32,
+                etag: condition(body.etag)?,
+            };
+            task_reply(
+                api.update_task_status(Request::new(request))
+                    .await?
+                    .into_inner(),
+            )
         }
-        ["dead-letters"] if verb == Verb::Get => json_response(&events.dead_letters().await?),
-        ["dead-letters", "replay"] if verb == Verb::Get => Err(not_allowed()),
-        ["dead-letters", id] if verb == Verb::Get => {
-            match events.dead_letter(&percent_id(id)).await? {
-                Some(letter) => json_response(&letter),
-                None => Err(Status::not_found(format!(
-                    "no dead letter has id {}",
-                    echo(&percent_id(id))
-                ))),
-            }
+        Route::DeleteTask(id) => {
+            let request = pb::DeleteTaskRequest {
+                id,
+                etag: condition(None)?,
+            };
+            api.delete_task(Request::new(request)).await?;
+            json_reply(&serde_json::json!({}))
         }
-        ["dead-letters", "replay"] if verb == Verb::Post => {
-            json_response(&events.replay_dead_letters().await?)
-        }
-        _ => Err(Status::not_found(format!(
-            "task-api has no method {} (verb {}); see the README for the invocation routes",
-            echo(&request.method),
-            verb.as_str_name()
-        ))),
+        Route::DeadLetters => json_reply(&events.dead_letters().await?),
+        Route::DeadLetter(id) => match events.dead_letter(&id).await? {
+            Some(letter) => json_reply(&letter),
+            None => Err(Status::not_found(format!(
+                "no dead letter has id {}",
+                echo(&id)
+            ))),
+        },
+        Route::ReplayDeadLetters => json_reply(&events.replay_dead_letters().await?),
     }
 }
 
-/// gRPC-style invocation: TaskService method names with protobuf payloads.
-async fn rpc(tasks: &Tasks, request: &InvokeRequest) -> Result<InvokeResponse, Status> {
-    let any = request.data.clone().unwrap_or_default();
-    match request.method.as_str() {
+/// gRPC-style invocation: the TaskService method of that name, with its protobuf messages.
+async fn rpc(api: &TaskApi, call: &Invocation) -> Result<Reply, Status> {
+    match call.method.as_str() {
         "CreateTask" => {
-            let message: pb::CreateTaskRequest = decode(&any, "task.v1.CreateTaskRequest")?;
-            let (new, request_id) = convert::new_task(&message).map_err(|v| invalid(&v))?;
-            proto_response(
-                &convert::task(&tasks.create(new, request_id.as_ref()).await?),
+            let request = decode(call, "task.v1.CreateTaskRequest")?;
+            proto_reply(api.create_task(request).await?.get_ref(), "task.v1.Task")
+        }
+        "GetTask" => {
+            let request = decode(call, "task.v1.GetTaskRequest")?;
+            proto_reply(api.get_task(request).await?.get_ref(), "task.v1.Task")
+        }
+        "ListTasks" => {
+            let request = decode(call, "task.v1.ListTasksRequest")?;
+            proto_reply(
+                api.list_tasks(request).await?.get_ref(),
+                "task.v1.ListTasksResponse",
+            )
+        }
+        "UpdateTask" => {
+            let request = decode(call, "task.v1.UpdateTaskRequest")?;
+            proto_reply(api.update_task(request).await?.get_ref(), "task.v1.Task")
+        }
+        "UpdateTaskStatus" => {
+            let request = decode(call, "task.v1.UpdateTaskStatusRequest")?;
+            proto_reply(
+                api.update_task_status(request).await?.get_ref(),
                 "task.v1.Task",
             )
         }
-        "GetTask" => {
-            let message: pb::GetTaskRequest = decode(&any, "task.v1.GetTaskRequest")?;
-            let id = convert::task_id(&message.id).map_err(|v| invalid(&v))?;
-            proto_response(&convert::task(&tasks.get(&id).await?), "task.v1.Task")
-        }
-        "ListTasks" => {
-            let message: pb::ListTasksRequest = decode(&any, "task.v1.ListTasksRequest")?;
-            let query = convert::list_query(&message).map_err(|v| invalid(&v))?;
-            let page = tasks.list(&query).await?;
-            let response = pb::ListTasksResponse {
-                tasks: page.tasks.iter().map(convert::task).collect(),
-                next_page_token: page.next_page_token.map(|t| t.encode()).unwrap_or_default(),
-            };
-            proto_response(&response, "task.v1.ListTasksResponse")
-        }
-        "UpdateTask" => {
-            let message: pb::UpdateTaskRequest = decode(&any, "task.v1.UpdateTaskRequest")?;
-            let (id, changes) = convert::changes(&message).map_err(|v| invalid(&v))?;
-            let task = tasks
-                .update(&id, &changes, convert::etag(&message.etag))
-                .await?;
-            proto_response(&convert::task(&task), "task.v1.Task")
-        }
-        "UpdateTaskStatus" => {
-            let message: pb::UpdateTaskStatusRequest =
-                decode(&any, "task.v1.UpdateTaskStatusRequest")?;
-            let id = convert::task_id(&message.id).map_err(|v| invalid(&v))?;
-            let status = convert::target_status(message.status).map_err(|v| invalid(&v))?;
-            let task = tasks
-                .change_status(&id, status, convert::etag(&message.etag))
-                .await?;
-            proto_response(&convert::task(&task), "task.v1.Task")
-        }
         "DeleteTask" => {
-            let message: pb::DeleteTaskRequest = decode(&any, "task.v1.DeleteTaskRequest")?;
-            let id = convert::task_id(&message.id).map_err(|v| invalid(&v))?;
-            tasks.delete(&id, convert::etag(&message.etag)).await?;
-            proto_response(&pb::DeleteTaskResponse {}, "task.v1.DeleteTaskResponse")
+            let request = decode(call, "task.v1.DeleteTaskRequest")?;
+            proto_reply(
+                api.delete_task(request).await?.get_ref(),
+                "task.v1.DeleteTaskResponse",
+            )
         }
         other => Err(Status::new(
-            if other.starts_with("tasks") || other == "dead-letters" {
-                Code::InvalidArgument
+            // A route sent without its HTTP verb is a mistake of the caller's, not a typo.
+            if other.starts_with("tasks") || other.starts_with("dead-letters") {
+                tonic::Code::InvalidArgument
             } else {
-                Code::NotFound
+                tonic::Code::NotFound
             },
             format!(
                 "task-api has no gRPC-style method {}: use CreateTask, GetTask, ListTasks, UpdateTask, UpdateTaskStatus or DeleteTask, or call the HTTP routes with an HTTP verb",
@@ -289,30 +268,30 @@ async fn rpc(tasks: &Tasks, request: &InvokeRequest) -> Result<InvokeResponse, S
     }
 }
 
-fn decode<M: Message + Default>(any: &prost_types::Any, name: &str) -> Result<M, Status> {
-    let type_name = any.type_url.rsplit('/').next().unwrap_or("");
+/// The invocation's payload as the request message `name`, carrying the caller's metadata.
+fn decode<M: Message + Default>(call: &Invocation, name: &str) -> Result<Request<M>, Status> {
+    let type_name = call.type_url.rsplit('/').next().unwrap_or("");
     if !type_name.is_empty() && type_name != name {
         return Err(Status::invalid_argument(format!(
             "expected a {name} payload, got {}",
             echo(type_name)
         )));
     }
-    M::decode(any.value.as_slice()).map_err(|e| {
+    let message = M::decode(call.data.as_slice()).map_err(|e| {
         Status::invalid_argument(format!(
             "the payload is not a valid {name}: {}",
             excerpt(&e.to_string(), 200)
         ))
-    })
+    })?;
+    Ok(Request::from_parts(
+        call.metadata.clone(),
+        Default::default(),
+        message,
+    ))
 }
 
-fn proto_response<M: Message>(message: &M, name: &str) -> Result<InvokeResponse, Status> {
-    Ok(InvokeResponse {
-        data: Some(prost_types::Any {
-            type_url: format!("{TYPE_PREFIX}{name}"),
-            value: message.encode_to_vec(),
-        }),
-        content_type: "application/x-protobuf".into(),
-    })
+fn proto_reply<M: Message>(message: &M, name: &str) -> Result<Reply, Status> {
+    Ok(Reply::proto(name, message.encode_to_vec()))
 }
 
 fn json_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Status> {
@@ -324,35 +303,60 @@ fn json_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Status> {
     })
 }
 
-/// A JSON answer. The Any carries no type URL, so daprd hands HTTP callers the bytes as
-/// `application/json` (with a type URL they would get `application/x-protobuf`).
-fn json_response<T: Serialize>(value: &T) -> Result<InvokeResponse, Status> {
-    let bytes = serde_json::to_vec(value).map_err(|e| internal(&e))?;
-    Ok(InvokeResponse {
-        data: Some(prost_types::Any {
-            type_url: String::new(),
-            value: bytes,
-        }),
-        content_type: JSON.into(),
+/// The one JSON answer builder of the HTTP routes.
+fn json_reply<T: Serialize>(value: &T) -> Result<Reply, Status> {
+    let body = serde_json::to_vec(value).map_err(|e| crate::api::status::internal(&e))?;
+    Ok(Reply::json(body))
+}
+
+fn task_reply(task: pb::Task) -> Result<Reply, Status> {
+    json_reply(&TaskJson::from(&task))
+}
+
+fn param<'a>(query: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    query
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+        .filter(|v| !v.is_empty())
+}
+
+fn number(field: &'static str, text: &str) -> Result<i64, Status> {
+    text.parse::<i64>().map_err(|_| {
+        invalid(&Violations::single(
+            field,
+            format!("{} is not a number", echo(text)),
+        ))
     })
 }
 
-/// The `If-Match` header of an HTTP caller. daprd renames standard HTTP headers for gRPC apps
-/// (`If-Match` arrives as `dapr-if-match`); a gRPC caller may send `if-match` itself. A weak
+/// A priority from JSON or a query: TaskService's rules apply once it is in range of the field.
+fn priority(value: i64) -> Result<i32, Status> {
+    i32::try_from(value).map_err(|_| {
+        invalid(&Violations::single(
+            "priority",
+            format!("must be between 1 and 5, got {value}"),
+        ))
+    })
+}
+
+fn status(text: &str) -> Result<TaskStatus, Status> {
+    text.parse::<TaskStatus>()
+        .map_err(|e| invalid(&Violations::single("status", e.to_string())))
+}
+
+/// The `If-Match` header of an HTTP caller (daprd hands it over as `dapr-if-match`). A weak
 /// validator (`W/"2"`) is taken as its ETag; `*` (any current version) conditions nothing.
-fn if_match(metadata: &MetadataMap) -> Result<Option<String>, Status> {
-    let Some(value) = metadata
-        .get("dapr-if-match")
-        .or_else(|| metadata.get("if-match"))
-    else {
+fn if_match(call: &Invocation) -> Result<Option<String>, Status> {
+    let Some(value) = call.http_header("if-match") else {
+        if call.metadata.contains_key("dapr-if-match") || call.metadata.contains_key("if-match") {
+            return Err(invalid(&Violations::single(
+                "If-Match",
+                "must be an ETag such as \"3\"",
+            )));
+        }
         return Ok(None);
     };
-    let value = value.to_str().map_err(|_| {
-        invalid(&Violations::single(
-            "If-Match",
-            "must be an ETag such as \"3\"",
-        ))
-    })?;
     let value = value.trim();
     if value == "*" {
         return Ok(None);
@@ -392,18 +396,6 @@ fn precondition<const N: usize>(
     Ok(found.map(|(_, value)| value.to_string()))
 }
 
-fn param<'a>(query: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    query
-        .iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, v)| v.as_str())
-        .filter(|v| !v.is_empty())
-}
-
-fn percent_id(segment: &str) -> String {
-    crate::percent::decode(segment)
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CreateBody {
@@ -429,62 +421,98 @@ struct StatusBody {
     etag: Option<String>,
 }
 
-/// A task as JSON: the original's response shape plus its ETag.
+/// A task as HTTP callers get it: the original's response shape plus its ETag.
 #[derive(Serialize)]
-struct TaskJson {
-    id: String,
-    title: String,
-    description: Option<String>,
+struct TaskJson<'a> {
+    id: &'a str,
+    title: &'a str,
+    description: Option<&'a str>,
     status: &'static str,
-    priority: u8,
+    priority: i32,
     created_at: String,
     updated_at: String,
-    etag: String,
+    etag: &'a str,
 }
 
-impl From<&Versioned<Task>> for TaskJson {
-    fn from(task: &Versioned<Task>) -> Self {
-        let t = &task.value;
+impl<'a> From<&'a pb::Task> for TaskJson<'a> {
+    fn from(task: &'a pb::Task) -> Self {
+        let at = |timestamp: Option<&prost_types::Timestamp>| {
+            timestamp
+                .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
+                .map(time::format)
+                .unwrap_or_default()
+        };
+        let status = convert::status_from("status", task.status)
+            .ok()
+            .flatten()
+            .map_or("", TaskStatus::as_str);
         Self {
-            id: t.id.to_string(),
-            title: t.title.as_str().to_string(),
-            description: t.description.as_ref().map(|d| d.as_str().to_string()),
-            status: t.status.as_str(),
-            priority: t.priority.value(),
-            created_at: time::format(t.created_at),
-            updated_at: time::format(t.updated_at),
-            etag: task.etag.clone(),
+            id: &task.id,
+            title: &task.title,
+            description: task.description.as_deref(),
+            status,
+            priority: task.priority,
+            created_at: at(task.created_at.as_ref()),
+            updated_at: at(task.updated_at.as_ref()),
+            etag: &task.etag,
         }
     }
 }
 
 #[derive(Serialize)]
-struct ListJson {
-    tasks: Vec<TaskJson>,
+struct ListJson<'a> {
+    tasks: Vec<TaskJson<'a>>,
     next_page_token: String,
 }
 
 #[cfg(test)]
 mod tests {
+    use tonic::{Code, metadata::MetadataMap};
+
     use super::*;
 
-    fn headers(pairs: &[(&'static str, &'static str)]) -> MetadataMap {
+    #[test]
+    fn routes_are_parsed_once_by_verb_and_path() {
+        use Route::*;
+        let ok = |verb, method| Route::parse(verb, method).unwrap();
+        assert_eq!(ok(Verb::Post, "tasks"), CreateTask);
+        assert_eq!(ok(Verb::Get, "/tasks/"), ListTasks);
+        assert_eq!(ok(Verb::Get, "tasks/a%2Fb"), GetTask("a/b".into()));
+        assert_eq!(ok(Verb::Patch, "tasks/1"), UpdateTask("1".into()));
+        assert_eq!(ok(Verb::Put, "tasks/1"), UpdateTask("1".into()));
+        assert_eq!(ok(Verb::Delete, "tasks/1"), DeleteTask("1".into()));
+        assert_eq!(ok(Verb::Put, "tasks/1/status"), ChangeStatus("1".into()));
+        assert_eq!(ok(Verb::Get, "dead-letters"), DeadLetters);
+        assert_eq!(ok(Verb::Get, "dead-letters/e1"), DeadLetter("e1".into()));
+        assert_eq!(ok(Verb::Post, "dead-letters/replay"), ReplayDeadLetters);
+        let code = |verb, method| Route::parse(verb, method).unwrap_err().code();
+        assert_eq!(code(Verb::Post, "tasks/1"), Code::Unimplemented);
+        assert_eq!(code(Verb::Get, "tasks/1/status"), Code::Unimplemented);
+        assert_eq!(code(Verb::Get, "dead-letters/replay"), Code::Unimplemented);
+        assert_eq!(code(Verb::Get, "reports"), Code::NotFound);
+        assert_eq!(code(Verb::Get, "tasks/1/history"), Code::NotFound);
+    }
+
+    fn call(headers: &[(&'static str, &'static str)]) -> Invocation {
         let mut metadata = MetadataMap::new();
-        for (name, value) in pairs {
+        for (name, value) in headers {
             metadata.insert(*name, value.parse().unwrap());
         }
-        metadata
+        Invocation {
+            metadata,
+            ..Default::default()
+        }
     }
 
     #[test]
     fn if_match_is_read_as_daprd_forwards_it() {
-        let read = |pairs| if_match(&headers(pairs)).unwrap();
+        let read = |headers| if_match(&call(headers)).unwrap();
         assert_eq!(read(&[("dapr-if-match", "\"3\"")]).as_deref(), Some("3"));
         assert_eq!(read(&[("if-match", "3")]).as_deref(), Some("3"));
         assert_eq!(read(&[("dapr-if-match", "W/\"4\"")]).as_deref(), Some("4"));
         assert_eq!(read(&[("dapr-if-match", "*")]), None);
         assert_eq!(read(&[]), None);
-        let several = if_match(&headers(&[("dapr-if-match", "\"1\", \"2\"")])).unwrap_err();
+        let several = if_match(&call(&[("dapr-if-match", "\"1\", \"2\"")])).unwrap_err();
         assert_eq!(several.code(), Code::InvalidArgument);
     }
 
@@ -507,5 +535,36 @@ mod tests {
         let error = precondition([("etag", Some("2")), ("If-Match", Some("3"))]).unwrap_err();
         assert_eq!(error.code(), Code::InvalidArgument);
         assert!(error.message().contains("If-Match"), "{}", error.message());
+    }
+
+    #[test]
+    fn tasks_keep_the_originals_json_shape() {
+        let task = pb::Task {
+            id: "t1".into(),
+            title: "Learn Dapr".into(),
+            description: None,
+            status: pb::TaskStatus::InProgress as i32,
+            priority: 2,
+            created_at: Some(prost_types::Timestamp {
+                seconds: 1_736_937_000,
+                nanos: 0,
+            }),
+            updated_at: Some(prost_types::Timestamp {
+                seconds: 1_736_937_000,
+                nanos: 5_000,
+            }),
+            etag: "3".into(),
+        };
+        let json = serde_json::to_value(TaskJson::from(&task)).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "id": "t1", "title": "Learn Dapr", "description": null,
+                "status": "in_progress", "priority": 2,
+                "created_at": "2025-01-15T10:30:00.000000Z",
+                "updated_at": "2025-01-15T10:30:00.000005Z",
+                "etag": "3"
+            })
+        );
     }
 }

@@ -6,11 +6,7 @@
 mod api;
 mod callbacks;
 
-use dapr::dapr::proto::runtime::v1::{
-    app_callback_alpha_server::AppCallbackAlphaServer,
-    app_callback_health_check_server::AppCallbackHealthCheckServer,
-    app_callback_server::AppCallbackServer,
-};
+use dapr_app::Callbacks;
 use tonic::service::Routes;
 
 use crate::{
@@ -36,13 +32,11 @@ pub async fn build(config: NotificationConfig) -> Result<Application, StartupErr
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let readiness = Readiness::new(reporter, &["notification.v1.NotificationService"]).await;
     let callbacks = callbacks::NotificationCallbacks::new(store.clone(), readiness.clone());
-    let routes = Routes::new(NotificationServiceServer::new(api::NotificationApi::new(
-        store,
-    )))
-    .add_service(AppCallbackServer::new(callbacks.clone()))
-    .add_service(AppCallbackAlphaServer::new(callbacks.clone()))
-    .add_service(AppCallbackHealthCheckServer::new(callbacks))
-    .add_service(health_service);
+    let routes = Callbacks::new(callbacks)
+        .add_to(Routes::new(NotificationServiceServer::new(
+            api::NotificationApi::new(store),
+        )))
+        .add_service(health_service);
     let parts = AppParts {
         name: "notification-service",
         dependencies: Dependencies::new(sidecar.clone()).with_state_store(state),

@@ -866,6 +866,7 @@ async fn unused_callbacks_answer_deliberately() {
     .await;
     // The job's default failure policy would retry three times a second apart; NOT_FOUND is
     // final, so after a few seconds it was still handled once.
+    // Not synchronisation: a negative check must outlast what it rules out (three retries a second apart).
     tokio::time::sleep(Duration::from_secs(4)).await;
     let handled = app.sidecar.process_log_lines(triggered);
     assert_eq!(handled.len(), 1, "{handled:?}");

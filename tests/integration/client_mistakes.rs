@@ -109,6 +109,7 @@ async fn an_oversize_header_fails_only_its_own_call() {
         .collect();
     // Once the healthy calls are under way.
     while done.load(Ordering::SeqCst) < 32 {
+        // Poll interval: waits for the fact that the healthy calls are under way.
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let mut oversize = pb::task_service_client::TaskServiceClient::new(channel.clone());

@@ -6,10 +6,8 @@ use std::{
 };
 
 use bytes::{Buf, BufMut};
-use dapr::dapr::proto::runtime::v1::{
-    self as rt,
-    app_callback_server::{AppCallback, AppCallbackServer},
-};
+use dapr::dapr::proto::runtime::v1 as rt;
+use dapr_app::{App, Callbacks, EventStatus, Subscription, TopicEvent};
 use devstack::{Sidecar, Stack};
 use task_api::{
     config::{NotificationConfig, Settings, TaskApiConfig},
@@ -23,7 +21,7 @@ use task_api::{
 };
 use tokio::{sync::mpsc, task::JoinHandle};
 use tonic::{
-    Request, Response, Status,
+    Request, Status,
     codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
     metadata::MetadataValue,
     service::{Interceptor, interceptor::InterceptedService},
@@ -185,6 +183,7 @@ impl TestApp {
             if started.elapsed() > Duration::from_secs(60) {
                 return Err("not ready within 60s".into());
             }
+            // Poll interval of the readiness wait above, which has a deadline.
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Ok(app)
@@ -255,72 +254,27 @@ pub async fn create(client: &mut Client, title: &str, priority: Option<i32>) -> 
 /// An app that subscribes to topics and reports every delivered event.
 pub struct EventProbe {
     pub port: u16,
-    events: mpsc::UnboundedReceiver<(rt::TopicEventRequest, std::time::SystemTime)>,
+    events: mpsc::UnboundedReceiver<(TopicEvent, std::time::SystemTime)>,
     _server: JoinHandle<()>,
 }
 
 struct ProbeApp {
     pubsub: String,
     topics: Vec<String>,
-    sender: mpsc::UnboundedSender<(rt::TopicEventRequest, std::time::SystemTime)>,
+    sender: mpsc::UnboundedSender<(TopicEvent, std::time::SystemTime)>,
 }
 
-#[tonic::async_trait]
-impl AppCallback for ProbeApp {
-    async fn on_invoke(
-        &self,
-        _: Request<dapr::dapr::proto::common::v1::InvokeRequest>,
-    ) -> Result<Response<dapr::dapr::proto::common::v1::InvokeResponse>, Status> {
-        Err(Status::unimplemented("probe"))
+impl App for ProbeApp {
+    async fn subscriptions(&self) -> Vec<rt::TopicSubscription> {
+        self.topics
+            .iter()
+            .map(|topic| Subscription::new(&self.pubsub, topic).build())
+            .collect()
     }
-    async fn list_topic_subscriptions(
-        &self,
-        _: Request<()>,
-    ) -> Result<Response<rt::ListTopicSubscriptionsResponse>, Status> {
-        Ok(Response::new(rt::ListTopicSubscriptionsResponse {
-            subscriptions: self
-                .topics
-                .iter()
-                .map(|topic| rt::TopicSubscription {
-                    pubsub_name: self.pubsub.clone(),
-                    topic: topic.clone(),
-                    ..Default::default()
-                })
-                .collect(),
-        }))
-    }
-    async fn on_topic_event(
-        &self,
-        request: Request<rt::TopicEventRequest>,
-    ) -> Result<Response<rt::TopicEventResponse>, Status> {
-        let _ = self
-            .sender
-            .send((request.into_inner(), std::time::SystemTime::now()));
-        Ok(Response::new(rt::TopicEventResponse { status: 0 }))
-    }
-    async fn list_input_bindings(
-        &self,
-        _: Request<()>,
-    ) -> Result<Response<rt::ListInputBindingsResponse>, Status> {
-        Ok(Response::new(Default::default()))
-    }
-    async fn on_binding_event(
-        &self,
-        _: Request<rt::BindingEventRequest>,
-    ) -> Result<Response<rt::BindingEventResponse>, Status> {
-        Err(Status::not_found("probe"))
-    }
-    async fn on_bulk_topic_event(
-        &self,
-        _: Request<rt::TopicEventBulkRequest>,
-    ) -> Result<Response<rt::TopicEventBulkResponse>, Status> {
-        Err(Status::unimplemented("probe"))
-    }
-    async fn on_job_event(
-        &self,
-        _: Request<rt::JobEventRequest>,
-    ) -> Result<Response<rt::JobEventResponse>, Status> {
-        Err(Status::not_found("probe"))
+
+    async fn on_topic_event(&self, event: TopicEvent) -> EventStatus {
+        let _ = self.sender.send((event, std::time::SystemTime::now()));
+        EventStatus::Success
     }
 }
 
@@ -336,7 +290,7 @@ impl EventProbe {
         };
         let server = tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
-                .add_service(AppCallbackServer::new(app))
+                .add_routes(Callbacks::new(app).into_routes())
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
                 .await;
         });
@@ -353,7 +307,7 @@ impl EventProbe {
         serde_json::from_slice(&event.data).unwrap()
     }
 
-    pub async fn next(&mut self, within: Duration) -> rt::TopicEventRequest {
+    pub async fn next(&mut self, within: Duration) -> TopicEvent {
         tokio::time::timeout(within, self.events.recv())
             .await
             .expect("no event arrived in time")
@@ -362,7 +316,7 @@ impl EventProbe {
     }
 
     /// Every event delivered so far and not yet taken, with when it arrived.
-    pub fn drain(&mut self) -> Vec<(rt::TopicEventRequest, std::time::SystemTime)> {
+    pub fn drain(&mut self) -> Vec<(TopicEvent, std::time::SystemTime)> {
         std::iter::from_fn(|| self.events.try_recv().ok()).collect()
     }
 
@@ -405,6 +359,7 @@ where
             started.elapsed() < within,
             "condition not met within {within:?}"
         );
+        // Poll interval: `check` is the fact waited on, `within` its deadline.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

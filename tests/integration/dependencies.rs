@@ -62,16 +62,19 @@ fn forbidden_in(manifest: &str) -> Vec<String> {
         .collect()
 }
 
+/// The apps' crate and the AppCallback adapter crate they are built on.
 #[test]
 fn the_application_has_no_direct_infrastructure_client() {
-    let manifest = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
-        .expect("Cargo.toml is readable");
-    let names = dependency_names(&manifest);
-    assert!(
-        names.contains(&"dapr".to_string()),
-        "the check reads the right table: {names:?}"
-    );
-    assert_eq!(forbidden_in(&manifest), Vec::<String>::new());
+    for manifest in ["Cargo.toml", "crates/dapr-app/Cargo.toml"] {
+        let path = format!("{}/{manifest}", env!("CARGO_MANIFEST_DIR"));
+        let manifest = std::fs::read_to_string(&path).expect("the manifest is readable");
+        let names = dependency_names(&manifest);
+        assert!(
+            names.contains(&"dapr".to_string()),
+            "the check reads the right table of {path}: {names:?}"
+        );
+        assert_eq!(forbidden_in(&manifest), Vec::<String>::new(), "{path}");
+    }
 }
 
 #[test]

@@ -3,8 +3,6 @@
 //! Components need a cluster: the `kubernetes` secret store and secret references. The
 //! self-hosted components in components/ are loaded by every other integration test.)
 
-use std::time::Duration;
-
 use crate::common::kubernetes::{documents, render_overlay};
 use devstack::Stack;
 
@@ -49,6 +47,5 @@ async fn the_kubernetes_configurations_and_resiliency_load_in_a_real_daprd() {
         );
         let errors = sidecar.process_log_lines("level=error");
         assert!(errors.is_empty(), "{app_id}: {errors:#?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

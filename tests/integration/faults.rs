@@ -222,6 +222,7 @@ where
                     return Err(status);
                 }
                 outcomes.retried.fetch_add(1, Ordering::Relaxed);
+                // A client's back-off before it retries, as a real client would.
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
@@ -615,6 +616,7 @@ async fn broker_outage(store: ComponentSet) {
         rig.stack.broker_mut().unwrap().shutdown().unwrap();
         let took = readiness_becomes(&rig.task_api, false, Duration::from_secs(10)).await;
         assert!(took < Duration::from_secs(5), "NOT_SERVING after {took:?}");
+        // The fault itself: how long the broker stays down.
         tokio::time::sleep(timing().outage).await;
         rig.stack.broker_mut().unwrap().start_again().await.unwrap();
         let took = readiness_becomes(&rig.task_api, true, Duration::from_secs(10)).await;
@@ -647,6 +649,7 @@ async fn store_outage(store: ComponentSet) {
         }
         let took = readiness_becomes(&rig.task_api, false, Duration::from_secs(10)).await;
         assert!(took < Duration::from_secs(5), "NOT_SERVING after {took:?}");
+        // The fault itself: how long the store stays down.
         tokio::time::sleep(timing().outage).await;
         match rig.store {
             ComponentSet::Postgres => rig.stack.postgres_mut().unwrap().start_again().await,
@@ -689,6 +692,7 @@ async fn sidecar_crash(store: ComponentSet) {
             .unwrap_err();
         assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
         assert!(started.elapsed() < Duration::from_secs(3));
+        // The fault itself: how long the sidecar stays down.
         tokio::time::sleep(Duration::from_secs(2)).await;
         rig.task_api.sidecar.start_again().await.unwrap();
         let took = readiness_becomes(&rig.task_api, true, Duration::from_secs(10)).await;
@@ -716,6 +720,7 @@ async fn app_crash(store: ComponentSet) {
     let mut rig = Rig::start(store).await;
     let audit = under_load(&mut rig, "kill -9 task-api", async |rig: &mut Rig| {
         rig.task_api.kill();
+        // The fault itself: how long task-api stays down.
         tokio::time::sleep(Duration::from_secs(1)).await;
         let stack = &rig.stack;
         rig.task_api.start_again(stack).await;
@@ -746,6 +751,7 @@ async fn notification_outage(store: ComponentSet) {
             let mut down = rig.notifications.take().unwrap();
             down.kill();
             down.sidecar.stop(Duration::from_secs(5));
+            // The fault itself: how long notification-service stays down.
             tokio::time::sleep(timing().notification_outage).await;
             rig.notifications =
                 Some(BinaryApp::start(&rig.stack, "notification-service", &[]).await);

@@ -2,6 +2,10 @@
 
 use std::{
     process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -105,9 +109,13 @@ async fn readiness_waits_for_the_sidecar_and_liveness_does_not() {
     server.await.unwrap().unwrap();
 }
 
-/// The real binary, started as users start it: SIGTERM lets in-flight requests finish and exits 0.
+/// The real binary, started as users start it: SIGTERM lets in-flight requests finish and exits
+/// 0. The requests are held in flight by pausing the sidecar (SIGSTOP) until the app's log shows
+/// all of them started; SIGTERM comes while they wait, the sidecar resumes, and every one of them
+/// completes.
 #[tokio::test]
 async fn sigterm_drains_in_flight_requests_and_exits_zero() {
+    const IN_FLIGHT: usize = 20;
     let stack = Stack::builder().start().await.unwrap();
     let app_port = free_port().unwrap();
     let sidecar = stack.sidecar("task-api").unwrap().app_port(app_port);
@@ -118,54 +126,69 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
         .env("APP_PORT", app_port.to_string())
         .env("DAPR_GRPC_PORT", sidecar.grpc_port().to_string())
         .env("APP_API_TOKEN", stack.app_token())
-        .env("RUST_LOG", "info");
+        // "request started" lines show what is in flight.
+        .env("RUST_LOG", "info,task_api::telemetry=debug");
     let mut process = stack
         .spawn_app(AppProcess {
             name: "task-api".into(),
             command,
         })
         .unwrap();
-    let _sidecar = sidecar.start().await.unwrap();
+    let mut sidecar = sidecar.start().await.unwrap();
     let channel = Channel::from_shared(format!("http://127.0.0.1:{app_port}"))
         .unwrap()
         .connect()
         .await
         .unwrap();
-    let started = Instant::now();
-    while health(channel.clone(), "").await.ok() != Some(1) {
-        assert!(started.elapsed() < Duration::from_secs(30), "never ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let mut client = TaskServiceClient::with_interceptor(
+    process
+        .wait_until(Duration::from_secs(30), "readiness", || {
+            let channel = channel.clone();
+            async move { (health(channel, "").await.ok() == Some(1)).then_some(()) }
+        })
+        .await
+        .unwrap();
+    let client = TaskServiceClient::with_interceptor(
         channel,
         WithHeader("x-api-key", stack.api_key().into()),
     );
-    for n in 0..150 {
-        create(&mut client, &format!("task {n}"), None).await;
-    }
+    let started = |process: &devstack::ManagedProcess| {
+        process
+            .log_lines_with("request started")
+            .iter()
+            .filter(|line| line.contains("CreateTask"))
+            .count()
+    };
+    let before = started(&process);
 
+    sidecar.process().signal(libc::SIGSTOP);
+    let finished = Arc::new(AtomicUsize::new(0));
     let mut in_flight = tokio::task::JoinSet::new();
-    for _ in 0..20 {
+    for n in 0..IN_FLIGHT {
         let mut client = client.clone();
+        let finished = finished.clone();
         in_flight.spawn(async move {
-            client
-                .list_tasks(pb::ListTasksRequest {
-                    status: pb::TaskStatus::Completed as i32,
-                    page_size: 100,
-                    ..Default::default()
-                })
-                .await
-                .map(|_| ())
+            create(&mut client, &format!("in flight {n}"), None).await;
+            finished.fetch_add(1, Ordering::SeqCst);
         });
     }
-    tokio::time::sleep(Duration::from_millis(30)).await;
-    process.signal(libc::SIGTERM);
-    let mut completed = 0;
-    while let Some(result) = in_flight.join_next().await {
-        result.unwrap().expect("an in-flight request was cut off");
-        completed += 1;
+    // Polls the log, with a deadline, for the fact that every request reached the app.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while started(&process) - before < IN_FLIGHT {
+        assert!(Instant::now() < deadline, "{}", process.log_tail(20));
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(completed, 20);
+    process.signal(libc::SIGTERM);
+    assert_eq!(
+        finished.load(Ordering::SeqCst),
+        0,
+        "all still in flight when SIGTERM came (their sidecar is paused)"
+    );
+    sidecar.process().signal(libc::SIGCONT);
+    while let Some(result) = in_flight.join_next().await {
+        result.expect("an in-flight request was cut off");
+    }
+    assert_eq!(finished.load(Ordering::SeqCst), IN_FLIGHT);
+    // Polls for the exit, with a deadline.
     let deadline = Instant::now() + Duration::from_secs(15);
     let status = loop {
         if let Some(status) = process.exit_status() {
@@ -342,6 +365,7 @@ fn shutdown_closes_readiness_for_good_and_ends_every_background_task() {
         let started = Instant::now();
         while health(channel.clone(), "").await.ok() != Some(1) {
             assert!(started.elapsed() < Duration::from_secs(30), "never ready");
+            // Poll interval; the loop has a deadline.
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
 
@@ -391,6 +415,7 @@ fn shutdown_closes_readiness_for_good_and_ends_every_background_task() {
                 "{} tasks still alive after the app returned",
                 metrics.num_alive_tasks()
             );
+            // Poll interval; the loop has a deadline.
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     });

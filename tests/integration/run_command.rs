@@ -114,6 +114,7 @@ async fn the_readme_walkthrough_works_against_the_run_command() {
             Instant::now() < deadline,
             "scripts/run did not fail on a taken port"
         );
+        // Poll interval of a loop with a deadline, not synchronisation.
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(!status.success());
@@ -218,6 +219,7 @@ async fn the_readme_walkthrough_works_against_the_run_command() {
             started.elapsed() < Duration::from_secs(20),
             "no notification: {out}"
         );
+        // Poll interval of a loop with a deadline, not synchronisation.
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(
@@ -236,6 +238,7 @@ async fn the_readme_walkthrough_works_against_the_run_command() {
             Instant::now() < deadline,
             "scripts/run did not stop on SIGINT"
         );
+        // Poll interval of a loop with a deadline, not synchronisation.
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(status.code(), Some(0), "{}", stack_run.log_tail(30));

@@ -259,6 +259,7 @@ async fn wait_for_port(port: u16, what: &str) -> Result<(), String> {
             ));
             said = true;
         }
+        // Poll interval of the wait for the port, which has a deadline.
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }

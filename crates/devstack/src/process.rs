@@ -135,6 +135,7 @@ impl ManagedProcess {
             if started.elapsed() > timeout {
                 return Err(self.not_ready(timeout, format!("no log line with {needle:?}")));
             }
+            // Poll interval; `timeout` bounds the wait.
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
@@ -160,6 +161,7 @@ impl ManagedProcess {
             if started.elapsed() > timeout {
                 return Err(self.not_ready(timeout, what.to_string()));
             }
+            // Poll interval; `timeout` bounds the wait.
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
@@ -192,6 +194,7 @@ impl ManagedProcess {
             if let Some(status) = self.exit_status() {
                 return Some(status);
             }
+            // Poll interval of the wait for the exit, bounded by `grace`.
             thread::sleep(Duration::from_millis(20));
         }
         let _ = self.child.kill();

@@ -1,23 +1,22 @@
 //! The real Dapr runtime under the harness: state, ETags, pub/sub delivery, service invocation
 //! between two sidecars and a job from the scheduler, on in-memory components and on Redis.
 //!
-//! The app under each sidecar is a minimal AppCallback defined here, so these tests show what
-//! daprd does, independent of task-api.
+//! The app under each sidecar is a minimal `dapr-app` app defined here, so these tests show
+//! what daprd does, independent of task-api.
 
 use std::time::Duration;
 
 use dapr::dapr::proto::{
-    common::v1::{InvokeRequest, InvokeResponse, StateItem},
+    common::v1::{InvokeRequest, StateItem},
     runtime::v1::{
         self as rt, DeleteStateRequest, GetStateRequest, InvokeServiceRequest, PublishEventRequest,
-        SaveStateRequest, ScheduleJobRequest,
-        app_callback_server::{AppCallback, AppCallbackServer},
-        dapr_client::DaprClient,
+        SaveStateRequest, ScheduleJobRequest, dapr_client::DaprClient,
     },
 };
+use dapr_app::{App, Callbacks, EventStatus, Invocation, Job, Reply, Subscription, TopicEvent};
 use devstack::{ComponentSet, Stack};
 use tokio::sync::mpsc;
-use tonic::{Code, Request, Response, Status, transport::Channel};
+use tonic::{Code, Status, transport::Channel};
 
 /// What the minimal app saw.
 #[derive(Debug)]
@@ -36,87 +35,32 @@ struct MinimalApp {
     seen: mpsc::UnboundedSender<Seen>,
 }
 
-#[tonic::async_trait]
-impl AppCallback for MinimalApp {
-    async fn on_invoke(
-        &self,
-        request: Request<InvokeRequest>,
-    ) -> Result<Response<InvokeResponse>, Status> {
-        let request = request.into_inner();
-        let data = request.data.map(|any| any.value).unwrap_or_default();
-        let mut reply = format!("echo {}: ", request.method).into_bytes();
-        reply.extend_from_slice(&data);
-        Ok(Response::new(InvokeResponse {
-            data: Some(prost_types::Any {
-                type_url: String::new(),
-                value: reply,
-            }),
-            content_type: "text/plain".into(),
-        }))
+impl App for MinimalApp {
+    async fn on_invoke(&self, call: Invocation) -> Result<Reply, Status> {
+        let mut reply = format!("echo {}: ", call.method).into_bytes();
+        reply.extend_from_slice(&call.data);
+        Ok(Reply::bytes("text/plain", reply))
     }
 
-    async fn list_topic_subscriptions(
-        &self,
-        _: Request<()>,
-    ) -> Result<Response<rt::ListTopicSubscriptionsResponse>, Status> {
-        Ok(Response::new(rt::ListTopicSubscriptionsResponse {
-            subscriptions: vec![rt::TopicSubscription {
-                pubsub_name: "pubsub".into(),
-                topic: "smoke".into(),
-                ..Default::default()
-            }],
-        }))
+    async fn subscriptions(&self) -> Vec<rt::TopicSubscription> {
+        vec![Subscription::new("pubsub", "smoke").build()]
     }
 
-    async fn on_topic_event(
-        &self,
-        request: Request<rt::TopicEventRequest>,
-    ) -> Result<Response<rt::TopicEventResponse>, Status> {
-        let event = request.into_inner();
+    async fn on_topic_event(&self, event: TopicEvent) -> EventStatus {
         let data = serde_json::from_slice(&event.data).unwrap_or(serde_json::Value::Null);
         let _ = self.seen.send(Seen::Topic {
             topic: event.topic,
             data,
         });
-        Ok(Response::new(rt::TopicEventResponse {
-            status: rt::topic_event_response::TopicEventResponseStatus::Success as i32,
-        }))
+        EventStatus::Success
     }
 
-    async fn list_input_bindings(
-        &self,
-        _: Request<()>,
-    ) -> Result<Response<rt::ListInputBindingsResponse>, Status> {
-        Ok(Response::new(rt::ListInputBindingsResponse::default()))
-    }
-
-    async fn on_binding_event(
-        &self,
-        request: Request<rt::BindingEventRequest>,
-    ) -> Result<Response<rt::BindingEventResponse>, Status> {
-        Err(Status::not_found(format!(
-            "no input binding named {}",
-            request.into_inner().name
-        )))
-    }
-
-    async fn on_bulk_topic_event(
-        &self,
-        _: Request<rt::TopicEventBulkRequest>,
-    ) -> Result<Response<rt::TopicEventBulkResponse>, Status> {
-        Err(Status::unimplemented("no bulk subscriptions"))
-    }
-
-    async fn on_job_event(
-        &self,
-        request: Request<rt::JobEventRequest>,
-    ) -> Result<Response<rt::JobEventResponse>, Status> {
-        let job = request.into_inner();
+    async fn on_job_event(&self, job: Job) -> Result<(), Status> {
         let _ = self.seen.send(Seen::Job {
             name: job.name,
-            data: job.data.map(|any| any.value).unwrap_or_default(),
+            data: job.data,
         });
-        Ok(Response::new(rt::JobEventResponse::default()))
+        Ok(())
     }
 }
 
@@ -127,7 +71,7 @@ async fn start_minimal_app() -> (u16, mpsc::UnboundedReceiver<Seen>) {
     let (seen, receiver) = mpsc::unbounded_channel();
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(AppCallbackServer::new(MinimalApp { seen }))
+            .add_routes(Callbacks::new(MinimalApp { seen }).into_routes())
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
     (port, receiver)

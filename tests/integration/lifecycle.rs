@@ -10,7 +10,7 @@ use std::{
 };
 
 use crate::common::{Options, TestApp, WithHeader, create};
-use devstack::{AppProcess, Stack, free_port};
+use devstack::{AppProcess, ComponentSet, Stack, free_port};
 use task_api::proto::task::v1::{self as pb, task_service_client::TaskServiceClient};
 use tokio_stream::StreamExt;
 use tonic::{Code, transport::Channel};
@@ -116,7 +116,13 @@ async fn readiness_waits_for_the_sidecar_and_liveness_does_not() {
 #[tokio::test]
 async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     const IN_FLIGHT: usize = 20;
-    let stack = Stack::builder().start().await.unwrap();
+    // Redis, not the in-memory broker: in-memory pub/sub delivers inside the publish call, so a
+    // publish would wait on task-api's own closed subscription and time out.
+    let stack = Stack::builder()
+        .components(ComponentSet::Redis)
+        .start()
+        .await
+        .unwrap();
     let app_port = free_port().unwrap();
     let sidecar = stack.sidecar("task-api").unwrap().app_port(app_port);
     let mut command = Command::new(env!("CARGO_BIN_EXE_task-api"));

@@ -15,7 +15,7 @@ use dapr::dapr::proto::{
 };
 use tonic::{Request, Response, Status, service::Routes};
 
-use crate::{App, EventStatus, Invocation, event::bulk_entries};
+use crate::{App, Invocation, event::bulk_entries};
 
 /// `AppCallback`, `AppCallbackAlpha` and `AppCallbackHealthCheck` for an [`App`].
 pub struct Callbacks<A>(Arc<A>);
@@ -54,13 +54,7 @@ impl<A: App> Callbacks<A> {
     async fn bulk(&self, request: rt::TopicEventBulkRequest) -> rt::TopicEventBulkResponse {
         let mut statuses = Vec::with_capacity(request.entries.len());
         for (entry_id, event) in bulk_entries(request) {
-            let status = match event {
-                Some(event) => self.0.on_topic_event(event).await,
-                None => {
-                    tracing::warn!(%entry_id, "bulk entry without an event: DROP");
-                    EventStatus::Drop
-                }
-            };
+            let status = self.0.on_topic_event(event).await;
             statuses.push(rt::TopicEventBulkResponseEntry {
                 entry_id,
                 status: TopicEventResponseStatus::from(status) as i32,
@@ -180,7 +174,7 @@ mod tests {
     use tonic::Code;
 
     use super::*;
-    use crate::{Job, Reply, Subscription, TopicEvent, Verb};
+    use crate::{EventStatus, Job, Reply, Subscription, TopicEvent, Verb};
 
     /// Answers by payload: "ok" SUCCESS, "later" RETRY, anything else DROP.
     #[derive(Default)]

@@ -76,11 +76,11 @@ impl From<TopicEventRequest> for TopicEvent {
     }
 }
 
-/// The events of a bulk delivery, each with its entry id; `None` for an entry that carries no
-/// event at all.
+/// The events of a bulk delivery, each with its entry id. An entry that carries nothing is handed
+/// over as an empty raw payload, so the app's own rules for unreadable events decide its fate.
 pub(crate) fn bulk_entries(
     request: TopicEventBulkRequest,
-) -> impl Iterator<Item = (String, Option<TopicEvent>)> {
+) -> impl Iterator<Item = (String, TopicEvent)> {
     let TopicEventBulkRequest {
         entries,
         topic,
@@ -95,7 +95,7 @@ pub(crate) fn bulk_entries(
             content_type,
             metadata,
         } = entry;
-        let event = event.map(|event| match event {
+        let event = match event.unwrap_or(Event::Bytes(Vec::new())) {
             Event::CloudEvent(ce) => TopicEvent {
                 id: ce.id,
                 source: ce.source,
@@ -119,7 +119,7 @@ pub(crate) fn bulk_entries(
                 metadata: metadata.clone(),
                 ..TopicEvent::default()
             },
-        });
+        };
         (entry_id, event)
     })
 }

@@ -20,10 +20,10 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use crate::{
     config::TaskApiConfig,
     domain::TaskId,
-    service::Tasks,
+    service::{Alarms, Tasks},
     sidecar::{
-        Sidecar, StateStore, index::TaskIndex, outbox::Outbox, requests::CreateRequests,
-        tasks::TaskStore,
+        Sidecar, StateStore, index::TaskIndex, jobs::Jobs, outbox::Outbox,
+        requests::CreateRequests, tasks::TaskStore,
     },
 };
 
@@ -51,11 +51,18 @@ pub async fn run(config: TaskApiConfig) -> ExitCode {
         return ExitCode::FAILURE;
     }
     let state = StateStore::new(sidecar.clone(), &config.state_store);
+    let store = TaskStore::new(state.clone(), config.tombstone_ttl);
     let tasks = Tasks::new(
-        TaskStore::new(state.clone(), config.tombstone_ttl),
+        store.clone(),
         TaskIndex::new(state.clone()),
-        Outbox::new(sidecar, &config.pubsub, &config.outbox_topic, &config.topic),
+        Outbox::new(
+            sidecar.clone(),
+            &config.pubsub,
+            &config.outbox_topic,
+            &config.topic,
+        ),
         CreateRequests::new(state, config.request_id_ttl),
+        Alarms::new(store, Jobs::new(sidecar)),
     );
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let (mut adopted, mut read, mut skipped) = (0, 0, 0);

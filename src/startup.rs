@@ -27,10 +27,10 @@ use crate::{
     limits::{self, MetadataLimitLayer},
     proto::{self, task::v1::task_service_server::TaskServiceServer},
     secret::Secret,
-    service::{EventHandler, Relay, Tasks},
+    service::{Alarms, EventHandler, Relay, Tasks},
     sidecar::{
         Dependencies, Sidecar, SidecarError, StateStore, dead_letters::DeadLetters,
-        index::TaskIndex, notify::Notifier, outbox::Outbox, requests::CreateRequests,
+        index::TaskIndex, jobs::Jobs, notify::Notifier, outbox::Outbox, requests::CreateRequests,
         secrets::ApiKeySecret, tasks::TaskStore,
     },
     telemetry::{self, RequestLogLayer},
@@ -290,15 +290,17 @@ async fn task_api_parts(config: TaskApiConfig) -> Result<AppParts, StartupError>
         &config.outbox_topic,
         &config.topic,
     );
+    let alarms = Alarms::new(store.clone(), Jobs::new(sidecar.clone()));
     let tasks = Tasks::new(
         store.clone(),
         TaskIndex::new(state.clone()),
         outbox.clone(),
         CreateRequests::new(state.clone(), config.request_id_ttl),
+        alarms.clone(),
     );
     let events = EventHandler::new(
         tasks.clone(),
-        Relay::new(store, outbox.clone()),
+        Relay::new(store, outbox.clone(), alarms),
         Notifier::new(
             sidecar.clone(),
             &config.notification_app_id,
@@ -308,9 +310,9 @@ async fn task_api_parts(config: TaskApiConfig) -> Result<AppParts, StartupError>
     );
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let readiness = Readiness::new(reporter, &["task.v1.TaskService"]).await;
-    let api = TaskApi::new(tasks);
+    let api = TaskApi::new(tasks.clone());
     let callbacks = TaskCallbacks::new(
-        api.clone(),
+        tasks,
         events,
         Subscriptions::new(&config, outbox.clone()),
         readiness.clone(),

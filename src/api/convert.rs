@@ -4,7 +4,8 @@ use chrono::{DateTime, Utc};
 
 use crate::{
     domain::{
-        NewTask, Priority, RequestId, Task, TaskChanges, TaskId, TaskStatus, Versioned, Violations,
+        Deadline, DeadlineChange, FieldViolation, NewTask, Priority, RequestId, Task, TaskChanges,
+        TaskId, TaskStatus, Versioned, Violations, time,
     },
     proto::task::v1 as pb,
     service::ListQuery,
@@ -21,6 +22,8 @@ pub fn task(task: &Versioned<Task>) -> pb::Task {
         created_at: Some(timestamp(t.created_at)),
         updated_at: Some(timestamp(t.updated_at)),
         etag: task.etag.clone(),
+        due_at: t.deadline.due_at.map(timestamp),
+        remind_at: t.deadline.remind_at.map(timestamp),
     }
 }
 
@@ -53,6 +56,30 @@ pub fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
     }
 }
 
+/// A Timestamp field as a time; out-of-range seconds or nanos are the caller's error.
+pub fn time_from(
+    field: &'static str,
+    value: Option<&prost_types::Timestamp>,
+) -> Result<Option<DateTime<Utc>>, FieldViolation> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    u32::try_from(value.nanos)
+        .ok()
+        .filter(|nanos| *nanos < 1_000_000_000)
+        .and_then(|nanos| DateTime::from_timestamp(value.seconds, nanos))
+        .map(Some)
+        .ok_or_else(|| {
+            FieldViolation::new(
+                field,
+                format!(
+                    "is not a valid time (seconds {}, nanos {})",
+                    value.seconds, value.nanos
+                ),
+            )
+        })
+}
+
 pub fn task_id(id: &str) -> Result<TaskId, Violations> {
     TaskId::parse(id).map_err(Violations::from)
 }
@@ -71,16 +98,58 @@ pub fn new_task(
         request.description.as_deref(),
         request.priority.map(i64::from),
     );
-    let request_id = RequestId::parse(&request.request_id);
-    match (new, request_id) {
-        (Ok(new), Ok(request_id)) => Ok((new, request_id)),
-        (Err(mut violations), Err(violation)) => {
-            violations.0.push(violation);
-            Err(violations)
+    let mut violations = Violations::default();
+    let request_id = violations.check(RequestId::parse(&request.request_id));
+    let due_at = violations.check(time_from("due_at", request.due_at.as_ref()));
+    let remind_at = violations.check(time_from("remind_at", request.remind_at.as_ref()));
+    let deadline = match (due_at, remind_at) {
+        (Some(due_at), Some(remind_at)) => {
+            match Deadline::parse_new(due_at, remind_at, time::now()) {
+                Ok(deadline) => Some(deadline),
+                Err(more) => {
+                    violations.0.extend(more.0);
+                    None
+                }
+            }
         }
-        (Err(violations), _) => Err(violations),
-        (_, Err(violation)) => Err(violation.into()),
+        _ => None,
+    };
+    match (new, request_id, deadline) {
+        (Ok(new), Some(request_id), Some(deadline)) if violations.0.is_empty() => {
+            Ok((new.with_deadline(deadline), request_id))
+        }
+        (Err(mut first), ..) => {
+            first.0.extend(violations.0);
+            Err(first)
+        }
+        _ => Err(violations),
     }
+}
+
+/// The deadline part of an update: a set time moves it, a `clear_*` flag removes it.
+fn deadline_change(request: &pb::UpdateTaskRequest) -> Result<DeadlineChange, Violations> {
+    let mut violations = Violations::default();
+    let due_at = violations.check(time_from("due_at", request.due_at.as_ref()));
+    let remind_at = violations.check(time_from("remind_at", request.remind_at.as_ref()));
+    let both = |field: &'static str| {
+        FieldViolation::new(field, format!("cannot be set together with clear_{field}"))
+    };
+    if request.clear_due_at && request.due_at.is_some() {
+        violations.0.push(both("due_at"));
+    }
+    if request.clear_remind_at && request.remind_at.is_some() {
+        violations.0.push(both("remind_at"));
+    }
+    violations.into_result()?;
+    let change = |set: Option<Option<DateTime<Utc>>>, clear: bool| match (set.flatten(), clear) {
+        (Some(at), _) => Some(Some(at)),
+        (None, true) => Some(None),
+        (None, false) => None,
+    };
+    Ok(DeadlineChange {
+        due_at: change(due_at, request.clear_due_at),
+        remind_at: change(remind_at, request.clear_remind_at),
+    })
 }
 
 pub fn changes(request: &pb::UpdateTaskRequest) -> Result<(TaskId, TaskChanges), Violations> {
@@ -89,12 +158,13 @@ pub fn changes(request: &pb::UpdateTaskRequest) -> Result<(TaskId, TaskChanges),
         request.title.as_deref(),
         request.description.as_deref(),
         request.priority.map(i64::from),
-    );
+    )
+    .and_then(|changes| Ok(changes.with_deadline(deadline_change(request)?)));
     match (id, changes) {
         (Ok(id), Ok(changes)) if changes.is_empty() => Err(Violations::single(
             "title",
             format!(
-                "nothing to update for task {id}: set at least one of title, description, priority"
+                "nothing to update for task {id}: set at least one of title, description, priority, due_at, remind_at, clear_due_at, clear_remind_at"
             ),
         )),
         (Ok(id), Ok(changes)) => Ok((id, changes)),
@@ -125,6 +195,7 @@ pub fn list_query(request: &pb::ListTasksRequest) -> Result<ListQuery, Violation
     ListQuery::parse(
         status,
         priority,
+        request.overdue,
         i64::from(request.page_size),
         &request.page_token,
     )

@@ -4,15 +4,17 @@
 //!
 //! | Verb and path | Does |
 //! |---|---|
-//! | `POST tasks` | create: `{"title", "description"?, "priority"?, "request_id"?}` |
-//! | `GET tasks?status=&priority=&page_size=&page_token=` | list: `{"tasks": [...], "next_page_token"}` |
+//! | `POST tasks` | create: `{"title", "description"?, "priority"?, "request_id"?, "due_at"?, "remind_at"?}` |
+//! | `GET tasks?status=&priority=&overdue=&page_size=&page_token=` | list: `{"tasks": [...], "next_page_token"}` |
 //! | `GET tasks/<id>` | get |
-//! | `PATCH`/`PUT tasks/<id>` | update: `{"title"?, "description"?, "priority"?, "etag"?}` |
+//! | `PATCH`/`PUT tasks/<id>` | update: `{"title"?, "description"?, "priority"?, "due_at"?, "remind_at"?, "etag"?}`; a time of `null` removes it |
 //! | `PUT`/`POST`/`PATCH tasks/<id>/status?status=<s>` (or body `{"status", "etag"?}`) | change status |
 //! | `DELETE tasks/<id>?etag=` | delete |
 //! | `GET dead-letters` | events task-api could never handle: summaries, the first 512 bytes of each payload |
 //! | `GET dead-letters/<event id>` | one of them, with its payload (the first 64 KiB) |
 //! | `POST dead-letters/replay` | handle them again; those handled now are removed |
+//!
+//! Times (`due_at`, `remind_at`) are RFC 3339 strings, as `created_at` is.
 //!
 //! A write's ETag may come in the body (`etag`), as `If-Match`, or as `?etag=`; given in several
 //! places, the values must agree. Without one a write applies to the current version.
@@ -125,6 +127,16 @@ pub async fn on_invoke(
                 description: body.description,
                 priority: body.priority.map(priority).transpose()?,
                 request_id: body.request_id.unwrap_or_default(),
+                due_at: body
+                    .due_at
+                    .as_deref()
+                    .map(|t| timestamp("due_at", t))
+                    .transpose()?,
+                remind_at: body
+                    .remind_at
+                    .as_deref()
+                    .map(|t| timestamp("remind_at", t))
+                    .transpose()?,
             };
             task_reply(api.create_task(Request::new(request)).await?.into_inner())
         }
@@ -148,6 +160,10 @@ pub async fn on_invoke(
                     .transpose()?
                     .unwrap_or(0),
                 page_token: param(&query, "page_token").unwrap_or("").to_string(),
+                overdue: param(&query, "overdue")
+                    .map(|text| flag("overdue", text))
+                    .transpose()?
+                    .unwrap_or(false),
             };
             let page = api.list_tasks(Request::new(request)).await?.into_inner();
             json_reply(&ListJson {
@@ -168,6 +184,22 @@ pub async fn on_invoke(
                 description: body.description,
                 priority: body.priority.map(priority).transpose()?,
                 etag: condition(body.etag)?,
+                due_at: body
+                    .due_at
+                    .clone()
+                    .flatten()
+                    .as_deref()
+                    .map(|t| timestamp("due_at", t))
+                    .transpose()?,
+                remind_at: body
+                    .remind_at
+                    .clone()
+                    .flatten()
+                    .as_deref()
+                    .map(|t| timestamp("remind_at", t))
+                    .transpose()?,
+                clear_due_at: body.due_at == Some(None),
+                clear_remind_at: body.remind_at == Some(None),
             };
             task_reply(api.update_task(Request::new(request)).await?.into_inner())
         }
@@ -403,6 +435,8 @@ struct CreateBody {
     description: Option<String>,
     priority: Option<i64>,
     request_id: Option<String>,
+    due_at: Option<String>,
+    remind_at: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -412,6 +446,38 @@ struct UpdateBody {
     description: Option<String>,
     priority: Option<i64>,
     etag: Option<String>,
+    /// Absent: keep; `null`: remove; a time: set.
+    #[serde(default, deserialize_with = "present")]
+    due_at: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    remind_at: Option<Option<String>>,
+}
+
+/// A field that is present, `null` or not.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+/// An RFC 3339 time from JSON.
+fn timestamp(field: &'static str, text: &str) -> Result<prost_types::Timestamp, Status> {
+    time::parse(text).map(convert::timestamp).ok_or_else(|| {
+        invalid(&Violations::single(
+            field,
+            format!("must be an RFC 3339 time, got {}", echo(text)),
+        ))
+    })
+}
+
+/// A boolean query parameter.
+fn flag(field: &'static str, text: &str) -> Result<bool, Status> {
+    match text {
+        "true" | "1" => Ok(true),
+        "false" | "0" | "" => Ok(false),
+        _ => Err(invalid(&Violations::single(
+            field,
+            format!("must be true or false, got {}", echo(text)),
+        ))),
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -431,6 +497,8 @@ struct TaskJson<'a> {
     priority: i32,
     created_at: String,
     updated_at: String,
+    due_at: Option<String>,
+    remind_at: Option<String>,
     etag: &'a str,
 }
 
@@ -454,6 +522,8 @@ impl<'a> From<&'a pb::Task> for TaskJson<'a> {
             priority: task.priority,
             created_at: at(task.created_at.as_ref()),
             updated_at: at(task.updated_at.as_ref()),
+            due_at: task.due_at.as_ref().map(|t| at(Some(t))),
+            remind_at: task.remind_at.as_ref().map(|t| at(Some(t))),
             etag: &task.etag,
         }
     }
@@ -554,6 +624,11 @@ mod tests {
                 nanos: 5_000,
             }),
             etag: "3".into(),
+            due_at: Some(prost_types::Timestamp {
+                seconds: 1_737_000_000,
+                nanos: 0,
+            }),
+            remind_at: None,
         };
         let json = serde_json::to_value(TaskJson::from(&task)).unwrap();
         assert_eq!(
@@ -563,6 +638,7 @@ mod tests {
                 "status": "in_progress", "priority": 2,
                 "created_at": "2025-01-15T10:30:00.000000Z",
                 "updated_at": "2025-01-15T10:30:00.000005Z",
+                "due_at": "2025-01-16T04:00:00.000000Z", "remind_at": null,
                 "etag": "3"
             })
         );

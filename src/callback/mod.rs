@@ -1,23 +1,29 @@
 //! task-api's side of Dapr's AppCallback interfaces: its handlers only. The `dapr-app` crate
 //! serves the interfaces, answers bulk deliveries entry by entry and gives the deliberate
-//! answers for what task-api does not use (input bindings, jobs).
+//! answers for what task-api does not use (input bindings).
 
 mod invoke;
+mod job;
 pub mod subscriptions;
 mod topic;
 
 use dapr::dapr::proto::runtime::v1::TopicSubscription;
-use dapr_app::{App, EventStatus, Invocation, Reply, TopicEvent};
+use dapr_app::{App, EventStatus, Invocation, Job, Reply, TopicEvent};
 use tonic::Status;
 
 pub use subscriptions::Subscriptions;
 
-use crate::{api::TaskApi, health::Readiness, service::EventHandler};
+use crate::{
+    api::TaskApi,
+    health::Readiness,
+    service::{EventHandler, Tasks},
+};
 
 /// What daprd calls on task-api.
 #[derive(Clone)]
 pub struct TaskCallbacks {
     api: TaskApi,
+    tasks: Tasks,
     events: EventHandler,
     subscriptions: Subscriptions,
     readiness: Readiness,
@@ -25,13 +31,14 @@ pub struct TaskCallbacks {
 
 impl TaskCallbacks {
     pub fn new(
-        api: TaskApi,
+        tasks: Tasks,
         events: EventHandler,
         subscriptions: Subscriptions,
         readiness: Readiness,
     ) -> Self {
         Self {
-            api,
+            api: TaskApi::new(tasks.clone()),
+            tasks,
             events,
             subscriptions,
             readiness,
@@ -50,6 +57,10 @@ impl App for TaskCallbacks {
 
     async fn on_invoke(&self, call: Invocation) -> Result<Reply, Status> {
         invoke::on_invoke(&self.api, &self.events, call).await
+    }
+
+    async fn on_job_event(&self, job: Job) -> Result<(), Status> {
+        job::on_job(&self.tasks, job).await
     }
 
     fn health(&self) -> Result<(), Status> {

@@ -14,7 +14,7 @@ use std::{fmt, str::FromStr};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
-use super::{Task, TaskStatus, time};
+use super::{Alarm, Task, TaskStatus, time};
 
 /// What happened to a task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -24,6 +24,8 @@ pub enum TaskEventType {
     Deleted,
     /// The status changed to this one (`task.pending`, `task.in_progress`, `task.completed`).
     StatusChanged(TaskStatus),
+    /// The task's due date or reminder time came (`task.due`, `task.reminder`).
+    Announced(Alarm),
 }
 
 impl TaskEventType {
@@ -35,6 +37,8 @@ impl TaskEventType {
             TaskEventType::StatusChanged(TaskStatus::Pending) => "task.pending",
             TaskEventType::StatusChanged(TaskStatus::InProgress) => "task.in_progress",
             TaskEventType::StatusChanged(TaskStatus::Completed) => "task.completed",
+            TaskEventType::Announced(Alarm::Due) => "task.due",
+            TaskEventType::Announced(Alarm::Reminder) => "task.reminder",
         }
     }
 }
@@ -55,7 +59,8 @@ impl FromStr for TaskEventType {
             TaskEventType::Deleted,
         ]
         .into_iter()
-        .chain(TaskStatus::ALL.map(TaskEventType::StatusChanged));
+        .chain(TaskStatus::ALL.map(TaskEventType::StatusChanged))
+        .chain(Alarm::ALL.map(TaskEventType::Announced));
         known
             .into_iter()
             .find(|t| t.as_str() == s)

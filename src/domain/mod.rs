@@ -4,6 +4,7 @@
 //! code past the edge never re-checks them.
 
 mod change;
+mod deadline;
 mod event;
 mod notification;
 mod record;
@@ -15,6 +16,7 @@ mod validation;
 mod versioned;
 
 pub use change::{Change, HISTORY_KEPT, History, Nonce, Verdict};
+pub use deadline::{Alarm, Deadline, DeadlineChange};
 pub use event::{EventParseError, TaskEvent, TaskEventType};
 pub use notification::{NOTIFICATION_TYPE_TASK_COMPLETED, Notification, NotificationParseError};
 pub use record::{Planned, TaskRecord, TaskState, Tombstone};

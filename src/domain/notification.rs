@@ -1,9 +1,20 @@
 //! The notification task-api sends notification-service when a task is completed: the
-//! original's JSON, `{"type":"task_completed","task_id":"…","message":"Task … has been completed"}`.
+//! original's JSON, `{"type":"task_completed","task_id":"…","message":"Task … has been completed"}`;
+//! and, in the same shape, when a task is due (`task_due`) or its reminder time came
+//! (`task_reminder`).
 
 use serde::{Deserialize, Serialize};
 
+use super::{Alarm, TaskEventType, TaskStatus};
+
 pub const NOTIFICATION_TYPE_TASK_COMPLETED: &str = "task_completed";
+pub const NOTIFICATION_TYPE_TASK_DUE: &str = "task_due";
+pub const NOTIFICATION_TYPE_TASK_REMINDER: &str = "task_reminder";
+const TYPES: [&str; 3] = [
+    NOTIFICATION_TYPE_TASK_COMPLETED,
+    NOTIFICATION_TYPE_TASK_DUE,
+    NOTIFICATION_TYPE_TASK_REMINDER,
+];
 const MESSAGE_MAX_CHARS: usize = 1000;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,6 +42,28 @@ impl Notification {
         }
     }
 
+    /// The notification an event of `event_type` calls for, if any.
+    pub fn of(event_type: TaskEventType, task_id: &str) -> Option<Self> {
+        let (kind, message) = match event_type {
+            TaskEventType::StatusChanged(TaskStatus::Completed) => {
+                return Some(Self::task_completed(task_id));
+            }
+            TaskEventType::Announced(Alarm::Due) => {
+                (NOTIFICATION_TYPE_TASK_DUE, format!("Task {task_id} is due"))
+            }
+            TaskEventType::Announced(Alarm::Reminder) => (
+                NOTIFICATION_TYPE_TASK_REMINDER,
+                format!("Task {task_id} will be due soon"),
+            ),
+            _ => return None,
+        };
+        Some(Self {
+            kind: kind.into(),
+            task_id: task_id.to_string(),
+            message,
+        })
+    }
+
     pub fn to_json(&self) -> Vec<u8> {
         // Three strings: serialising cannot fail.
         serde_json::to_vec(self).expect("a notification serialises to JSON")
@@ -44,8 +77,11 @@ impl Notification {
             field,
             rule: rule.to_string(),
         };
-        if notification.kind != NOTIFICATION_TYPE_TASK_COMPLETED {
-            return Err(invalid("type", "must be \"task_completed\""));
+        if !TYPES.contains(&notification.kind.as_str()) {
+            return Err(invalid(
+                "type",
+                "must be \"task_completed\", \"task_due\" or \"task_reminder\"",
+            ));
         }
         if notification.task_id.is_empty() || notification.task_id.len() > 64 {
             return Err(invalid("task_id", "must be 1 to 64 characters"));

@@ -9,7 +9,8 @@
 use chrono::{DateTime, Utc};
 
 use super::{
-    Change, History, Nonce, Priority, Task, TaskEvent, TaskEventType, TaskId, TaskStatus, Verdict,
+    Alarm, Change, History, Nonce, Priority, Task, TaskEvent, TaskEventType, TaskId, TaskStatus,
+    Verdict,
 };
 
 /// What remains of a deleted task: enough to keep it out of lists and to check claims about its
@@ -44,6 +45,9 @@ pub struct Planned {
     pub record: TaskRecord,
     pub event: TaskEvent,
     pub nonce: Nonce,
+    /// Whether the change alters the alarms the scheduler must hold for the task (a due date
+    /// set, moved or cleared; a completion, reopening or deletion of a task with one).
+    pub reschedules: bool,
 }
 
 impl TaskRecord {
@@ -58,7 +62,14 @@ impl TaskRecord {
 
     /// The first record of a new task, and its `task.created` event.
     pub fn create(task: Task, nonce: Nonce) -> Planned {
-        Self::legacy(task.clone()).advance(TaskState::Live(task), TaskEventType::Created, nonce)
+        let mut planned = Self::legacy(task.clone()).advance(
+            TaskState::Live(task),
+            TaskEventType::Created,
+            nonce,
+        );
+        // Nothing was scheduled for a task that did not exist.
+        planned.reschedules = !planned.record.pending_alarms().is_empty();
+        planned
     }
 
     pub fn id(&self) -> &TaskId {
@@ -77,6 +88,13 @@ impl TaskRecord {
 
     pub fn is_deleted(&self) -> bool {
         matches!(self.state, TaskState::Deleted(_))
+    }
+
+    /// The alarms the scheduler must hold for this task: none once deleted.
+    pub fn pending_alarms(&self) -> Vec<(Alarm, DateTime<Utc>)> {
+        self.live()
+            .map(|task| task.deadline.pending(task.status))
+            .unwrap_or_default()
     }
 
     /// Status and priority: which lists the task belongs in.
@@ -143,14 +161,19 @@ impl TaskRecord {
                 revision: Some(revision),
             },
         };
+        let record = Self {
+            state,
+            revision,
+            history,
+        };
+        // An announcement only retires the alarm whose job is delivering it.
+        let reschedules = !matches!(event_type, TaskEventType::Announced(_))
+            && record.pending_alarms() != self.pending_alarms();
         Planned {
-            record: Self {
-                state,
-                revision,
-                history,
-            },
+            record,
             event,
             nonce,
+            reschedules,
         }
     }
 
@@ -159,11 +182,11 @@ impl TaskRecord {
         self.history.verdict(self.revision, revision, nonce)
     }
 
-    /// Whether the task's change at `revision` was a completion.
-    pub fn completed_at_revision(&self, revision: u64) -> bool {
-        self.history.at(revision).is_some_and(|change| {
-            change.event_type == TaskEventType::StatusChanged(TaskStatus::Completed)
-        })
+    /// Whether the task's change at `revision` was of `event_type`.
+    pub fn changed_at(&self, revision: u64, event_type: TaskEventType) -> bool {
+        self.history
+            .at(revision)
+            .is_some_and(|change| change.event_type == event_type)
     }
 }
 
@@ -202,12 +225,48 @@ mod tests {
             )
             .unwrap()
             .record;
-        assert!(completed.completed_at_revision(2));
+        let completion = TaskEventType::StatusChanged(TaskStatus::Completed);
+        assert!(completed.changed_at(2, completion));
         assert!(
-            !completed.completed_at_revision(1),
+            !completed.changed_at(1, completion),
             "revision 1 was the creation"
         );
-        assert!(!completed.completed_at_revision(3), "no revision 3 yet");
+        assert!(!completed.changed_at(3, completion), "no revision 3 yet");
+    }
+
+    #[test]
+    fn only_changes_that_move_alarms_reschedule() {
+        let now = time::now();
+        let mut due = task();
+        due.deadline =
+            crate::domain::Deadline::parse_new(Some(now + chrono::Duration::hours(1)), None, now)
+                .unwrap();
+        assert!(!TaskRecord::create(task(), Nonce::random()).reschedules);
+        let created = TaskRecord::create(due.clone(), Nonce::random());
+        assert!(created.reschedules, "a new due date is scheduled");
+        let record = created.record;
+        let mut renamed = due.clone();
+        renamed.title = crate::domain::Title::parse("renamed").unwrap();
+        let planned = record
+            .update(renamed, TaskEventType::Updated, Nonce::random())
+            .unwrap();
+        assert!(!planned.reschedules, "a rename leaves the jobs alone");
+        let mut done = due.clone();
+        done.set_status(TaskStatus::Completed, now);
+        let completion = TaskEventType::StatusChanged(TaskStatus::Completed);
+        let planned = record.update(done, completion, Nonce::random()).unwrap();
+        assert!(planned.reschedules, "a completion cancels");
+        assert!(record.delete(now, Nonce::random()).unwrap().reschedules);
+        let mut announced = due;
+        announced.deadline.announce(Alarm::Due);
+        let planned = record
+            .update(
+                announced,
+                TaskEventType::Announced(Alarm::Due),
+                Nonce::random(),
+            )
+            .unwrap();
+        assert!(!planned.reschedules, "the firing job retires itself");
     }
 
     #[test]

@@ -3,7 +3,7 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 
-use super::{FieldViolation, TaskStatus, Violations};
+use super::{Deadline, DeadlineChange, FieldViolation, TaskStatus, Violations};
 
 /// Longest title accepted, in characters (as the original's `max_length=200`).
 pub const TITLE_MAX_CHARS: usize = 200;
@@ -216,6 +216,7 @@ pub struct NewTask {
     pub title: Title,
     pub description: Option<Description>,
     pub priority: Priority,
+    pub deadline: Deadline,
 }
 
 impl NewTask {
@@ -234,9 +235,14 @@ impl NewTask {
                 title,
                 description: description.flatten(),
                 priority: priority.unwrap_or_default(),
+                deadline: Deadline::default(),
             }),
             _ => Err(violations),
         }
+    }
+
+    pub fn with_deadline(self, deadline: Deadline) -> Self {
+        Self { deadline, ..self }
     }
 }
 
@@ -246,13 +252,25 @@ impl NewTask {
     pub fn fingerprint(&self) -> String {
         let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
         let description = self.description.as_ref().map(Description::as_str);
-        let parts = [
-            self.title.as_str(),
-            "\u{0}",
-            description.unwrap_or("\u{1}"),
-            "\u{0}",
-            &self.priority.value().to_string(),
+        let mut parts = vec![
+            self.title.as_str().to_string(),
+            "\u{0}".into(),
+            description.unwrap_or("\u{1}").into(),
+            "\u{0}".into(),
+            self.priority.value().to_string(),
         ];
+        // Only a set time counts, so requests without a deadline keep the digest they had
+        // before deadlines existed (reservations store it).
+        for at in [self.deadline.due_at, self.deadline.remind_at] {
+            parts.push("\u{0}".into());
+            parts.push(
+                at.map(|at| at.timestamp_micros().to_string())
+                    .unwrap_or_default(),
+            );
+        }
+        if self.deadline == Deadline::default() {
+            parts.truncate(5);
+        }
         for byte in parts.iter().flat_map(|p| p.bytes()) {
             hash ^= u64::from(byte);
             hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
@@ -268,6 +286,7 @@ pub struct TaskChanges {
     pub title: Option<Title>,
     pub description: Option<Option<Description>>,
     pub priority: Option<Priority>,
+    pub deadline: DeadlineChange,
 }
 
 impl TaskChanges {
@@ -285,11 +304,19 @@ impl TaskChanges {
             title: title.flatten(),
             description: description.flatten(),
             priority: priority.flatten(),
+            deadline: DeadlineChange::default(),
         })
     }
 
+    pub fn with_deadline(self, deadline: DeadlineChange) -> Self {
+        Self { deadline, ..self }
+    }
+
     pub fn is_empty(&self) -> bool {
-        self.title.is_none() && self.description.is_none() && self.priority.is_none()
+        self.title.is_none()
+            && self.description.is_none()
+            && self.priority.is_none()
+            && self.deadline.is_empty()
     }
 }
 
@@ -303,6 +330,7 @@ pub struct Task {
     pub priority: Priority,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    pub deadline: Deadline,
 }
 
 impl Task {
@@ -316,12 +344,15 @@ impl Task {
             priority: new.priority,
             created_at: now,
             updated_at: now,
+            deadline: new.deadline,
         }
     }
 
     /// Applies `changes`; returns whether anything changed (and only then touches `updated_at`).
-    pub fn apply(&mut self, changes: &TaskChanges, now: DateTime<Utc>) -> bool {
+    /// A deadline that breaks its rules against the task's current one changes nothing.
+    pub fn apply(&mut self, changes: &TaskChanges, now: DateTime<Utc>) -> Result<bool, Violations> {
         let before = self.clone();
+        self.deadline.apply(&changes.deadline, now)?;
         if let Some(title) = &changes.title {
             self.title = title.clone();
         }
@@ -335,7 +366,7 @@ impl Task {
         if changed {
             self.updated_at = now;
         }
-        changed
+        Ok(changed)
     }
 
     /// Moves to `status`; returns whether it changed. Any status may follow any other (a
@@ -465,11 +496,11 @@ mod tests {
             created,
         );
         let same = TaskChanges::parse(Some("t"), None, Some(2)).unwrap();
-        assert!(!task.apply(&same, later));
+        assert!(!task.apply(&same, later).unwrap());
         assert_eq!(task.updated_at, created);
 
         let clear = TaskChanges::parse(None, Some(""), Some(3)).unwrap();
-        assert!(task.apply(&clear, later));
+        assert!(task.apply(&clear, later).unwrap());
         assert_eq!(task.priority.value(), 3);
         assert_eq!(task.updated_at, later);
     }

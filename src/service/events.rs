@@ -1,11 +1,11 @@
-//! Handling delivered events: relay the outbox, notify completions (once each, and only real
-//! ones), keep what can never be handled as dead letters.
+//! Handling delivered events: relay the outbox, notify completions, due dates and reminders
+//! (once each, and only real ones), keep what can never be handled as dead letters.
 //!
 //! | Event | Answer |
 //! |---|---|
 //! | staged on the outbox topic | see [`super::relay`] |
-//! | `task.completed` the stored task confirms | notify; SUCCESS, or RETRY if that failed for now |
-//! | `task.completed` the stored task does not confirm (forged, replayed, stale) | SUCCESS, logged, nothing sent |
+//! | `task.completed`, `task.due`, `task.reminder` the stored task confirms | notify; SUCCESS, or RETRY if that failed for now |
+//! | one of those the stored task does not confirm (forged, replayed, stale) | SUCCESS, logged, nothing sent |
 //! | any other task event | SUCCESS |
 //! | an event of the original implementation | its task is indexed (listable), then as above |
 //! | not a task event at all; a notification refused as invalid | dead letter (kept, replayable); SUCCESS |
@@ -141,8 +141,8 @@ impl EventHandler {
         {
             return outcome;
         }
-        if event.event_type == TaskEventType::StatusChanged(TaskStatus::Completed) {
-            self.notify_completion(&event).await
+        if Notification::of(event.event_type, &event.task_id).is_some() {
+            self.notify(&event).await
         } else {
             Outcome::Success("task event noted")
         }
@@ -159,10 +159,10 @@ impl EventHandler {
         }
     }
 
-    /// One notification per real completion: only a completion the stored task confirms is
-    /// notified, under a key derived from that completion, which notification-service keeps
-    /// once however often it arrives.
-    async fn notify_completion(&self, event: &TaskEvent) -> Outcome {
+    /// One notification per real completion, due date or reminder: only a change the stored
+    /// task confirms is notified, under a key derived from that change, which
+    /// notification-service keeps once however often it arrives.
+    async fn notify(&self, event: &TaskEvent) -> Outcome {
         let Ok(id) = TaskId::parse(&event.task_id) else {
             return Outcome::Dead(format!("task_id {} is not a task id", echo(&event.task_id)));
         };
@@ -171,15 +171,18 @@ impl EventHandler {
             Err(error) => return Outcome::Retry(format!("cannot read the task: {error}")),
         };
         let key = match (event.revision, &record) {
-            (Some(revision), Some(stored)) if stored.value.completed_at_revision(revision) => {
+            (Some(revision), Some(stored))
+                if stored.value.changed_at(revision, event.event_type) =>
+            {
                 event_id(&event.task_id, revision)
             }
-            // An event of the original implementation: the task must be completed now.
+            // A completion of the original implementation: the task must be completed now.
             (None, Some(stored))
-                if stored
-                    .value
-                    .live()
-                    .is_some_and(|t| t.status == TaskStatus::Completed) =>
+                if event.event_type == TaskEventType::StatusChanged(TaskStatus::Completed)
+                    && stored
+                        .value
+                        .live()
+                        .is_some_and(|t| t.status == TaskStatus::Completed) =>
             {
                 format!("{}@{}", event.task_id, event.timestamp.timestamp_micros())
             }
@@ -187,12 +190,15 @@ impl EventHandler {
                 tracing::warn!(
                     task_id = %event.task_id,
                     revision = ?event.revision,
-                    "task.completed not confirmed by the stored task (forged, replayed or stale): nothing sent"
+                    event_type = %event.event_type,
+                    "event not confirmed by the stored task (forged, replayed or stale): nothing sent"
                 );
-                return Outcome::Success("unconfirmed completion ignored");
+                return Outcome::Success("unconfirmed event ignored");
             }
         };
-        let notification = Notification::task_completed(&event.task_id);
+        let Some(notification) = Notification::of(event.event_type, &event.task_id) else {
+            return Outcome::Success("task event noted");
+        };
         match self.notifier.notify(&notification, &key).await {
             Ok(()) => Outcome::Success("notification sent"),
             Err(SidecarError::Refused(message)) => {

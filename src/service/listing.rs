@@ -4,6 +4,10 @@
 //! names the position and, for each list, the leaf to resume at), then reads the tasks those
 //! entries name and keeps the ones whose stored record still belongs there. Entries left behind
 //! by changes in flight or interrupted are skipped, and cleaned up once their task has moved on.
+//!
+//! Overdue tasks (due before now, not completed) are the open lists read the same way, keeping
+//! only the tasks past their due date: a page of them costs reads in proportion to the open
+//! tasks passed over, not to the page.
 
 use std::time::Duration;
 
@@ -32,11 +36,12 @@ pub struct PageToken {
     hints: Vec<Option<LeafId>>,
 }
 
-fn filter_tag(status: Option<TaskStatus>, priority: Option<Priority>) -> String {
+fn filter_tag(status: Option<TaskStatus>, priority: Option<Priority>, overdue: bool) -> String {
     format!(
-        "{}/{}",
+        "{}/{}{}",
         status.map_or("*", TaskStatus::as_str),
-        priority.map_or_else(|| "*".to_string(), |p| p.value().to_string())
+        priority.map_or_else(|| "*".to_string(), |p| p.value().to_string()),
+        if overdue { "/overdue" } else { "" }
     )
 }
 
@@ -61,11 +66,12 @@ impl PageToken {
         token: &str,
         status: Option<TaskStatus>,
         priority: Option<Priority>,
+        overdue: bool,
     ) -> Result<Self, Violations> {
         let invalid = || Violations::single("page_token", "is not a token this service issued");
         let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
         let text = String::from_utf8(bytes).map_err(|_| invalid())?;
-        let filter = filter_tag(status, priority);
+        let filter = filter_tag(status, priority, overdue);
         let position = |micros: &str, id: &str| -> Result<Position, Violations> {
             Ok(Position {
                 micros: micros.parse().map_err(|_| invalid())?,
@@ -84,7 +90,7 @@ impl PageToken {
                 if *issued_for != filter {
                     return Err(Violations::single(
                         "page_token",
-                        "was issued for a different filter: keep status and priority the same while paging",
+                        "was issued for a different filter: keep status, priority and overdue the same while paging",
                     ));
                 }
                 let hints = hints
@@ -107,6 +113,8 @@ impl PageToken {
 pub struct ListQuery {
     pub status: Option<TaskStatus>,
     pub priority: Option<Priority>,
+    /// Only tasks due before now and not completed.
+    pub overdue: bool,
     pub page_size: usize,
     pub page_token: Option<PageToken>,
 }
@@ -116,6 +124,7 @@ impl ListQuery {
     pub fn parse(
         status: Option<TaskStatus>,
         priority: Option<Priority>,
+        overdue: bool,
         page_size: i64,
         page_token: &str,
     ) -> Result<Self, Violations> {
@@ -133,11 +142,12 @@ impl ListQuery {
         };
         let page_token = match page_token {
             "" => None,
-            token => Some(PageToken::decode(token, status, priority)?),
+            token => Some(PageToken::decode(token, status, priority, overdue)?),
         };
         Ok(Self {
             status,
             priority,
+            overdue,
             page_size,
             page_token,
         })
@@ -151,9 +161,15 @@ pub struct Page {
 }
 
 impl Tasks {
-    /// Tasks oldest first (creation time, then id), optionally of one status and/or priority.
+    /// Tasks oldest first (creation time, then id), optionally of one status and/or priority,
+    /// optionally only the overdue ones.
     pub async fn list(&self, query: &ListQuery) -> Result<Page, Error> {
-        let lists = ListId::matching(query.status, query.priority);
+        let now = time::now();
+        let mut lists = ListId::matching(query.status, query.priority);
+        if query.overdue {
+            lists.retain(|list| list.status != TaskStatus::Completed);
+        }
+        let keep = |task: &Task| !query.overdue || task.deadline.is_overdue(task.status, now);
         let (after, hints) = match &query.page_token {
             Some(token) if token.hints.len() == lists.len() => {
                 (Some(token.after.clone()), token.hints.clone())
@@ -188,7 +204,7 @@ impl Tasks {
                 last = Some(entry.position.clone());
                 match record {
                     Ok(Some(stored)) if list_of(&stored.value) == Some(list) => {
-                        if let Some(task) = stored.value.live() {
+                        if let Some(task) = stored.value.live().filter(|task| keep(task)) {
                             tasks.push(Versioned {
                                 value: task.clone(),
                                 etag: stored.value.revision.to_string(),
@@ -218,7 +234,7 @@ impl Tasks {
         let more = reader.next().await?.is_some();
         let next_page_token = match (more, last) {
             (true, Some(after)) => Some(PageToken {
-                filter: filter_tag(query.status, query.priority),
+                filter: filter_tag(query.status, query.priority, query.overdue),
                 hints: reader.resume_hints(&after),
                 after,
             }),
@@ -238,7 +254,7 @@ mod tests {
     #[test]
     fn page_tokens_round_trip_and_reject_forgeries() {
         let token = PageToken {
-            filter: filter_tag(Some(TaskStatus::Pending), None),
+            filter: filter_tag(Some(TaskStatus::Pending), None, false),
             after: Position {
                 micros: 1_736_937_000_000_000,
                 id: TaskId::parse("a.b-c").unwrap(),
@@ -246,29 +262,46 @@ mod tests {
             hints: vec![Some("head".into()), None, Some("k3j2h1g0f9e8".into())],
         };
         assert_eq!(
-            PageToken::decode(&token.encode(), Some(TaskStatus::Pending), None).unwrap(),
+            PageToken::decode(&token.encode(), Some(TaskStatus::Pending), None, false).unwrap(),
             token
         );
         assert!(
-            PageToken::decode(&token.encode(), None, None).is_err(),
+            PageToken::decode(&token.encode(), None, None, false).is_err(),
             "other filter"
         );
-        assert!(PageToken::decode("not-base64!", None, None).is_err());
-        assert!(PageToken::decode(&URL_SAFE_NO_PAD.encode("v3:1:x"), None, None).is_err());
-        assert!(PageToken::decode(&URL_SAFE_NO_PAD.encode("v1:x:y"), None, None).is_err());
-        let legacy = PageToken::decode(&URL_SAFE_NO_PAD.encode("v1:5:t-1"), None, None).unwrap();
+        assert!(
+            PageToken::decode(&token.encode(), Some(TaskStatus::Pending), None, true).is_err(),
+            "overdue is part of the filter"
+        );
+        assert!(PageToken::decode("not-base64!", None, None, false).is_err());
+        assert!(PageToken::decode(&URL_SAFE_NO_PAD.encode("v3:1:x"), None, None, false).is_err());
+        assert!(PageToken::decode(&URL_SAFE_NO_PAD.encode("v1:x:y"), None, None, false).is_err());
+        let legacy =
+            PageToken::decode(&URL_SAFE_NO_PAD.encode("v1:5:t-1"), None, None, false).unwrap();
         assert_eq!(legacy.after.micros, 5);
         assert!(legacy.hints.is_empty());
     }
 
     #[test]
     fn page_size_defaults_and_caps() {
-        assert_eq!(ListQuery::parse(None, None, 0, "").unwrap().page_size, 20);
         assert_eq!(
-            ListQuery::parse(None, None, 500, "").unwrap().page_size,
+            ListQuery::parse(None, None, false, 0, "")
+                .unwrap()
+                .page_size,
+            20
+        );
+        assert_eq!(
+            ListQuery::parse(None, None, false, 500, "")
+                .unwrap()
+                .page_size,
             100
         );
-        assert_eq!(ListQuery::parse(None, None, 7, "").unwrap().page_size, 7);
-        assert!(ListQuery::parse(None, None, -1, "").is_err());
+        assert_eq!(
+            ListQuery::parse(None, None, false, 7, "")
+                .unwrap()
+                .page_size,
+            7
+        );
+        assert!(ListQuery::parse(None, None, false, -1, "").is_err());
     }
 }

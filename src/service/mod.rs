@@ -2,11 +2,13 @@
 //! TaskService calls, invocations through Dapr and topic events all end up here, so they
 //! behave the same.
 
+mod alarms;
 mod events;
 mod listing;
 mod relay;
 mod tasks;
 
+pub use alarms::Alarms;
 pub use events::{Delivery, EventHandler, Outcome, Route};
 pub use listing::{ListQuery, Page, PageToken};
 pub use relay::Relay;

@@ -8,6 +8,10 @@
 //! | revision older than it remembers | publish, SUCCESS (see below) | same |
 //! | store or broker unreachable | RETRY | RETRY |
 //!
+//! A confirmed change that moved the task's alarms first brings its jobs in step (see
+//! [`super::Alarms`]); until that succeeds the staged event is redelivered, so a due date saved
+//! just before a crash still gets its job.
+//!
 //! A write's outcome is always known within its call timeout (10 s), so after 30 s a change that
 //! has not reached the record never will. A record remembers its last 32 changes; a staged event
 //! is relayed within seconds, so one older than that was committed long ago in all but a
@@ -15,7 +19,7 @@
 
 use std::time::Duration;
 
-use super::Outcome;
+use super::{Alarms, Outcome};
 use crate::{
     domain::{TaskId, Verdict, time},
     sidecar::{
@@ -38,11 +42,16 @@ const IN_FLIGHT_PAUSES: [Duration; 3] = [
 pub struct Relay {
     store: TaskStore,
     outbox: Outbox,
+    alarms: Alarms,
 }
 
 impl Relay {
-    pub fn new(store: TaskStore, outbox: Outbox) -> Self {
-        Self { store, outbox }
+    pub fn new(store: TaskStore, outbox: Outbox, alarms: Alarms) -> Self {
+        Self {
+            store,
+            outbox,
+            alarms,
+        }
     }
 
     pub async fn handle(&self, data: &[u8]) -> Outcome {
@@ -52,6 +61,19 @@ impl Relay {
             Err(reason) => return Outcome::Dead(format!("not an outbox message: {reason}")),
         };
         match self.confirm(&staged).await {
+            Ok(Confirmation::Publish) if staged.reschedules => {
+                // Parsed by `confirm` already.
+                let Ok(id) = TaskId::parse(&staged.event.task_id) else {
+                    return Outcome::Dead("staged event with a bad task id".into());
+                };
+                if let Err(error) = self.alarms.sync(&id).await {
+                    return Outcome::Retry(format!("jobs not in step yet: {error}"));
+                }
+                match self.outbox.publish(&staged.event).await {
+                    Ok(()) => Outcome::Success("jobs scheduled, event published"),
+                    Err(error) => Outcome::Retry(format!("event not published yet: {error}")),
+                }
+            }
             Ok(Confirmation::Publish) => match self.outbox.publish(&staged.event).await {
                 Ok(()) => Outcome::Success("event published"),
                 Err(error) => Outcome::Retry(format!("event not published yet: {error}")),

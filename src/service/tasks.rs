@@ -14,21 +14,26 @@
 //! On the in-memory broker, which keeps nothing across a restart anyway and delivers one message
 //! of a topic at a time, step 2 is replaced by publishing the event right after step 3.
 //!
+//! A change that moves the task's alarms (due date, reminder) is followed by bringing its jobs
+//! in step with the record ([`super::Alarms`]): by the relay once the change is confirmed, or,
+//! on the in-memory broker, right after the publish.
+//!
 //! The ETag callers see is the task's revision: it changes with every change, and a write
 //! answers with it without reading the task back (the store's own ETag, which guards every
 //! write, only comes with a read).
 
 use chrono::{DateTime, Utc};
 
-use super::Error;
+use super::{Alarms, Error};
 use crate::{
     domain::{
-        NewTask, Nonce, Planned, RequestId, Task, TaskChanges, TaskEventType, TaskId, TaskRecord,
-        TaskStatus, Versioned, Violations, time,
+        Alarm, NewTask, Nonce, Planned, RequestId, Task, TaskChanges, TaskEventType, TaskId,
+        TaskRecord, TaskStatus, Versioned, Violations, time,
     },
     sidecar::{
         SidecarError, backoff,
         index::{ListId, Position, TaskIndex},
+        jobs::AlarmJob,
         outbox::{Outbox, StagedEvent},
         requests::CreateRequests,
         state::MAX_ATTEMPTS,
@@ -40,7 +45,11 @@ use crate::{
 enum Plan {
     Unchanged,
     Replace(Task, TaskEventType),
+    /// Announce an alarm: a change whose event is stamped with the time it fired.
+    Announce(Task, Alarm),
     Delete,
+    /// The request does not fit the task as it is now.
+    Refuse(Violations),
 }
 
 /// Why one attempt to write did not land.
@@ -81,6 +90,7 @@ pub struct Tasks {
     pub(super) index: TaskIndex,
     outbox: Outbox,
     requests: CreateRequests,
+    alarms: Alarms,
 }
 
 impl Tasks {
@@ -89,12 +99,14 @@ impl Tasks {
         index: TaskIndex,
         outbox: Outbox,
         requests: CreateRequests,
+        alarms: Alarms,
     ) -> Self {
         Self {
             store,
             index,
             outbox,
             requests,
+            alarms,
         }
     }
 
@@ -217,13 +229,36 @@ impl Tasks {
     ) -> Result<Versioned<Task>, Error> {
         self.apply(id, expected_etag, |current, now| {
             let mut task = current.clone();
-            if task.apply(changes, now) {
-                Plan::Replace(task, TaskEventType::Updated)
-            } else {
-                Plan::Unchanged
+            match task.apply(changes, now) {
+                Ok(true) => Plan::Replace(task, TaskEventType::Updated),
+                Ok(false) => Plan::Unchanged,
+                Err(violations) => Plan::Refuse(violations),
             }
         })
         .await
+    }
+
+    /// Announces a fired alarm job, once: only if the task still has that alarm pending for
+    /// that time (not completed, not moved, not announced yet). Returns whether it announced.
+    pub async fn announce(&self, job: &AlarmJob) -> Result<bool, Error> {
+        let mut announced = false;
+        let result = self
+            .apply(&job.task_id, None, |current, _| {
+                announced = current.deadline.fires(current.status, job.alarm, job.at);
+                if !announced {
+                    return Plan::Unchanged;
+                }
+                let mut task = current.clone();
+                task.deadline.announce(job.alarm);
+                Plan::Announce(task, job.alarm)
+            })
+            .await;
+        match result {
+            Ok(_) => Ok(announced),
+            // Deleted since: nothing to announce.
+            Err(Error::NotFound(_)) => Ok(false),
+            Err(error) => Err(error),
+        }
     }
 
     /// Setting the status a task already has changes nothing and publishes nothing.
@@ -298,7 +333,15 @@ impl Tasks {
                 Plan::Replace(changed, event_type) => {
                     current.value.update(changed, event_type, nonce)
                 }
+                Plan::Announce(changed, alarm) => current
+                    .value
+                    .update(changed, TaskEventType::Announced(alarm), nonce)
+                    .map(|mut planned| {
+                        planned.event.timestamp = now;
+                        planned
+                    }),
                 Plan::Delete => current.value.delete(now, nonce),
+                Plan::Refuse(violations) => return Err(Error::Invalid(violations)),
             };
             let Some(planned) = planned else {
                 return Err(Error::NotFound(id.clone()));
@@ -336,6 +379,7 @@ impl Tasks {
             record,
             event,
             nonce,
+            reschedules,
         } = planned;
         let id = record.id().clone();
         let position = position_of(&record);
@@ -368,6 +412,7 @@ impl Tasks {
                 event: event.clone(),
                 nonce,
                 staged_at: time::now(),
+                reschedules,
             };
             self.outbox.stage(&staged).await
         };
@@ -384,6 +429,15 @@ impl Tasks {
         if !relayed && let Err(error) = self.outbox.publish(&event).await {
             return Err(Attempt::Failed(Error::unavailable(
                 format!("task {id} was saved, but its event could not be published: {error}"),
+                Some(id),
+            )));
+        }
+        if !relayed
+            && reschedules
+            && let Err(error) = self.alarms.sync(&id).await
+        {
+            return Err(Attempt::Failed(Error::unavailable(
+                format!("task {id} was saved, but its due date could not be scheduled: {error}"),
                 Some(id),
             )));
         }

@@ -5,6 +5,7 @@ mod client;
 pub mod dead_letters;
 mod dependencies;
 pub mod index;
+pub mod jobs;
 pub mod notifications;
 pub mod notify;
 pub mod outbox;

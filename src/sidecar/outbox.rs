@@ -30,6 +30,9 @@ pub struct StagedEvent {
     /// The writer's nonce for that revision.
     pub nonce: Nonce,
     pub staged_at: DateTime<Utc>,
+    /// The change alters the task's scheduled alarms: the relay syncs its jobs before
+    /// publishing.
+    pub reschedules: bool,
 }
 
 /// What arrives on the outbox topic.
@@ -50,6 +53,8 @@ struct Wire {
     staged_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     event: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    reschedules: bool,
 }
 
 impl OutboxMessage {
@@ -60,12 +65,14 @@ impl OutboxMessage {
                 nonce: None,
                 staged_at: None,
                 event: None,
+                reschedules: false,
             },
             OutboxMessage::Staged(staged) => Wire {
                 probe: None,
                 nonce: Some(staged.nonce.to_string()),
                 staged_at: Some(time::format(staged.staged_at)),
                 event: serde_json::from_slice(&staged.event.to_json()).ok(),
+                reschedules: staged.reschedules,
             },
         };
         serde_json::to_vec(&wire).expect("an outbox message serialises to JSON")
@@ -96,6 +103,7 @@ impl OutboxMessage {
             event,
             nonce,
             staged_at,
+            reschedules: wire.reschedules,
         }))
     }
 }
@@ -215,6 +223,7 @@ mod tests {
             },
             nonce: Nonce::parse("0badc0de").unwrap(),
             staged_at: time::parse("2025-01-15T10:30:00.5").unwrap(),
+            reschedules: true,
         };
         let message = OutboxMessage::Staged(staged);
         assert_eq!(OutboxMessage::from_json(&message.to_json()), Ok(message));

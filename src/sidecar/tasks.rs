@@ -6,8 +6,14 @@
 //! ```json
 //! {"id":"5b0c…","title":"Learn Dapr","description":null,"status":"completed","priority":2,
 //!  "created_at":"2025-01-15T10:30:00.000000Z","updated_at":"2025-01-15T10:31:00.000000Z",
+//!  "due_at":null,"remind_at":null,
 //!  "revision":2,"changes":[[1,"8f2a1c0d","task.created"],[2,"03b9e771","task.completed"]]}
 //! ```
+//!
+//! A task with a due date has `due_at` (and `remind_at`) as RFC 3339 times, and `announced`
+//! lists what was already announced of them (`["reminder"]`, `["due"]`). The original writes back
+//! only its own fields, so a task it updates loses its due date, reminder and revisions (task-api
+//! then reads it as a task the original stored).
 //!
 //! A deleted task's key holds a tombstone until the store expires it (`ttlInSeconds`):
 //!
@@ -28,8 +34,8 @@ use super::{
     state::{Versioned, Write},
 };
 use crate::domain::{
-    Change, Description, History, Nonce, Priority, Task, TaskEventType, TaskId, TaskRecord,
-    TaskState, TaskStatus, Title, Tombstone, time,
+    Alarm, Change, Deadline, Description, History, Nonce, Priority, Task, TaskEventType, TaskId,
+    TaskRecord, TaskState, TaskStatus, Title, Tombstone, time,
 };
 
 /// The state key of a task.
@@ -47,6 +53,10 @@ struct LiveDocument<'a> {
     priority: i64,
     created_at: String,
     updated_at: String,
+    due_at: Option<String>,
+    remind_at: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    announced: Vec<&'static str>,
     revision: u64,
     changes: Vec<(u64, String, &'static str)>,
 }
@@ -74,6 +84,12 @@ struct StoredDocument {
     updated_at: Option<String>,
     deleted_at: Option<String>,
     #[serde(default)]
+    due_at: Option<String>,
+    #[serde(default)]
+    remind_at: Option<String>,
+    #[serde(default)]
+    announced: Vec<String>,
+    #[serde(default)]
     revision: u64,
     #[serde(default)]
     changes: Vec<(u64, String, String)>,
@@ -98,6 +114,16 @@ pub fn encode(record: &TaskRecord) -> Vec<u8> {
             priority: i64::from(task.priority.value()),
             created_at: time::format(task.created_at),
             updated_at: time::format(task.updated_at),
+            due_at: task.deadline.due_at.map(time::format),
+            remind_at: task.deadline.remind_at.map(time::format),
+            announced: Alarm::ALL
+                .into_iter()
+                .filter(|alarm| match alarm {
+                    Alarm::Due => task.deadline.due_announced,
+                    Alarm::Reminder => task.deadline.reminder_announced,
+                })
+                .map(Alarm::as_str)
+                .collect(),
             revision: record.revision,
             changes: changes(&record.history),
         }),
@@ -150,6 +176,19 @@ pub fn decode(bytes: &[u8]) -> Result<TaskRecord, String> {
         None => {
             let title = stored.title.ok_or("title is missing")?;
             let updated_at = stored.updated_at.ok_or("updated_at is missing")?;
+            let optional_time = |field: &str, text: &Option<String>| {
+                text.as_deref().map(|text| time(field, text)).transpose()
+            };
+            let mut deadline = Deadline {
+                due_at: optional_time("due_at", &stored.due_at)?,
+                remind_at: optional_time("remind_at", &stored.remind_at)?,
+                ..Deadline::default()
+            };
+            for alarm in &stored.announced {
+                let alarm = Alarm::parse(alarm)
+                    .ok_or_else(|| format!("announced: unknown alarm {alarm:?}"))?;
+                deadline.announce(alarm);
+            }
             TaskState::Live(Task {
                 id,
                 title: Title::stored(&title).map_err(|v| field("title", v))?,
@@ -158,6 +197,7 @@ pub fn decode(bytes: &[u8]) -> Result<TaskRecord, String> {
                 priority,
                 created_at,
                 updated_at: time("updated_at", &updated_at)?,
+                deadline,
             })
         }
     };
@@ -291,8 +331,23 @@ mod tests {
         let written = String::from_utf8(encode(&record)).unwrap();
         assert_eq!(
             written,
-            r#"{"id":"abc-123","title":"Learn Dapr","description":null,"status":"in_progress","priority":2,"created_at":"2025-01-15T10:30:00.000000Z","updated_at":"2025-01-15T10:30:00.000000Z","revision":0,"changes":[]}"#
+            r#"{"id":"abc-123","title":"Learn Dapr","description":null,"status":"in_progress","priority":2,"created_at":"2025-01-15T10:30:00.000000Z","updated_at":"2025-01-15T10:30:00.000000Z","due_at":null,"remind_at":null,"revision":0,"changes":[]}"#
         );
+    }
+
+    #[test]
+    fn due_dates_and_announcements_round_trip() {
+        let doc = br#"{"id":"t","title":"x","description":null,"status":"pending","priority":1,"created_at":"2025-01-15T10:30:00","updated_at":"2025-01-15T10:30:00","due_at":"2025-01-16T09:00:00Z","remind_at":"2025-01-16T08:00:00Z","announced":["reminder"],"revision":3,"changes":[]}"#;
+        let record = decode(doc).unwrap();
+        let task = record.live().unwrap();
+        assert_eq!(
+            task.deadline.due_at.map(time::format).as_deref(),
+            Some("2025-01-16T09:00:00.000000Z")
+        );
+        assert!(task.deadline.reminder_announced && !task.deadline.due_announced);
+        assert_eq!(decode(&encode(&record)).unwrap(), record);
+        let error = decode(br#"{"id":"t","title":"x","status":"pending","priority":1,"created_at":"2025-01-15T10:30:00","updated_at":"2025-01-15T10:30:00","due_at":"soon"}"#).unwrap_err();
+        assert!(error.starts_with("due_at"), "{error}");
     }
 
     #[test]

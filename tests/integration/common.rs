@@ -245,6 +245,7 @@ pub async fn create(client: &mut Client, title: &str, priority: Option<i32>) -> 
             description: None,
             priority,
             request_id: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -11,6 +11,7 @@ mod compatibility;
 mod dapr_outbox;
 mod dependencies;
 mod deploy_resources;
+mod due_dates;
 mod faults;
 mod lifecycle;
 mod listing;

@@ -77,7 +77,7 @@ async fn the_readme_walkthrough_works_against_the_run_command() {
     let notifications = method("notification.v1.NotificationService/ListNotifications");
     assert_eq!(
         commands.len(),
-        7,
+        9,
         "the README walkthrough changed: {commands:#?}"
     );
     assert_eq!(
@@ -89,7 +89,7 @@ async fn the_readme_walkthrough_works_against_the_run_command() {
             complete.len(),
             notifications.len()
         ),
-        (1, 1, 2, 1, 1, 1)
+        (2, 1, 2, 1, 1, 2)
     );
 
     // A port already served by someone else: the run command stops at once and names it.
@@ -226,6 +226,41 @@ async fn the_readme_walkthrough_works_against_the_run_command() {
         stack_run.log_contains("[notification-service]"),
         "app logs are prefixed"
     );
+
+    // Due in 20 s with a reminder at 10 s: both notified, through the scheduler's jobs.
+    let (ok, out) = sh(&create[1], &vars);
+    assert!(ok, "{out}");
+    let due = json(&out);
+    assert!(
+        due["dueAt"].is_string() && due["remindAt"].is_string(),
+        "{out}"
+    );
+    let due_id = due["id"].as_str().unwrap().to_string();
+    let due_vars = [("DUE_ID", due_id.as_str())];
+    let started = Instant::now();
+    loop {
+        let (ok, out) = sh(&notifications[1], &due_vars);
+        assert!(ok, "{out}");
+        let mut kinds: Vec<String> = json(&out)["notifications"]
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .map(|n| n["type"].as_str().unwrap_or("").to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        kinds.sort();
+        if kinds.len() == 2 {
+            assert_eq!(kinds, ["task_due", "task_reminder"], "{out}");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(45),
+            "due-date notifications missing: {out}"
+        );
+        // Poll interval of a loop with a deadline, not synchronisation.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 
     // Ctrl-C: everything stops, cleanly, and nothing is left behind.
     stack_run.signal(libc::SIGINT);

@@ -376,6 +376,7 @@ async fn concurrent_updates_lose_nothing(components: ComponentSet) {
                         description,
                         priority,
                         etag: String::new(),
+                        ..Default::default()
                     })
                     .await
                     .map(|_| ())
@@ -483,6 +484,7 @@ async fn list_filters_and_pages(components: ComponentSet) {
                     page_size,
                     page_token: token.clone(),
                     priority,
+                    overdue: false,
                 })
                 .await
                 .unwrap()

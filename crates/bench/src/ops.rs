@@ -95,6 +95,7 @@ pub fn create_request() -> pb::CreateTaskRequest {
         description: Some(DESCRIPTION.into()),
         priority: Some(PRIORITY),
         request_id: String::new(),
+        ..Default::default()
     }
 }
 
@@ -158,6 +159,7 @@ pub async fn list(client: &mut TaskClient) -> std::result::Result<(), String> {
             page_size: LIST_PAGE_SIZE as i32,
             page_token: String::new(),
             priority: None,
+            overdue: false,
         })
         .await
         .map_err(|s| describe(&s))?

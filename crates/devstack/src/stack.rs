@@ -272,6 +272,10 @@ impl Stack {
         self.postgres.as_mut()
     }
 
+    pub fn scheduler_mut(&mut self) -> Option<&mut Scheduler> {
+        self.scheduler.as_mut()
+    }
+
     pub fn scheduler_address(&self) -> Option<String> {
         self.scheduler.as_ref().map(Scheduler::address)
     }

@@ -151,9 +151,12 @@ async fn notified(notifications: &TestApp, task: &str, kind: &str) -> usize {
 /// Watches until `until`, then once more after `settle` (nothing more may arrive).
 async fn watch(probe: &mut EventProbe, seen: &mut Seen, until: Instant, settle: Duration) {
     while Instant::now() < until {
+        // Poll interval of a loop with a deadline, not synchronisation.
         tokio::time::sleep(Duration::from_millis(200)).await;
         seen.take(probe);
     }
+    // A quiet period for the negative check (no second announcement), not synchronisation:
+    // anything that arrives in it fails the test.
     tokio::time::sleep(settle).await;
     seen.take(probe);
 }
@@ -586,6 +589,7 @@ async fn many_tasks_due_in_the_same_second_each_fire_once_within_ten_seconds() {
     let all_in =
         Instant::now() + (due_at - time::now()).to_std().unwrap() + Duration::from_secs(60);
     while Instant::now() < all_in {
+        // Poll interval of a loop with a deadline, not synchronisation.
         tokio::time::sleep(Duration::from_millis(500)).await;
         seen.take(&mut probe);
         if ids.iter().all(|id| !seen.of(id, "task.due").is_empty()) {

@@ -75,21 +75,18 @@ async fn a_task_stored_by_the_python_original_is_read_and_updated() {
         "created_at",
         "updated_at",
     ];
-    let mut expected: Vec<&str> = original
-        .iter()
-        .copied()
-        .chain(["revision", "changes"])
-        .collect();
+    let ours = ["due_at", "remind_at", "revision", "changes"];
+    let mut expected: Vec<&str> = original.iter().copied().chain(ours).collect();
     expected.sort();
     let mut sorted = keys.clone();
     sorted.sort();
     assert_eq!(
         sorted, expected,
-        "the original's fields, plus revision and changes"
+        "the original's fields, plus the deadline, revision and changes"
     );
     let offsets: Vec<usize> = original
         .iter()
-        .chain(&["revision", "changes"])
+        .chain(&ours)
         .map(|field| stored.find(&format!("\"{field}\":")).unwrap())
         .collect();
     assert!(
@@ -97,6 +94,7 @@ async fn a_task_stored_by_the_python_original_is_read_and_updated() {
         "the original's fields first, in its order: {stored}"
     );
     assert_eq!(document["revision"], 1, "the first change task-api made");
+    assert_eq!(document["due_at"], serde_json::Value::Null, "no due date");
     assert_eq!(document["status"], "completed");
     assert_eq!(document["description"], serde_json::Value::Null);
     assert_eq!(document["created_at"], "2025-01-15T10:30:00.000000Z");

@@ -34,9 +34,12 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-TARGETS = ("base", "overlays/docker-desktop", "overlays/production")
+TARGETS = ("base", "overlays/docker-desktop", "overlays/production",
+           "overlays/production-kafka")
 DEV = "overlays/docker-desktop"
 PROD = "overlays/production"
+# Production variants: held to the same rules as production.
+PRODUCTION = (PROD, "overlays/production-kafka")
 
 # Ports daprd itself listens on in the pod (HTTP API, public health, gRPC API, internal gRPC,
 # metrics): an app port among them collides with the sidecar.
@@ -945,8 +948,8 @@ def check_cross(ctx: Context, renders: dict[str, list[dict]], crds, src: Path) -
         errors += check_services_and_rbac(target, docs, apps)
         if target == DEV:
             errors += check_dev(docs, apps)
-        if target == PROD:
-            errors += check_prod(docs, apps, notes)
+        if target in PRODUCTION:
+            errors += check_prod(docs, apps, notes if target == PROD else [])
     return Result("cross-checks", errors, f"names from {facts.source}", notes)
 
 

@@ -25,11 +25,26 @@ use task_api::{
 use tonic::{Code, metadata::MetadataValue};
 
 async fn redis_stack() -> Stack {
-    Stack::builder()
-        .components(ComponentSet::Redis)
-        .start()
-        .await
-        .unwrap()
+    stack_on(ComponentSet::Redis).await
+}
+
+/// The event suite runs on each broker: in-memory, Redis streams, Kafka (tasks on Redis).
+async fn stack_on(set: ComponentSet) -> Stack {
+    Stack::builder().components(set).start().await.unwrap()
+}
+
+/// Whether the broker has moved anything to task-api's retry topic yet.
+fn retried_some(stack: &Stack) -> bool {
+    match stack.kafka() {
+        Some(kafka) => kafka
+            .offsets("task-api")
+            .is_ok_and(|o| o.get("task-events-retry").is_some_and(|t| t.end > 0)),
+        None => stack
+            .broker()
+            .unwrap()
+            .stream_length("task-events-retry")
+            .is_ok_and(|n| n > 0),
+    }
 }
 
 async fn notifications_for(notifications: &TestApp, task_id: &str) -> usize {
@@ -103,9 +118,8 @@ fn completed_event(task_id: &str, revision: Option<u64>) -> Vec<u8> {
     .to_json()
 }
 
-#[tokio::test]
-async fn a_completion_notifies_exactly_once_even_when_redelivered() {
-    let stack = redis_stack().await;
+async fn a_completion_notifies_exactly_once_even_when_redelivered(set: ComponentSet) {
+    let stack = stack_on(set).await;
     let (app, notifications) =
         TestApp::task_api_with_notifications(&stack, Options::default()).await;
     let mut client = app.client().await;
@@ -143,11 +157,25 @@ async fn a_completion_notifies_exactly_once_even_when_redelivered() {
     expect_exactly(&stack, &notifications, &task.id, 1, Duration::from_secs(20)).await;
 }
 
+#[tokio::test]
+async fn a_completion_notifies_exactly_once_even_when_redelivered_on_in_memory() {
+    a_completion_notifies_exactly_once_even_when_redelivered(ComponentSet::InMemory).await;
+}
+
+#[tokio::test]
+async fn a_completion_notifies_exactly_once_even_when_redelivered_on_redis() {
+    a_completion_notifies_exactly_once_even_when_redelivered(ComponentSet::Redis).await;
+}
+
+#[tokio::test]
+async fn a_completion_notifies_exactly_once_even_when_redelivered_on_kafka() {
+    a_completion_notifies_exactly_once_even_when_redelivered(ComponentSet::Kafka).await;
+}
+
 /// Completions the stored task does not confirm are ignored: an unknown task, a task that is
 /// not completed, a revision that was not a completion.
-#[tokio::test]
-async fn forged_completions_notify_nobody() {
-    let stack = redis_stack().await;
+async fn forged_completions_notify_nobody(set: ComponentSet) {
+    let stack = stack_on(set).await;
     let (app, notifications) =
         TestApp::task_api_with_notifications(&stack, Options::default()).await;
     let mut client = app.client().await;
@@ -178,19 +206,32 @@ async fn forged_completions_notify_nobody() {
     assert_eq!(notifications_for(&notifications, &done.id).await, 1);
 }
 
+#[tokio::test]
+async fn forged_completions_notify_nobody_on_in_memory() {
+    forged_completions_notify_nobody(ComponentSet::InMemory).await;
+}
+
+#[tokio::test]
+async fn forged_completions_notify_nobody_on_redis() {
+    forged_completions_notify_nobody(ComponentSet::Redis).await;
+}
+
+#[tokio::test]
+async fn forged_completions_notify_nobody_on_kafka() {
+    forged_completions_notify_nobody(ComponentSet::Kafka).await;
+}
+
 /// notification-service is down when the event first arrives: its redelivery attempts fail, it
 /// moves to the retry topic and comes round again, and one notification goes out once
 /// notification-service is up.
-#[tokio::test]
-async fn a_transient_failure_is_retried_until_the_notification_goes_out() {
-    let stack = redis_stack().await;
+async fn a_transient_failure_is_retried_until_the_notification_goes_out(set: ComponentSet) {
+    let stack = stack_on(set).await;
     let app = TestApp::task_api(&stack, Options::default()).await;
     let mut client = app.client().await;
     let task = create(&mut client, "notify later", None).await;
     complete(&mut client, &task.id).await;
-    let broker = stack.broker().unwrap();
     eventually(Duration::from_secs(30), || async {
-        (broker.stream_length("task-events-retry").unwrap_or(0) > 0).then_some(())
+        retried_some(&stack).then_some(())
     })
     .await;
 
@@ -198,11 +239,20 @@ async fn a_transient_failure_is_retried_until_the_notification_goes_out() {
     expect_exactly(&stack, &notifications, &task.id, 1, Duration::from_secs(40)).await;
 }
 
+#[tokio::test]
+async fn a_transient_failure_is_retried_until_the_notification_goes_out_on_redis() {
+    a_transient_failure_is_retried_until_the_notification_goes_out(ComponentSet::Redis).await;
+}
+
+#[tokio::test]
+async fn a_transient_failure_is_retried_until_the_notification_goes_out_on_kafka() {
+    a_transient_failure_is_retried_until_the_notification_goes_out(ComponentSet::Kafka).await;
+}
+
 /// What can never be handled is kept as a dead letter (and acknowledged, so it does not come
 /// round again), readable and replayable through invocation.
-#[tokio::test]
-async fn poison_messages_are_kept_as_dead_letters() {
-    let stack = redis_stack().await;
+async fn poison_messages_are_kept_as_dead_letters(set: ComponentSet) {
+    let stack = stack_on(set).await;
     let (app, _notifications) =
         TestApp::task_api_with_notifications(&stack, Options::default()).await;
     let caller = stack.sidecar("operator").unwrap().start().await.unwrap();
@@ -283,6 +333,16 @@ async fn poison_messages_are_kept_as_dead_letters() {
     // task-api is still serving.
     let mut client = app.client().await;
     create(&mut client, "still alive", None).await;
+}
+
+#[tokio::test]
+async fn poison_messages_are_kept_as_dead_letters_on_redis() {
+    poison_messages_are_kept_as_dead_letters(ComponentSet::Redis).await;
+}
+
+#[tokio::test]
+async fn poison_messages_are_kept_as_dead_letters_on_kafka() {
+    poison_messages_are_kept_as_dead_letters(ComponentSet::Kafka).await;
 }
 
 /// However large the poison, dead letters stay below daprd's 4 MiB message limit: 24 payloads
@@ -720,9 +780,8 @@ async fn with_app_health_checks_on_the_app_is_healthy_and_receives_events() {
 }
 
 /// Bulk delivery (OnBulkTopicEvent): one status per entry, the same per-event rules.
-#[tokio::test]
-async fn bulk_events_get_one_status_per_entry() {
-    let stack = redis_stack().await;
+async fn bulk_events_get_one_status_per_entry(set: ComponentSet) {
+    let stack = stack_on(set).await;
     let (app, notifications) = TestApp::task_api_with_notifications(
         &stack,
         Options {
@@ -816,6 +875,16 @@ async fn bulk_events_get_one_status_per_entry() {
         alpha_response.statuses[0].status,
         TopicEventResponseStatus::Success as i32
     );
+}
+
+#[tokio::test]
+async fn bulk_events_get_one_status_per_entry_on_redis() {
+    bulk_events_get_one_status_per_entry(ComponentSet::Redis).await;
+}
+
+#[tokio::test]
+async fn bulk_events_get_one_status_per_entry_on_kafka() {
+    bulk_events_get_one_status_per_entry(ComponentSet::Kafka).await;
 }
 
 /// Jobs and bindings task-api does not use are answered deliberately.

@@ -330,19 +330,41 @@ impl EventProbe {
 }
 
 /// Waits until task-api has taken and acknowledged everything published so far on `topics`
-/// (Redis-stream brokers only): a negative check ("nothing more happened") that waits exactly as
-/// long as it must.
+/// (durable brokers only): a negative check ("nothing more happened") that waits exactly as long
+/// as it must.
 pub async fn wait_until_handled(stack: &Stack, topics: &[&str]) {
-    let broker = stack.broker().or(stack.redis()).expect("a Redis broker");
+    wait_until_consumed(stack, "task-api", topics).await;
+}
+
+/// Waits until consumer group `group` (an app id) has acknowledged everything on `topics`: on
+/// Redis streams nothing pending or undelivered, on Kafka no lag (offsets are committed only
+/// after a message was handled).
+pub async fn wait_until_consumed(stack: &Stack, group: &str, topics: &[&str]) {
+    if !stack.components().durable_broker() {
+        // The in-memory broker keeps no count of what is pending: a quiet period instead, for
+        // negative checks (anything still on its way gets this long to show up).
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        return;
+    }
     eventually(Duration::from_secs(90), || async {
-        topics
-            .iter()
-            .all(|topic| {
-                matches!(broker.backlog(topic, "task-api"), Ok(Some(backlog)) if backlog.is_empty())
-            })
-            .then_some(())
+        consumed(stack, group, topics).then_some(())
     })
     .await;
+}
+
+fn consumed(stack: &Stack, group: &str, topics: &[&str]) -> bool {
+    if let Some(kafka) = stack.kafka() {
+        return match kafka.offsets(group) {
+            Ok(offsets) => topics
+                .iter()
+                .all(|topic| offsets.get(*topic).is_some_and(|o| o.lag == 0)),
+            Err(_) => false,
+        };
+    }
+    let broker = stack.broker().or(stack.redis()).expect("a durable broker");
+    topics.iter().all(
+        |topic| matches!(broker.backlog(topic, group), Ok(Some(backlog)) if backlog.is_empty()),
+    )
 }
 
 /// Polls `check` until it returns Some, for at most `within`.

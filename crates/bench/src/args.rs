@@ -5,6 +5,7 @@ use std::{path::PathBuf, time::Duration};
 pub const USAGE: &str = "usage: task-api-bench [options]
        task-api-bench cost --baseline DIR [--label NAME] [--stores LIST] [--concurrency LIST] [--duration-secs N] [--smoke]
        task-api-bench list [--stores LIST] [--sizes LIST] [--duration-secs N] [--smoke]
+       task-api-bench brokers [--brokers LIST] [--concurrency LIST] [--duration-secs N] [--smoke]
 
 Without a command: starts Redis, notification-service and task-api with their Dapr sidecars,
 then measures task-api against the Dapr calls it makes (the ceiling) at each concurrency level.
@@ -15,6 +16,9 @@ redis,postgresql; concurrency 16,64; 10 s per run).
 
 list: ListTasks' first page at 1,000, 10,000 and 100,000 tasks (--sizes), unfiltered and by the
 status 1% of tasks have, one caller and 8 at once, on each store.
+
+brokers: UpdateTaskStatus throughput and completion-to-notification latency (p50, p99, lost,
+duplicated) on each broker (default in-memory,redis,kafka; concurrency 1,16; 10 s per run).
 
   --concurrency LIST     in-flight requests per level, comma-separated (default 1,16,64)
   --duration-secs N      measured seconds per scenario and level (default 10)
@@ -44,6 +48,7 @@ pub enum Parsed {
     Run(Args),
     Cost(crate::cost::CostArgs),
     List(crate::listing::ListArgs),
+    Brokers(crate::brokers::BrokerArgs),
     Help,
 }
 
@@ -59,6 +64,10 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
         Some("list") => {
             args.next();
             parse_list(args)
+        }
+        Some("brokers") => {
+            args.next();
+            parse_brokers(args)
         }
         _ => parse_ceiling(args),
     }
@@ -169,6 +178,42 @@ fn parse_list(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
         }
     }
     Ok(Parsed::List(list))
+}
+
+fn parse_brokers(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
+    let options = options(args)?;
+    let smoke = options.iter().any(|(n, _)| n == "--smoke");
+    let mut brokers = if smoke {
+        crate::brokers::BrokerArgs::smoke()
+    } else {
+        crate::brokers::BrokerArgs::default()
+    };
+    for (name, value) in options {
+        let value = value.unwrap_or_default();
+        match name.as_str() {
+            "-h" | "--help" => return Ok(Parsed::Help),
+            "--smoke" => {}
+            "--brokers" => {
+                brokers.brokers = value
+                    .split(',')
+                    .map(|broker| match broker.trim() {
+                        "in-memory" => Ok(devstack::ComponentSet::InMemory),
+                        "redis" => Ok(devstack::ComponentSet::Redis),
+                        "kafka" => Ok(devstack::ComponentSet::Kafka),
+                        other => Err(format!(
+                            "unknown broker {other:?}: in-memory, redis or kafka"
+                        )),
+                    })
+                    .collect::<Result<_, _>>()?
+            }
+            "--concurrency" => brokers.concurrency = parse_levels(&value)?,
+            "--duration-secs" => {
+                brokers.duration = Duration::from_secs(number(&name, &value, 1, 3600)? as u64)
+            }
+            _ => return Err(format!("unknown option {name:?} for brokers")),
+        }
+    }
+    Ok(Parsed::Brokers(brokers))
 }
 
 /// The ceiling benchmark's options.

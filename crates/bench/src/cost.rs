@@ -54,6 +54,7 @@ pub fn store_name(store: ComponentSet) -> &'static str {
         ComponentSet::InMemory => "in-memory",
         ComponentSet::Redis => "redis",
         ComponentSet::Postgres => "postgresql",
+        ComponentSet::Kafka => "kafka",
     }
 }
 

@@ -6,6 +6,7 @@
 
 mod args;
 mod backlog;
+mod brokers;
 mod cost;
 mod drive;
 mod error;
@@ -59,6 +60,7 @@ async fn main() -> ExitCode {
         Ok(Parsed::Run(args)) => args,
         Ok(Parsed::Cost(cost)) => return run_cost(&cost).await,
         Ok(Parsed::List(list)) => return run_list(&list).await,
+        Ok(Parsed::Brokers(brokers)) => return run_brokers(&brokers).await,
         Ok(Parsed::Help) => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -122,6 +124,39 @@ async fn run_cost(args: &cost::CostArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
             ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("task-api-bench: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `brokers`: status changes and their notifications on each broker.
+async fn run_brokers(args: &brokers::BrokerArgs) -> ExitCode {
+    match brokers::run(args).await {
+        Ok(rows) => {
+            println!();
+            println!("{}", brokers::table(&rows));
+            let mut failed = false;
+            for row in &rows {
+                let n = &row.notifications;
+                if row.status_changes.errors > 0 || n.lost + n.unreadable + n.duplicated > 0 {
+                    failed = true;
+                    println!(
+                        "{}: {} failed calls ({:?}); notifications: {:?}",
+                        row.broker,
+                        row.status_changes.errors,
+                        row.status_changes.error_messages.first(),
+                        n.first_problem
+                    );
+                }
+            }
+            if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
         }
         Err(e) => {
             eprintln!("task-api-bench: {e}");

@@ -1,6 +1,6 @@
 //! The local Dapr runtime that task-api runs on, started from code.
 //!
-//! One place knows how to start Redis, PostgreSQL, the Dapr scheduler and a daprd per app, and how
+//! One place knows how to start Redis, PostgreSQL, Kafka, the Dapr scheduler and a daprd per app, and how
 //! to stop them again: the integration tests, the run command (`devstack up`) and the benchmark
 //! all use this crate.
 //!
@@ -23,6 +23,7 @@
 mod binaries;
 mod error;
 pub mod http;
+mod kafka;
 mod ports;
 mod postgres;
 mod process;
@@ -37,6 +38,7 @@ pub mod walkthrough;
 
 pub use binaries::{Binaries, install_command};
 pub use error::Error;
+pub use kafka::{Kafka, PARTITIONS as KAFKA_PARTITIONS, TopicOffsets};
 pub use ports::{ensure_free, free_port};
 pub use postgres::Postgres;
 pub use process::{LogSink, ManagedProcess};

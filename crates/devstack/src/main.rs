@@ -46,13 +46,14 @@ const TASK_API: App = App {
 const REDIS_PORT: u16 = 6379;
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
 
-const USAGE: &str = "usage: devstack up [--redis | --postgres]
+const USAGE: &str = "usage: devstack up [--redis | --postgres | --kafka]
 
 Runs task-api and notification-service with their Dapr sidecars and the scheduler.
   (default)   embedded components: in-memory state and pub/sub, local-file secrets
   --redis     Redis state and pub/sub (uses the Redis on 127.0.0.1:6379, or starts one)
   --postgres  PostgreSQL state (a private server, kept until Ctrl-C) and Redis pub/sub (as above)
-TASK_API_COMPONENTS=redis or =postgres does the same as the flags.";
+  --kafka     Redis state (as above) and Kafka pub/sub (a private Apache Kafka broker, KRaft mode)
+TASK_API_COMPONENTS=redis, =postgres or =kafka does the same as the flags.";
 
 fn say(line: &str) {
     println!("==> {line}");
@@ -64,6 +65,7 @@ async fn main() -> ExitCode {
     let mut components = match std::env::var("TASK_API_COMPONENTS").as_deref() {
         Ok("redis") => ComponentSet::Redis,
         Ok("postgres" | "postgresql") => ComponentSet::Postgres,
+        Ok("kafka") => ComponentSet::Kafka,
         _ => ComponentSet::InMemory,
     };
     match args.first().map(String::as_str) {
@@ -77,6 +79,7 @@ async fn main() -> ExitCode {
         match arg.as_str() {
             "--redis" => components = ComponentSet::Redis,
             "--postgres" | "--postgresql" => components = ComponentSet::Postgres,
+            "--kafka" => components = ComponentSet::Kafka,
             "--help" | "-h" => {
                 println!("{USAGE}");
                 return ExitCode::SUCCESS;
@@ -116,6 +119,9 @@ async fn up(components: ComponentSet) -> Result<(), String> {
         if components == ComponentSet::Postgres {
             say("starting PostgreSQL on a free port (data kept until Ctrl-C)");
         }
+        if components == ComponentSet::Kafka {
+            say("starting a Kafka broker on a free port (data kept until Ctrl-C)");
+        }
         if redis_answers(REDIS_PORT).await {
             say(&format!(
                 "using the Redis already running on 127.0.0.1:{REDIS_PORT}"
@@ -147,6 +153,7 @@ async fn up(components: ComponentSet) -> Result<(), String> {
     let components = match components {
         ComponentSet::Redis => "Redis state and pub/sub",
         ComponentSet::Postgres => "PostgreSQL state, Redis pub/sub",
+        ComponentSet::Kafka => "Redis state, Kafka pub/sub",
         ComponentSet::InMemory => "embedded: in-memory state and pub/sub, local-file secrets",
     };
     println!();

@@ -41,21 +41,24 @@ pub enum ComponentSet {
     Redis,
     /// `state.postgresql` (v2) on a private PostgreSQL, with `pubsub.redis` as the broker.
     Postgres,
+    /// `state.redis` on a private `redis-server`, with `pubsub.kafka` on a private Kafka broker.
+    Kafka,
 }
 
 impl ComponentSet {
     /// Every set, for tests that run on each.
-    pub const ALL: [ComponentSet; 3] = [
+    pub const ALL: [ComponentSet; 4] = [
         ComponentSet::InMemory,
         ComponentSet::Redis,
         ComponentSet::Postgres,
+        ComponentSet::Kafka,
     ];
 
     /// The directory under `components/state`.
     pub fn state_store(self) -> &'static str {
         match self {
             ComponentSet::InMemory => "in-memory",
-            ComponentSet::Redis => "redis",
+            ComponentSet::Redis | ComponentSet::Kafka => "redis",
             ComponentSet::Postgres => "postgresql",
         }
     }
@@ -65,6 +68,7 @@ impl ComponentSet {
         match self {
             ComponentSet::InMemory => "in-memory",
             ComponentSet::Redis | ComponentSet::Postgres => "redis",
+            ComponentSet::Kafka => "kafka",
         }
     }
 
@@ -75,7 +79,7 @@ impl ComponentSet {
     }
 
     pub(crate) fn needs_state_redis(self) -> bool {
-        self == ComponentSet::Redis
+        self.state_store() == "redis"
     }
 
     pub(crate) fn needs_broker_redis(self) -> bool {
@@ -88,6 +92,7 @@ pub(crate) struct Substitutions {
     pub state_redis: Option<String>,
     pub broker_redis: Option<String>,
     pub postgres: Option<String>,
+    pub kafka: Option<String>,
     pub secrets_file: PathBuf,
     pub name_resolution_db: PathBuf,
 }
@@ -115,6 +120,9 @@ impl Substitutions {
         };
         if let Some(address) = redis {
             out = out.replace("localhost:6379", address);
+        }
+        if let (Some(brokers), Source::Broker) = (&self.kafka, source) {
+            out = out.replace("localhost:9092", brokers);
         }
         if let Some(connection) = &self.postgres {
             out = out.replace(

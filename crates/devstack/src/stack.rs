@@ -9,8 +9,8 @@ use std::{
 };
 
 use crate::{
-    Binaries, ComponentSet, DEV_API_KEY_FIELD, DEV_API_KEY_SECRET, Error, LogSink, ManagedProcess,
-    Postgres, Redis, Scheduler, Sentry, SidecarBuilder,
+    Binaries, ComponentSet, DEV_API_KEY_FIELD, DEV_API_KEY_SECRET, Error, Kafka, LogSink,
+    ManagedProcess, Postgres, Redis, Scheduler, Sentry, SidecarBuilder,
     resources::{self, Substitutions},
 };
 
@@ -113,6 +113,11 @@ impl StackBuilder {
         } else {
             None
         };
+        let kafka = if self.components == ComponentSet::Kafka {
+            Some(Kafka::start(&dir.path().join("kafka"), self.sink.clone()).await?)
+        } else {
+            None
+        };
         let scheduler = if self.scheduler {
             Some(Scheduler::start(&binaries, dir.path(), self.sink.clone()).await?)
         } else {
@@ -146,6 +151,7 @@ impl StackBuilder {
                 .or_else(|| state_redis.clone()),
             state_redis,
             postgres: postgres.as_ref().map(Postgres::connection_string),
+            kafka: kafka.as_ref().map(Kafka::address),
             secrets_file,
             name_resolution_db: dir.path().join("nameresolution.db"),
         };
@@ -170,6 +176,7 @@ impl StackBuilder {
             redis,
             broker,
             postgres,
+            kafka,
             dir,
         })
     }
@@ -196,6 +203,7 @@ pub struct Stack {
     redis: Option<Redis>,
     broker: Option<Redis>,
     postgres: Option<Postgres>,
+    kafka: Option<Kafka>,
     dir: tempfile::TempDir,
 }
 
@@ -270,6 +278,14 @@ impl Stack {
 
     pub fn postgres_mut(&mut self) -> Option<&mut Postgres> {
         self.postgres.as_mut()
+    }
+
+    pub fn kafka(&self) -> Option<&Kafka> {
+        self.kafka.as_ref()
+    }
+
+    pub fn kafka_mut(&mut self) -> Option<&mut Kafka> {
+        self.kafka.as_mut()
     }
 
     pub fn scheduler_mut(&mut self) -> Option<&mut Scheduler> {

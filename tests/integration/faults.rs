@@ -1,8 +1,8 @@
 //! The fault suite: routine failures under load, and a count of what they did.
 //!
 //! Each scenario runs task-api and notification-service as their real binaries, each behind its
-//! own daprd, on Redis (state and broker on separate servers) and on PostgreSQL (broker on
-//! Redis), drives a workload of creates, updates, completions and deletes through clients that
+//! own daprd, on Redis (state and broker on separate servers), on PostgreSQL (broker on Redis)
+//! and, for the faults that involve the broker, on Kafka (state on Redis), drives a workload of creates, updates, completions and deletes through clients that
 //! retry what is retryable (creates with a `request_id`), breaks something in the middle, heals
 //! it, waits until every event has been handled, and then counts from the stored records and
 //! from an independent subscriber ("auditor") of `task-events`:

@@ -15,7 +15,7 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 
 use super::{
     Error,
-    tasks::{Tasks, list_of},
+    tasks::{Tasks, list_of, position_of},
 };
 use crate::{
     domain::{Priority, Task, TaskId, TaskStatus, Versioned, Violations, time},
@@ -203,7 +203,13 @@ impl Tasks {
             for ((list, entry), record) in batch.into_iter().zip(records) {
                 last = Some(entry.position.clone());
                 match record {
-                    Ok(Some(stored)) if list_of(&stored.value) == Some(list) => {
+                    // Listed only at its own position: an entry a failed attempt left at
+                    // another one (older builds gave a retried create a new creation time) is
+                    // only extra.
+                    Ok(Some(stored))
+                        if list_of(&stored.value) == Some(list)
+                            && position_of(&stored.value) == entry.position =>
+                    {
                         if let Some(task) = stored.value.live().filter(|task| keep(task)) {
                             tasks.push(Versioned {
                                 value: task.clone(),
@@ -211,8 +217,8 @@ impl Tasks {
                             });
                         }
                     }
-                    // The task has moved on (status, priority) or was deleted: once its record
-                    // is at or past the entry's revision, the entry is only extra.
+                    // The task has moved on (status, priority, position) or was deleted: once
+                    // its record is at or past the entry's revision, the entry is only extra.
                     Ok(Some(stored)) if stored.value.revision >= entry.revision => {
                         self.index
                             .remove_soon(list, entry.position, stored.value.revision);

@@ -117,20 +117,22 @@ impl Tasks {
         new: NewTask,
         request_id: Option<&RequestId>,
     ) -> Result<Versioned<Task>, Error> {
-        let id = match request_id {
-            None => TaskId::generate(),
-            Some(request_id) => match self.claim(&new, request_id).await? {
-                Claim::New(id) => id,
-                Claim::Repeated(id) => {
+        let now = time::now();
+        let (id, created_at) = match request_id {
+            None => (TaskId::generate(), now),
+            Some(request_id) => match self.claim(&new, request_id, now).await? {
+                Claim::New(id) => (id, now),
+                Claim::Repeated(id, created_at) => {
                     if let Some(existing) = self.read(&id).await? {
                         return visible(&existing.value).ok_or(Error::NotFound(id));
                     }
-                    // Claimed by a call that did not get to write the task: finish its work.
-                    id
+                    // Claimed by a call that did not get to write the task: finish its work,
+                    // at the position that call entered in the list.
+                    (id, created_at.unwrap_or(now))
                 }
             },
         };
-        let task = Task::create(id.clone(), new, time::now());
+        let task = Task::create(id.clone(), new, created_at);
         let planned = TaskRecord::create(task.clone(), Nonce::random());
         let etag = planned.record.revision.to_string();
         match self.commit(None, planned).await {
@@ -147,7 +149,12 @@ impl Tasks {
         }
     }
 
-    async fn claim(&self, new: &NewTask, request_id: &RequestId) -> Result<Claim, Error> {
+    async fn claim(
+        &self,
+        new: &NewTask,
+        request_id: &RequestId,
+        now: DateTime<Utc>,
+    ) -> Result<Claim, Error> {
         let fingerprint = new.fingerprint();
         for _ in 0..MAX_ATTEMPTS {
             if let Some(reservation) = self.requests.find(request_id.as_str()).await? {
@@ -163,12 +170,13 @@ impl Tasks {
                         reason: v.description,
                     })
                 })?;
-                return Ok(Claim::Repeated(id));
+                let created_at = reservation.created_at.as_deref().and_then(time::parse);
+                return Ok(Claim::Repeated(id, created_at));
             }
             let id = TaskId::generate();
             if self
                 .requests
-                .claim(request_id.as_str(), &id, &fingerprint)
+                .claim(request_id.as_str(), &id, &fingerprint, now)
                 .await?
             {
                 return Ok(Claim::New(id));
@@ -453,7 +461,8 @@ impl Tasks {
 
 enum Claim {
     New(TaskId),
-    Repeated(TaskId),
+    /// Claimed before, for this task, created at this time (when the reservation says).
+    Repeated(TaskId, Option<DateTime<Utc>>),
 }
 
 fn stale(current: &Task, etag: &str) -> Error {

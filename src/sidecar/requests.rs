@@ -8,7 +8,9 @@ use super::{
     SidecarError, StateStore,
     state::{Write, key_fragment},
 };
-use crate::domain::TaskId;
+use chrono::{DateTime, Utc};
+
+use crate::domain::{TaskId, time};
 
 /// The task a request id created, and a fingerprint of the request, to tell a retry from a
 /// different request that reuses the id.
@@ -16,6 +18,11 @@ use crate::domain::TaskId;
 pub struct Reservation {
     pub task_id: String,
     pub fingerprint: String,
+    /// The creation time the first attempt gave the task: a retry that finishes its work
+    /// keeps it, so the task keeps the list position the first attempt entered. Absent in
+    /// reservations written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -45,16 +52,19 @@ impl CreateRequests {
         }
     }
 
-    /// Claims `request_id` for `task_id`; `false` if another call claimed it first.
+    /// Claims `request_id` for `task_id`, created at `created_at`; `false` if another call
+    /// claimed it first.
     pub async fn claim(
         &self,
         request_id: &str,
         task_id: &TaskId,
         fingerprint: &str,
+        created_at: DateTime<Utc>,
     ) -> Result<bool, SidecarError> {
         let reservation = Reservation {
             task_id: task_id.to_string(),
             fingerprint: fingerprint.to_string(),
+            created_at: Some(time::format(created_at)),
         };
         let bytes = serde_json::to_vec(&reservation).expect("a reservation serialises to JSON");
         let metadata = HashMap::from([(

@@ -72,12 +72,17 @@ impl StateStore {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
+        // Each key once: a list page can name one task twice (an entry left by a retried
+        // create), and every occurrence must get the value.
+        let mut unique: Vec<String> = keys.to_vec();
+        unique.sort_unstable();
+        unique.dedup();
         let response = self
             .sidecar
             .grpc()
             .get_bulk_state(GetBulkStateRequest {
                 store_name: self.name.clone(),
-                keys: keys.to_vec(),
+                keys: unique,
                 parallelism: 16,
                 metadata: HashMap::new(),
             })
@@ -102,7 +107,7 @@ impl StateStore {
                 );
             }
         }
-        Ok(keys.iter().map(|key| by_key.remove(key)).collect())
+        Ok(keys.iter().map(|key| by_key.get(key).cloned()).collect())
     }
 
     /// Saves `value` under `key`, with optional per-item metadata (e.g. `ttlInSeconds`).

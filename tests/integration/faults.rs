@@ -166,6 +166,23 @@ impl Rig {
             .collect()
     }
 
+    /// The list-index documents (leaves) that mention task `id`, by key: what a misfiled task's
+    /// entries look like (Redis-held stores only).
+    fn index_entries_naming(&self, id: &str) -> Vec<String> {
+        let Some(redis) = self.stack.redis() else {
+            return Vec::new();
+        };
+        let Ok(keys) = redis.cli(&["--scan", "--pattern", "task-api||tasks-*"]) else {
+            return Vec::new();
+        };
+        keys.lines()
+            .filter_map(|key| {
+                let data = redis.cli(&["HGET", key, "data"]).ok()?;
+                data.contains(id).then(|| format!("{key}: {data}"))
+            })
+            .collect()
+    }
+
     /// Waits until task-api and the auditor have handled every event published so far.
     async fn quiesce(&self) {
         wait_until_handled(&self.stack, &TOPICS).await;
@@ -521,8 +538,12 @@ async fn audit(rig: &mut Rig, outcomes: &Outcomes, scenario: &str) -> Audit {
         let times = listed.get(&id).copied().unwrap_or(0);
         if record.is_deleted() != (times == 0) || times > 1 {
             eprintln!(
-                "listed {times} times: {id} (deleted: {})",
-                record.is_deleted()
+                "listed {times} times: {id} (deleted: {}, revision {}, status {}, created {}); index entries naming it: {:?}",
+                record.is_deleted(),
+                record.revision,
+                record.status(),
+                record.created_at(),
+                rig.index_entries_naming(&id)
             );
             audit.misfiled += 1;
         }

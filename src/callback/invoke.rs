@@ -127,16 +127,8 @@ pub async fn on_invoke(
                 description: body.description,
                 priority: body.priority.map(priority).transpose()?,
                 request_id: body.request_id.unwrap_or_default(),
-                due_at: body
-                    .due_at
-                    .as_deref()
-                    .map(|t| timestamp("due_at", t))
-                    .transpose()?,
-                remind_at: body
-                    .remind_at
-                    .as_deref()
-                    .map(|t| timestamp("remind_at", t))
-                    .transpose()?,
+                due_at: timestamp("due_at", body.due_at.as_deref())?,
+                remind_at: timestamp("remind_at", body.remind_at.as_deref())?,
             };
             task_reply(api.create_task(Request::new(request)).await?.into_inner())
         }
@@ -184,20 +176,11 @@ pub async fn on_invoke(
                 description: body.description,
                 priority: body.priority.map(priority).transpose()?,
                 etag: condition(body.etag)?,
-                due_at: body
-                    .due_at
-                    .clone()
-                    .flatten()
-                    .as_deref()
-                    .map(|t| timestamp("due_at", t))
-                    .transpose()?,
-                remind_at: body
-                    .remind_at
-                    .clone()
-                    .flatten()
-                    .as_deref()
-                    .map(|t| timestamp("remind_at", t))
-                    .transpose()?,
+                due_at: timestamp("due_at", body.due_at.as_ref().and_then(Option::as_deref))?,
+                remind_at: timestamp(
+                    "remind_at",
+                    body.remind_at.as_ref().and_then(Option::as_deref),
+                )?,
                 clear_due_at: body.due_at == Some(None),
                 clear_remind_at: body.remind_at == Some(None),
             };
@@ -458,14 +441,20 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<Strin
     Option::<String>::deserialize(d).map(Some)
 }
 
-/// An RFC 3339 time from JSON.
-fn timestamp(field: &'static str, text: &str) -> Result<prost_types::Timestamp, Status> {
-    time::parse(text).map(convert::timestamp).ok_or_else(|| {
-        invalid(&Violations::single(
-            field,
-            format!("must be an RFC 3339 time, got {}", echo(text)),
-        ))
+/// An optional RFC 3339 time from JSON.
+fn timestamp(
+    field: &'static str,
+    text: Option<&str>,
+) -> Result<Option<prost_types::Timestamp>, Status> {
+    text.map(|text| {
+        time::parse(text).map(convert::timestamp).ok_or_else(|| {
+            invalid(&Violations::single(
+                field,
+                format!("must be an RFC 3339 time, got {}", echo(text)),
+            ))
+        })
     })
+    .transpose()
 }
 
 /// A boolean query parameter.
@@ -605,6 +594,28 @@ mod tests {
         let error = precondition([("etag", Some("2")), ("If-Match", Some("3"))]).unwrap_err();
         assert_eq!(error.code(), Code::InvalidArgument);
         assert!(error.message().contains("If-Match"), "{}", error.message());
+    }
+
+    #[test]
+    fn update_bodies_tell_a_removed_time_from_an_absent_one() {
+        let body: UpdateBody =
+            serde_json::from_str(r#"{"due_at": null, "remind_at": "2030-01-01T09:00:00Z"}"#)
+                .unwrap();
+        assert_eq!(body.due_at, Some(None), "null removes");
+        assert_eq!(
+            timestamp(
+                "remind_at",
+                body.remind_at.as_ref().and_then(Option::as_deref)
+            )
+            .unwrap()
+            .map(|t| t.seconds),
+            Some(1_893_488_400)
+        );
+        let body: UpdateBody = serde_json::from_str(r#"{"title": "t"}"#).unwrap();
+        assert_eq!(body.due_at, None, "absent keeps");
+        let error = timestamp("due_at", Some("tomorrow")).unwrap_err();
+        assert_eq!(error.code(), Code::InvalidArgument);
+        assert!(error.message().contains("due_at"), "{}", error.message());
     }
 
     #[test]

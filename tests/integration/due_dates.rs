@@ -50,56 +50,58 @@ async fn auditor(stack: &Stack) -> (EventProbe, Sidecar) {
     (probe, sidecar)
 }
 
-/// What the auditor has seen so far, per task: (event type, arrival) in order, and when each
-/// event says it happened.
+/// One event the auditor received.
+#[derive(Debug)]
+struct SeenEvent {
+    event_type: String,
+    arrived: SystemTime,
+    /// The event's `timestamp`: when it happened (for an alarm, when it fired).
+    stamped: DateTime<Utc>,
+}
+
+/// What the auditor has seen so far, per task, in arrival order.
 #[derive(Default)]
-struct Seen(
-    HashMap<String, Vec<(String, SystemTime)>>,
-    HashMap<String, Vec<(String, DateTime<Utc>)>>,
-);
+struct Seen(HashMap<String, Vec<SeenEvent>>);
 
 impl Seen {
     fn take(&mut self, probe: &mut EventProbe) {
-        for (event, at) in probe.drain() {
+        for (event, arrived) in probe.drain() {
             let json: serde_json::Value = serde_json::from_slice(&event.data).unwrap();
             let task = json["task_id"].as_str().unwrap().to_string();
-            let kind = json["event_type"].as_str().unwrap().to_string();
-            let stamped = time::parse(json["timestamp"].as_str().unwrap()).unwrap();
-            self.0
-                .entry(task.clone())
-                .or_default()
-                .push((kind.clone(), at));
-            self.1.entry(task).or_default().push((kind, stamped));
+            self.0.entry(task).or_default().push(SeenEvent {
+                event_type: json["event_type"].as_str().unwrap().to_string(),
+                arrived,
+                stamped: time::parse(json["timestamp"].as_str().unwrap()).unwrap(),
+            });
         }
     }
 
-    /// The `timestamp`s of `task`'s `kind` events: when they happened (for an alarm, when it
-    /// fired).
-    fn stamped(&self, task: &str, kind: &str) -> Vec<DateTime<Utc>> {
-        self.1
-            .get(task)
-            .map(|events| {
-                events
-                    .iter()
-                    .filter(|(k, _)| k == kind)
-                    .map(|(_, at)| *at)
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    fn of(&self, task: &str, kind: &str) -> Vec<SystemTime> {
+    fn events<'a>(&'a self, task: &str, kind: &'a str) -> impl Iterator<Item = &'a SeenEvent> {
         self.0
             .get(task)
-            .map(|events| {
-                events
-                    .iter()
-                    .filter(|(k, _)| k == kind)
-                    .map(|(_, at)| *at)
-                    .collect()
-            })
-            .unwrap_or_default()
+            .into_iter()
+            .flatten()
+            .filter(move |e| e.event_type == kind)
     }
+
+    /// When `task`'s `kind` events arrived.
+    fn of(&self, task: &str, kind: &str) -> Vec<SystemTime> {
+        self.events(task, kind).map(|e| e.arrived).collect()
+    }
+
+    /// When `task`'s `kind` events say they happened.
+    fn stamped(&self, task: &str, kind: &str) -> Vec<DateTime<Utc>> {
+        self.events(task, kind).map(|e| e.stamped).collect()
+    }
+}
+
+/// The task as task-api has it now.
+async fn get(client: &mut Client, id: &str) -> pb::Task {
+    client
+        .get_task(pb::GetTaskRequest { id: id.into() })
+        .await
+        .unwrap()
+        .into_inner()
 }
 
 async fn create_due(
@@ -197,13 +199,7 @@ async fn a_reminder_then_the_due_date_fire_once_each_and_are_notified() {
     })
     .await;
     // Announcing changed the task (a new revision), nothing else.
-    let now = client
-        .get_task(pb::GetTaskRequest {
-            id: task.id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let now = get(&mut client, &task.id).await;
     assert_eq!(now.etag, "3", "created, reminded, due");
     assert_eq!(now.due_at, task.due_at);
     // Overdue now, until completed.
@@ -464,13 +460,7 @@ async fn stale_replayed_and_unauthenticated_jobs_announce_nothing() {
         (notified(&notifications, &task.id, "task_due").await == 1).then_some(())
     })
     .await;
-    let task_now = client
-        .get_task(pb::GetTaskRequest {
-            id: task.id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let task_now = get(&mut client, &task.id).await;
     assert_eq!(task_now.etag, "2", "only the real firing changed it");
 }
 

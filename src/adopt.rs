@@ -18,20 +18,15 @@ use std::process::ExitCode;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::{
-    config::TaskApiConfig,
-    domain::TaskId,
-    service::{Alarms, Tasks},
-    sidecar::{
-        Sidecar, StateStore, index::TaskIndex, jobs::Jobs, outbox::Outbox,
-        requests::CreateRequests, tasks::TaskStore,
-    },
+    config::TaskApiConfig, domain::TaskId, secret::Secret, service::chain, sidecar::Sidecar,
+    startup::task_api::use_cases,
 };
 
 /// Ids read per round.
 const BATCH: usize = 200;
 
 /// The id in a line: a bare id, `task-<id>`, or a prefixed state key `<prefix>||task-<id>`.
-pub fn id_in(line: &str) -> Option<TaskId> {
+pub(crate) fn id_in(line: &str) -> Option<TaskId> {
     let key = line.trim();
     let key = key.rsplit("||").next().unwrap_or(key);
     let id = key.strip_prefix("task-").unwrap_or(key);
@@ -42,28 +37,16 @@ pub async fn run(config: TaskApiConfig) -> ExitCode {
     let sidecar = match Sidecar::connect_lazy(&config.sidecar) {
         Ok(sidecar) => sidecar,
         Err(error) => {
-            eprintln!("task-api adopt: {error}");
+            eprintln!("task-api adopt: {}", chain(&error));
             return ExitCode::from(2);
         }
     };
     if let Err(error) = sidecar.wait_until_answering(config.sidecar.wait).await {
-        eprintln!("task-api adopt: {error}");
+        eprintln!("task-api adopt: {}", chain(&error));
         return ExitCode::FAILURE;
     }
-    let state = StateStore::new(sidecar.clone(), &config.state_store);
-    let store = TaskStore::new(state.clone(), config.tombstone_ttl);
-    let tasks = Tasks::new(
-        store.clone(),
-        TaskIndex::new(state.clone()),
-        Outbox::new(
-            sidecar.clone(),
-            &config.pubsub,
-            &config.outbox_topic,
-            &config.topic,
-        ),
-        CreateRequests::new(state, config.request_id_ttl),
-        Alarms::new(store, Jobs::new(sidecar)),
-    );
+    // Adopting reads and indexes; it changes no task, so it publishes and signs nothing.
+    let tasks = use_cases(&config, &sidecar, &Secret::new("")).tasks;
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let (mut adopted, mut read, mut skipped) = (0, 0, 0);
     loop {
@@ -92,7 +75,10 @@ pub async fn run(config: TaskApiConfig) -> ExitCode {
         match tasks.adopt_ids(&batch).await {
             Ok(live) => adopted += live,
             Err(error) => {
-                eprintln!("task-api adopt: stopped after {read} ids: {error}");
+                eprintln!(
+                    "task-api adopt: stopped after {read} ids: {}",
+                    chain(&error)
+                );
                 return ExitCode::FAILURE;
             }
         }

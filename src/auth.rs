@@ -13,18 +13,15 @@
 
 use std::{
     future::Future,
-    pin::Pin,
     sync::{Arc, RwLock},
-    task::{Context, Poll},
     time::Duration,
 };
 
 use dapr_app::token::{self, Access};
-use http::{HeaderMap, Request, Response};
+use http::HeaderMap;
 use tonic::Status;
-use tower::{Layer, Service};
 
-use crate::secret::Secret;
+use crate::{gate::Gate, secret::Secret};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Policy {
@@ -45,18 +42,20 @@ fn policy(path: &str) -> Policy {
 }
 
 /// Where the API key comes from (the app's secret store, in practice).
-pub trait KeySource: Send + Sync + 'static {
+pub(crate) trait KeySource: Send + Sync + 'static {
+    type Error: std::error::Error + Send + Sync + 'static;
+
     /// The current key; the error says why it could not be read.
-    fn fetch(&self) -> impl Future<Output = Result<Secret, String>> + Send;
+    fn fetch(&self) -> impl Future<Output = Result<Secret, Self::Error>> + Send;
 }
 
 /// The accepted API key, refreshed from its source in the background.
 #[derive(Debug, Clone, Default)]
-pub struct ApiKey(Arc<RwLock<Option<Secret>>>);
+pub(crate) struct ApiKey(Arc<RwLock<Option<Secret>>>);
 
 impl ApiKey {
     /// Reads the key now.
-    pub async fn load(&self, source: &impl KeySource) -> Result<(), String> {
+    pub(crate) async fn load<S: KeySource>(&self, source: &S) -> Result<(), S::Error> {
         let key = source.fetch().await?;
         *self.0.write().unwrap_or_else(|e| e.into_inner()) = Some(key);
         Ok(())
@@ -64,7 +63,7 @@ impl ApiKey {
 
     /// Reads the key again every `interval` until `stop` completes, so a rotated key takes
     /// effect without a restart. A failed read keeps the last key.
-    pub async fn refresh_until(
+    pub(crate) async fn refresh_until(
         &self,
         source: impl KeySource,
         interval: Duration,
@@ -77,9 +76,10 @@ impl ApiKey {
                 ticker.tick().await;
                 match self.load(&source).await {
                     Ok(()) => tracing::debug!("API key refreshed"),
-                    Err(error) => {
-                        tracing::warn!(%error, "API key refresh failed; keeping the last key")
-                    }
+                    Err(error) => tracing::warn!(
+                        error = %crate::service::chain(&error),
+                        "API key refresh failed; keeping the last key"
+                    ),
                 }
             }
         };
@@ -97,7 +97,7 @@ impl ApiKey {
 
 /// The rules for one server.
 #[derive(Debug, Clone)]
-pub struct AuthPolicy {
+pub(crate) struct AuthPolicy {
     /// `APP_API_TOKEN`.
     app_token: Secret,
     /// `None` when the app takes no API key (AUTH_DISABLED, or an app without one).
@@ -109,7 +109,7 @@ pub struct AuthPolicy {
 
 impl AuthPolicy {
     /// Callers of the app's own service need the app token or `api_key`.
-    pub fn new(app_token: Secret, api_key: ApiKey) -> Self {
+    pub(crate) fn new(app_token: Secret, api_key: ApiKey) -> Self {
         Self {
             app_token,
             api_key: Some(api_key),
@@ -118,7 +118,7 @@ impl AuthPolicy {
     }
 
     /// Callers of the app's own service need the app token (they come through the sidecar).
-    pub fn sidecar_only(app_token: Secret) -> Self {
+    pub(crate) fn sidecar_only(app_token: Secret) -> Self {
         Self {
             app_token,
             api_key: None,
@@ -128,16 +128,18 @@ impl AuthPolicy {
 
     /// Callers of the app's own service need nothing (AUTH_DISABLED=true); callbacks still need
     /// the app token.
-    pub fn open_service(app_token: Secret) -> Self {
+    pub(crate) fn open_service(app_token: Secret) -> Self {
         Self {
             app_token,
             api_key: None,
             open_service: true,
         }
     }
+}
 
+impl Gate for AuthPolicy {
     /// Decides one request by its path and headers.
-    pub fn check(&self, path: &str, headers: &HeaderMap) -> Result<(), Status> {
+    fn check(&self, path: &str, headers: &HeaderMap) -> Result<(), Status> {
         let sidecar_token_ok = || {
             headers
                 .get(dapr::client::API_TOKEN_METADATA_KEY)
@@ -172,53 +174,6 @@ fn presented_key(headers: &HeaderMap) -> Option<&str> {
         return scheme.eq_ignore_ascii_case("bearer").then(|| key.trim());
     }
     headers.get("x-api-key").and_then(|v| v.to_str().ok())
-}
-
-/// Applies an [`AuthPolicy`] in front of every service of a server.
-#[derive(Debug, Clone)]
-pub struct AuthLayer(pub AuthPolicy);
-
-impl<S> Layer<S> for AuthLayer {
-    type Service = Authenticated<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        Authenticated {
-            inner,
-            policy: self.0.clone(),
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct Authenticated<S> {
-    inner: S,
-    policy: AuthPolicy,
-}
-
-impl<S, B, R> Service<Request<B>> for Authenticated<S>
-where
-    S: Service<Request<B>, Response = Response<R>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    B: Send + 'static,
-    R: Default,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        match self.policy.check(request.uri().path(), request.headers()) {
-            Ok(()) => {
-                let clone = self.inner.clone();
-                let mut inner = std::mem::replace(&mut self.inner, clone);
-                Box::pin(async move { inner.call(request).await })
-            }
-            Err(status) => Box::pin(async move { Ok(status.into_http()) }),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -11,29 +11,34 @@ use std::{
 use crate::secret::Secret;
 
 /// Default port of task-api.
-pub const TASK_API_DEFAULT_PORT: u16 = 50051;
+pub(crate) const TASK_API_DEFAULT_PORT: u16 = 50051;
 /// Default port of notification-service.
-pub const NOTIFICATION_DEFAULT_PORT: u16 = 50052;
+pub(crate) const NOTIFICATION_DEFAULT_PORT: u16 = 50052;
 
 /// Names of the Dapr resources task-api uses; the manifests and components must match them.
-pub const DEFAULT_STATE_STORE: &str = "statestore";
-pub const DEFAULT_PUBSUB: &str = "pubsub";
-pub const DEFAULT_TASK_EVENTS_TOPIC: &str = "task-events";
-pub const DEFAULT_OUTBOX_TOPIC: &str = "task-events-outbox";
-pub const DEFAULT_RETRY_TOPIC: &str = "task-events-retry";
-pub const DEFAULT_SECRET_STORE: &str = "secretstore";
-pub const DEFAULT_API_KEY_SECRET: &str = "task-api-auth";
-pub const DEFAULT_API_KEY_SECRET_KEY: &str = "api-key";
-pub const DEFAULT_NOTIFICATION_APP_ID: &str = "notification-service";
+pub(crate) const DEFAULT_STATE_STORE: &str = "statestore";
+pub(crate) const DEFAULT_PUBSUB: &str = "pubsub";
+pub(crate) const DEFAULT_TASK_EVENTS_TOPIC: &str = "task-events";
+pub(crate) const DEFAULT_OUTBOX_PUBSUB: &str = "outbox";
+/// How long notification-service keeps a task's notifications after its last one: 30 days.
+pub(crate) const DEFAULT_NOTIFICATION_RETENTION_SECONDS: u64 = 30 * 24 * 3600;
+pub(crate) const DEFAULT_OUTBOX_TOPIC: &str = "task-events-outbox";
+pub(crate) const DEFAULT_OUTBOX_RETRY_TOPIC: &str = "task-events-outbox-retry";
+pub(crate) const DEFAULT_RETRY_TOPIC: &str = "task-events-retry";
+pub(crate) const DEFAULT_SECRET_STORE: &str = "secretstore";
+pub(crate) const DEFAULT_API_KEY_SECRET: &str = "task-api-auth";
+pub(crate) const DEFAULT_API_KEY_SECRET_KEY: &str = "api-key";
+pub(crate) const DEFAULT_NOTIFICATION_APP_ID: &str = "notification-service";
 
 /// A setting that could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{name}={value:?} is not valid: {reason}")]
+    #[error("{name}={value:?} is not valid")]
     Invalid {
         name: String,
         value: String,
-        reason: String,
+        #[source]
+        reason: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("flag {0:?} is not of the form --name value")]
     BadFlag(String),
@@ -94,14 +99,14 @@ impl Settings {
 
     fn parsed<T: FromStr>(&self, name: &str, default: T) -> Result<T, ConfigError>
     where
-        T::Err: std::fmt::Display,
+        T::Err: std::error::Error + Send + Sync + 'static,
     {
         match self.get(name) {
             None => Ok(default),
             Some(value) => value.parse().map_err(|e: T::Err| ConfigError::Invalid {
                 name: name.to_string(),
                 value: value.to_string(),
-                reason: e.to_string(),
+                reason: Box::new(e),
             }),
         }
     }
@@ -113,7 +118,7 @@ impl Settings {
             Some(other) => Err(ConfigError::Invalid {
                 name: name.to_string(),
                 value: other.to_string(),
-                reason: "expected true or false".into(),
+                reason: Box::new(NotABoolean),
             }),
         }
     }
@@ -123,6 +128,10 @@ impl Settings {
     }
 }
 
+#[derive(Debug, thiserror::Error)]
+#[error("expected true or false")]
+struct NotABoolean;
+
 /// How log lines look.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -130,13 +139,17 @@ pub enum LogFormat {
     Json,
 }
 
+#[derive(Debug, thiserror::Error)]
+#[error("expected text or json")]
+pub struct UnknownLogFormat;
+
 impl FromStr for LogFormat {
-    type Err = String;
+    type Err = UnknownLogFormat;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "text" => Ok(LogFormat::Text),
             "json" => Ok(LogFormat::Json),
-            _ => Err("expected text or json".into()),
+            _ => Err(UnknownLogFormat),
         }
     }
 }
@@ -145,11 +158,13 @@ impl FromStr for LogFormat {
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// `APP_HOST` (default 0.0.0.0: reachable by daprd on 127.0.0.1 and by Kubernetes probes).
-    pub host: IpAddr,
+    pub(crate) host: IpAddr,
     /// `APP_PORT`; 0 picks a free port.
-    pub port: u16,
+    pub(crate) port: u16,
     /// `LOG_FORMAT`: text (default) or json.
     pub log_format: LogFormat,
+    /// `METRICS_PORT`: where `/metrics` is served (Prometheus text); none when unset.
+    pub(crate) metrics_port: Option<u16>,
 }
 
 impl ServerConfig {
@@ -158,11 +173,21 @@ impl ServerConfig {
             host: settings.parsed("APP_HOST", IpAddr::V4(Ipv4Addr::UNSPECIFIED))?,
             port: settings.parsed("APP_PORT", default_port)?,
             log_format: settings.parsed("LOG_FORMAT", LogFormat::Text)?,
+            metrics_port: settings
+                .get("METRICS_PORT")
+                .map(|_| settings.parsed("METRICS_PORT", 0u16))
+                .transpose()?,
         })
     }
 
-    pub fn address(&self) -> SocketAddr {
+    pub(crate) fn address(&self) -> SocketAddr {
         SocketAddr::new(self.host, self.port)
+    }
+
+    /// Where `/metrics` is served, if anywhere.
+    pub(crate) fn metrics_address(&self) -> Option<SocketAddr> {
+        self.metrics_port
+            .map(|port| SocketAddr::new(self.host, port))
     }
 }
 
@@ -203,7 +228,7 @@ impl SidecarConfig {
 
 /// Where task-api's API key comes from.
 #[derive(Debug, Clone)]
-pub enum AuthConfig {
+pub(crate) enum AuthConfig {
     /// `AUTH_DISABLED=true`: no API key is asked of direct callers.
     Disabled,
     /// The key is field `API_KEY_SECRET_KEY` (default api-key) of secret `API_KEY_SECRET_NAME`
@@ -221,33 +246,36 @@ pub enum AuthConfig {
 #[derive(Debug, Clone)]
 pub struct TaskApiConfig {
     pub server: ServerConfig,
-    pub sidecar: SidecarConfig,
+    pub(crate) sidecar: SidecarConfig,
     /// `APP_API_TOKEN`: what daprd sends as `dapr-api-token`. Required: the app refuses to
     /// start without it.
-    pub app_api_token: Option<Secret>,
+    pub(crate) app_api_token: Option<Secret>,
     /// `STATE_STORE_NAME` (default statestore).
-    pub state_store: String,
-    /// `PUBSUB_NAME` (default pubsub).
-    pub pubsub: String,
+    pub(crate) state_store: String,
+    /// `PUBSUB_NAME` (default pubsub): the component of `task-events` and its retry topic.
+    pub(crate) pubsub: String,
     /// `TASK_EVENTS_TOPIC` (default task-events).
-    pub topic: String,
+    pub(crate) topic: String,
+    /// `RETRY_TOPIC` (default task-events-retry): where events whose notification failed wait
+    /// for another attempt (task-api subscribes to it).
+    pub(crate) retry_topic: String,
+    /// `OUTBOX_PUBSUB_NAME` (default outbox): the component of task-api's outbox topics.
+    pub(crate) outbox_pubsub: String,
     /// `OUTBOX_TOPIC` (default task-events-outbox): where events wait for their change.
-    pub outbox_topic: String,
-    /// `RETRY_TOPIC` (default task-events-retry; `off` for none): the dead-letter topic of
-    /// task-api's subscriptions, which it subscribes to itself.
-    pub retry_topic: Option<String>,
-    /// `BULK_SUBSCRIBE` (default false): receive task-events in batches (OnBulkTopicEvent).
-    pub bulk_subscribe: bool,
-    pub auth: AuthConfig,
+    pub(crate) outbox_topic: String,
+    /// `OUTBOX_RETRY_TOPIC` (default task-events-outbox-retry): where the relay puts off
+    /// events it cannot decide yet.
+    pub(crate) outbox_retry_topic: String,
+    pub(crate) auth: AuthConfig,
     /// `NOTIFICATION_APP_ID` (default notification-service).
-    pub notification_app_id: String,
+    pub(crate) notification_app_id: String,
     /// `NOTIFY_TIMEOUT_MS` (default 3000).
-    pub notify_timeout: Duration,
+    pub(crate) notify_timeout: Duration,
     /// `TOMBSTONE_TTL_SECONDS` (default 7 days): how long a deleted task's tombstone is kept.
-    pub tombstone_ttl: Duration,
+    pub(crate) tombstone_ttl: Duration,
     /// `REQUEST_ID_TTL_SECONDS` (default 24 hours): how long a create's request_id is
     /// remembered.
-    pub request_id_ttl: Duration,
+    pub(crate) request_id_ttl: Duration,
 }
 
 impl TaskApiConfig {
@@ -269,12 +297,10 @@ impl TaskApiConfig {
             state_store: settings.string("STATE_STORE_NAME", DEFAULT_STATE_STORE),
             pubsub: settings.string("PUBSUB_NAME", DEFAULT_PUBSUB),
             topic: settings.string("TASK_EVENTS_TOPIC", DEFAULT_TASK_EVENTS_TOPIC),
+            retry_topic: settings.string("RETRY_TOPIC", DEFAULT_RETRY_TOPIC),
+            outbox_pubsub: settings.string("OUTBOX_PUBSUB_NAME", DEFAULT_OUTBOX_PUBSUB),
             outbox_topic: settings.string("OUTBOX_TOPIC", DEFAULT_OUTBOX_TOPIC),
-            retry_topic: match settings.string("RETRY_TOPIC", DEFAULT_RETRY_TOPIC).as_str() {
-                "off" => None,
-                topic => Some(topic.to_string()),
-            },
-            bulk_subscribe: settings.flag("BULK_SUBSCRIBE")?,
+            outbox_retry_topic: settings.string("OUTBOX_RETRY_TOPIC", DEFAULT_OUTBOX_RETRY_TOPIC),
             auth,
             notification_app_id: settings
                 .string("NOTIFICATION_APP_ID", DEFAULT_NOTIFICATION_APP_ID),
@@ -289,10 +315,13 @@ impl TaskApiConfig {
 #[derive(Debug, Clone)]
 pub struct NotificationConfig {
     pub server: ServerConfig,
-    pub sidecar: SidecarConfig,
+    pub(crate) sidecar: SidecarConfig,
     /// `APP_API_TOKEN`, required as for task-api.
-    pub app_api_token: Option<Secret>,
-    pub state_store: String,
+    pub(crate) app_api_token: Option<Secret>,
+    pub(crate) state_store: String,
+    /// `NOTIFICATION_RETENTION_SECONDS` (default 30 days): how long a task's notifications
+    /// are kept after its last one.
+    pub(crate) retention: Duration,
 }
 
 impl NotificationConfig {
@@ -302,6 +331,10 @@ impl NotificationConfig {
             sidecar: SidecarConfig::from_settings(settings)?,
             app_api_token: app_api_token(settings),
             state_store: settings.string("STATE_STORE_NAME", DEFAULT_STATE_STORE),
+            retention: Duration::from_secs(settings.parsed(
+                "NOTIFICATION_RETENTION_SECONDS",
+                DEFAULT_NOTIFICATION_RETENTION_SECONDS,
+            )?),
         })
     }
 }
@@ -323,10 +356,8 @@ mod tests {
         assert_eq!(config.state_store, "statestore");
         assert_eq!(config.pubsub, "pubsub");
         assert_eq!(config.topic, "task-events");
-        assert_eq!(config.retry_topic.as_deref(), Some("task-events-retry"));
-        let off =
-            TaskApiConfig::from_settings(&Settings::from_pairs([("RETRY_TOPIC", "off")])).unwrap();
-        assert_eq!(off.retry_topic, None);
+        assert_eq!(config.retry_topic, "task-events-retry");
+        assert_eq!(config.outbox_pubsub, "outbox");
         assert_eq!(config.sidecar.endpoint, "http://127.0.0.1:50001");
         assert!(matches!(config.auth, AuthConfig::ApiKey { .. }));
     }

@@ -13,7 +13,7 @@ use std::sync::{
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 /// The health service name for liveness probes.
-pub const LIVENESS: &str = "liveness";
+pub(crate) const LIVENESS: &str = "liveness";
 
 /// Whether the app can serve, shared by the health service and the AppCallback health check.
 #[derive(Clone)]
@@ -29,7 +29,7 @@ pub struct Readiness {
 
 impl Readiness {
     /// Starts not ready; `services` are the names reported alongside `""`.
-    pub async fn new(reporter: HealthReporter, services: &[&'static str]) -> Self {
+    pub(crate) async fn new(reporter: HealthReporter, services: &[&'static str]) -> Self {
         reporter
             .set_service_status(LIVENESS, ServingStatus::Serving)
             .await;
@@ -50,7 +50,7 @@ impl Readiness {
 
     /// The answer to daprd's app health check (`--enable-app-health-check`): healthy while
     /// ready. While unhealthy, daprd holds back topic events, bindings and jobs.
-    pub fn app_health(&self) -> Result<(), tonic::Status> {
+    pub(crate) fn app_health(&self) -> Result<(), tonic::Status> {
         if self.is_ready() {
             Ok(())
         } else {
@@ -61,16 +61,19 @@ impl Readiness {
     }
 
     /// Reports ready or not; once [`Readiness::close`] was called, never ready again.
-    pub async fn set(&self, ready: bool) {
+    pub(crate) async fn set(&self, ready: bool) {
         let _one_at_a_time = self.changing.lock().await;
         let ready = ready && !self.closed.load(Ordering::Acquire);
         if self.ready.swap(ready, Ordering::AcqRel) != ready {
+            crate::telemetry::metrics::METRICS
+                .ready
+                .set(i64::from(ready));
             self.publish(ready).await;
         }
     }
 
     /// Not ready from now on, whatever a probe finds: the app is shutting down.
-    pub async fn close(&self) {
+    pub(crate) async fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.set(false).await;
     }

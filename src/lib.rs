@@ -7,31 +7,42 @@
 //! api/ (TaskService) ◀── task routes ──┐
 //!    │                                 │
 //!    │     callback/ (AppCallback, via dapr-app)
-//!    │                                 │ events, dead letters
+//!    │                                 │ events, invocations, jobs
 //!    └───────────────▶ service/ ◀──────┘
-//!                        ├──▶ domain/   (pure rules: Task, Title, status changes)
-//!                        └──▶ sidecar/  (the only code that calls the sidecar)
+//!                        ├──▶ domain/        (pure rules: Task, Title, status changes, events)
+//!                        └──▶ service::ports ◀── sidecar/ (the only code that calls Dapr)
 //! ```
 //!
-//! `domain` knows nothing of gRPC or Dapr. Only `sidecar` calls the Dapr sidecar. `callback`
-//! and `notification` answer daprd through the `dapr-app` crate, which implements the
-//! AppCallback interfaces. Errors of the use cases become a `tonic::Status` in one place,
-//! [`api::status`]; the edges that refuse a call before any use case runs (`auth`, `limits`, the
-//! codec in `proto`, routing in `callback`) build theirs where they refuse it.
+//! `domain` knows nothing of gRPC or Dapr. The use cases in `service` depend on the traits in
+//! `service::ports`, which `sidecar` implements over the Dapr sidecar and in-memory fakes
+//! implement in the tests. `callback` and `notification` answer daprd through the `dapr-app`
+//! crate. Errors of the use cases become a `tonic::Status` in one place, `api::status`; the
+//! edges that refuse a call before any use case runs (`auth`, `limits`, the codec in `proto`,
+//! routing in `callback`) build theirs where they refuse it.
+//!
+//! The public surface is what the binaries, the integration tests and the tools need: the
+//! settings ([`config`]), starting an app ([`startup`], [`notification::build`]), the wire
+//! types ([`proto`], [`domain`]), health ([`health`]) and the stored documents ([`stored`]).
 
-pub mod adopt;
-pub mod api;
-pub mod auth;
-pub mod callback;
+#![warn(unreachable_pub)]
+
+pub(crate) mod adopt;
+pub(crate) mod api;
+pub(crate) mod auth;
+pub(crate) mod callback;
 pub mod config;
 pub mod domain;
+pub(crate) mod gate;
 pub mod health;
-pub mod limits;
+pub(crate) mod limits;
 pub mod notification;
 mod percent;
 pub mod proto;
-pub mod secret;
-pub mod service;
-pub mod sidecar;
+pub(crate) mod secret;
+pub(crate) mod service;
+pub(crate) mod sidecar;
 pub mod startup;
-pub mod telemetry;
+pub mod stored;
+pub(crate) mod telemetry;
+
+pub use adopt::run as adopt;

@@ -10,23 +10,16 @@
 //! Without the first line, hyper's default (16 KiB, so connection close from 64 KiB) made one
 //! oversized header fail every call sharing its connection.
 
-use std::{
-    future::Future,
-    pin::Pin,
-    task::{Context, Poll},
-};
-
-use http::{HeaderMap, Request, Response};
+use http::HeaderMap;
 use tonic::Status;
-use tower::{Layer, Service};
 
-use crate::domain::text::echo;
+use crate::{domain::text::echo, gate::Gate};
 
 /// The most metadata one call may carry, counted as HTTP/2 counts it (name + value + 32 per
 /// entry).
-pub const MAX_METADATA_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_METADATA_BYTES: usize = 64 * 1024;
 /// What the server tells the h2 library it accepts; see the module docs.
-pub const H2_MAX_HEADER_LIST_BYTES: u32 = 1024 * 1024;
+pub(crate) const H2_MAX_HEADER_LIST_BYTES: u32 = 1024 * 1024;
 
 /// The HTTP/2 size of `headers`, and its largest entry.
 fn metadata_size(headers: &HeaderMap) -> (usize, Option<(&str, usize)>) {
@@ -43,7 +36,7 @@ fn metadata_size(headers: &HeaderMap) -> (usize, Option<(&str, usize)>) {
 }
 
 /// RESOURCE_EXHAUSTED when `headers` exceed [`MAX_METADATA_BYTES`].
-pub fn check_metadata(headers: &HeaderMap) -> Result<(), Status> {
+pub(crate) fn check_metadata(headers: &HeaderMap) -> Result<(), Status> {
     let (size, largest) = metadata_size(headers);
     if size <= MAX_METADATA_BYTES {
         return Ok(());
@@ -56,42 +49,13 @@ pub fn check_metadata(headers: &HeaderMap) -> Result<(), Status> {
     )))
 }
 
-/// Applies [`check_metadata`] to every call.
-#[derive(Debug, Clone, Default)]
-pub struct MetadataLimitLayer;
+/// [`check_metadata`] as a [`Gate`] for every call.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct MetadataLimit;
 
-impl<S> Layer<S> for MetadataLimitLayer {
-    type Service = MetadataLimit<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        MetadataLimit { inner }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct MetadataLimit<S> {
-    inner: S,
-}
-
-impl<S, B, R> Service<Request<B>> for MetadataLimit<S>
-where
-    S: Service<Request<B>, Response = Response<R>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    B: Send + 'static,
-    R: Default,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        match check_metadata(request.headers()) {
-            Ok(()) => Box::pin(self.inner.call(request)),
-            Err(status) => Box::pin(async move { Ok(status.into_http()) }),
-        }
+impl Gate for MetadataLimit {
+    fn check(&self, _path: &str, headers: &HeaderMap) -> Result<(), Status> {
+        check_metadata(headers)
     }
 }
 

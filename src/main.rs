@@ -15,7 +15,7 @@ async fn main() -> ExitCode {
         let config = Settings::from_env_and_args(std::env::args().skip(2))
             .and_then(|settings| TaskApiConfig::from_settings(&settings));
         return match config {
-            Ok(config) => adopt::run(config).await,
+            Ok(config) => adopt(config).await,
             Err(error) => {
                 eprintln!("task-api adopt: {error}");
                 ExitCode::from(2)

@@ -1,7 +1,7 @@
 //! Percent-decoding, for `grpc-message` headers and invocation query strings.
 
 /// Decodes `%XX` escapes; anything malformed is kept as it is.
-pub fn decode(text: &str) -> String {
+pub(crate) fn decode(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -22,7 +22,7 @@ pub fn decode(text: &str) -> String {
 }
 
 /// `a=1&b=x%20y` as pairs (`+` is a space, as in HTML forms).
-pub fn query_pairs(query: &str) -> Vec<(String, String)> {
+pub(crate) fn query_pairs(query: &str) -> Vec<(String, String)> {
     query
         .split('&')
         .filter(|pair| !pair.is_empty())

@@ -17,5 +17,5 @@ pub mod notification {
 /// What task-api's server reflection describes: task.v1.
 pub const TASK_DESCRIPTORS: &[u8] = tonic::include_file_descriptor_set!("task_descriptors");
 /// What notification-service's server reflection describes: notification.v1.
-pub const NOTIFICATION_DESCRIPTORS: &[u8] =
+pub(crate) const NOTIFICATION_DESCRIPTORS: &[u8] =
     tonic::include_file_descriptor_set!("notification_descriptors");

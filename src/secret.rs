@@ -10,17 +10,17 @@ use subtle::ConstantTimeEq;
 pub struct Secret(Arc<str>);
 
 impl Secret {
-    pub fn new(value: impl Into<Arc<str>>) -> Self {
+    pub(crate) fn new(value: impl Into<Arc<str>>) -> Self {
         Self(value.into())
     }
 
     /// The value itself, for the one place that must send it.
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 
     /// Whether `presented` is this secret, in time that does not depend on where they differ.
-    pub fn matches(&self, presented: &[u8]) -> bool {
+    pub(crate) fn matches(&self, presented: &[u8]) -> bool {
         bool::from(self.0.as_bytes().ct_eq(presented))
     }
 }

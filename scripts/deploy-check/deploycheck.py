@@ -14,8 +14,14 @@ The checks:
   core-schemas  the Kubernetes objects validate strictly against the Kubernetes schemas
   dapr-crds     the Dapr objects validate against the CRDs of the pinned Dapr release, rejecting
                 fields the CRD does not define (the API server would refuse or drop them)
-  cross-checks  ports, names, Secrets, access control and shutdown timing agree between the
-                manifests, Dapr and the code
+  monitoring-crds  the same for the Prometheus Operator's objects (PrometheusRule, PodMonitor),
+                against the CRDs of the pinned Prometheus Operator release
+  cross-checks  ports, names, Secrets, access control, shutdown timing, the metrics port and
+                the span export agree between the manifests, Dapr and the code
+  monitoring    the PrometheusRule's alerts pass `promtool check rules` and their unit tests
+                (manifests/observability/tests, every alert seen firing and not firing) pass
+                `promtool test rules`; the rules and the Grafana dashboard name only metrics of
+                manifests/observability/metrics.txt, and the dashboard's queries parse
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ from pathlib import Path
 
 import jsonschema
 import yaml
+
+import monitoring
 
 TARGETS = ("base", "overlays/docker-desktop", "overlays/production",
            "overlays/production-kafka")
@@ -56,6 +64,7 @@ APPS = {
         "components": {
             "STATE_STORE_NAME": "state.",
             "PUBSUB_NAME": "pubsub.",
+            "OUTBOX_PUBSUB_NAME": "pubsub.",
             "SECRET_STORE_NAME": "secretstores.",
         },
     },
@@ -74,8 +83,10 @@ CALLER, CALLEE, METHOD = "task-api", "notification-service", "notify"
 NAME_DEFAULTS = {
     "STATE_STORE_NAME": "statestore",
     "PUBSUB_NAME": "pubsub",
+    "OUTBOX_PUBSUB_NAME": "outbox",
     "TASK_EVENTS_TOPIC": "task-events",
     "OUTBOX_TOPIC": "task-events-outbox",
+    "OUTBOX_RETRY_TOPIC": "task-events-outbox-retry",
     "RETRY_TOPIC": "task-events-retry",
     "SECRET_STORE_NAME": "secretstore",
     "API_KEY_SECRET_NAME": "task-api-auth",
@@ -92,6 +103,10 @@ KNOWN_ENV = {
     "NOTIFY_TIMEOUT_MS", "SIDECAR_WAIT_SECONDS", "LOG_FORMAT", "RUST_LOG",
     "TOMBSTONE_TTL_SECONDS", "REQUEST_ID_TTL_SECONDS", *NAME_DEFAULTS,
 }
+# The port of the apps' Prometheus endpoint. The manifests may declare it before src/config.rs
+# reads it: it is then checked against the scrape annotations and the container port "metrics"
+# rather than against the code (check_metrics_port).
+METRICS_PORT_SETTING = "METRICS_PORT"
 
 SIDECAR_RESOURCE_ANNOTATIONS = (
     "dapr.io/sidecar-cpu-request",
@@ -112,6 +127,8 @@ class Context:
     crds_dir: Path
     annotations_file: Path | None
     repo: Path
+    monitoring_crds_dir: Path | None = None
+    promtool: Path | None = None
 
 
 @dataclasses.dataclass
@@ -177,6 +194,11 @@ def code_facts(src: Path) -> CodeFacts:
             errors.append(f"src/config.rs: no integer constant {spec['port_const']} (the default "
                           f"port of {app}); update deploycheck.py to read it")
     env = set(KNOWN_ENV) | set(re.findall(r'"([A-Z][A-Z0-9]*_[A-Z0-9_]+)"', text))
+    # The OpenTelemetry settings are read where the exporter is built, not in src/config.rs.
+    traces = src / "telemetry" / "traces.rs"
+    if traces.is_file():
+        code = traces.read_text().split("#[cfg(test)]", 1)[0]
+        env |= set(re.findall(r'"(OTEL_[A-Z0-9_]+)"', code))
     return CodeFacts(names, ports, env, "src/config.rs", errors)
 
 
@@ -214,15 +236,27 @@ def render(ctx: Context, manifests: Path, target: str) -> tuple[list[dict] | Non
     return docs, None
 
 
+def api_group(doc: dict) -> str:
+    return str(doc.get("apiVersion", "")).split("/")[0]
+
+
 def is_dapr(doc: dict) -> bool:
-    return str(doc.get("apiVersion", "")).split("/")[0] == "dapr.io"
+    return api_group(doc) == "dapr.io"
+
+
+# Groups whose objects are validated against CRDs rather than the Kubernetes schemas.
+CRD_GROUPS = ("dapr.io", "monitoring.coreos.com")
+
+
+def is_custom(doc: dict) -> bool:
+    return api_group(doc) in CRD_GROUPS
 
 
 def check_core(ctx: Context, renders: dict[str, list[dict]]) -> Result:
     errors, count = [], 0
     with tempfile.TemporaryDirectory() as tmp:
         for target, docs in renders.items():
-            core = [d for d in docs if not is_dapr(d)]
+            core = [d for d in docs if not is_custom(d)]
             count += len(core)
             path = Path(tmp) / (target.replace("/", "_") + ".yaml")
             # JSON documents: YAML readers take them as they are, with no type guessing.
@@ -240,9 +274,17 @@ def check_core(ctx: Context, renders: dict[str, list[dict]]) -> Result:
                   "strict")
 
 
-def load_crds(crds_dir: Path) -> dict[tuple[str, str], dict[str, dict]]:
+# The Prometheus Operator CRDs of the kinds the manifests may use (the others are large, and one
+# holds YAML that PyYAML cannot read).
+MONITORING_CRD_FILES = ("monitoring.coreos.com_podmonitors.yaml",
+                        "monitoring.coreos.com_servicemonitors.yaml",
+                        "monitoring.coreos.com_prometheusrules.yaml")
+
+
+def load_crds(crds_dir: Path, files: tuple[str, ...] = ()) -> dict[tuple[str, str], dict[str, dict]]:
     crds: dict[tuple[str, str], dict[str, dict]] = {}
-    for path in sorted(crds_dir.glob("*.yaml")):
+    paths = [crds_dir / f for f in files] if files else sorted(crds_dir.glob("*.yaml"))
+    for path in paths:
         for doc in yaml.safe_load_all(path.read_text()):
             if not doc or doc.get("kind") != "CustomResourceDefinition":
                 continue
@@ -284,11 +326,12 @@ def prune(value, schema):
     return value
 
 
-def check_dapr(ctx: Context, renders: dict[str, list[dict]], crds) -> Result:
+def check_dapr(ctx: Context, renders: dict[str, list[dict]], crds,
+               only_group: str = "dapr.io") -> Result:
     errors, count = [], 0
     for target, docs in renders.items():
         for doc in docs:
-            if not is_dapr(doc):
+            if api_group(doc) != only_group:
                 continue
             count += 1
             group, _, version = doc["apiVersion"].partition("/")
@@ -309,6 +352,9 @@ def check_dapr(ctx: Context, renders: dict[str, list[dict]], crds) -> Result:
             for err in sorted(validator.iter_errors(doc), key=lambda e: list(e.path)):
                 path = ".".join(str(p) for p in err.path) or "(top level)"
                 errors.append(f"{where}: {path}: {err.message}")
+    if only_group != "dapr.io":
+        return Result("monitoring-crds", errors, f"{count} objects against the Prometheus "
+                      "Operator CRDs of the pinned release")
     return Result("dapr-crds", errors, f"{count} objects against the Dapr CRDs in the pinned "
                   "release")
 
@@ -396,6 +442,33 @@ def dapr_apps(docs: list[dict], facts: CodeFacts, errors: list[str], target: str
     return apps
 
 
+def check_injection_intent(target: str, docs: list[dict], known: set[str]) -> list[str]:
+    """Pod templates that mean to run with a sidecar but would get none.
+
+    Dapr's injector adds daprd only where dapr.io/enabled is "true" (in any case); a misspelt key or
+    value is accepted by the API server and leaves the pod without its sidecar (seen against
+    the real injector by crates/devstack/tests/kubernetes).
+    """
+    errors = []
+    for doc in docs:
+        template = _pod_template(doc)
+        if not template:
+            continue
+        annotations = (template.get("metadata") or {}).get("annotations") or {}
+        dapr_keys = sorted(k for k in annotations if k.startswith("dapr.io/"))
+        if not dapr_keys:
+            continue
+        where = f"{target}: {doc['kind']}/{_name(doc)}"
+        enabled = annotations.get("dapr.io/enabled")
+        # The injector compares the value with "true" ignoring case.
+        if str(enabled).lower() != "true":
+            unknown = [k for k in dapr_keys if known and k not in known]
+            hint = f" (unknown: {', '.join(unknown)})" if unknown else ""
+            errors.append(f"{where}: has Dapr annotations but dapr.io/enabled is {enabled!r}, "
+                          f"not \"true\": the sidecar injector would add no daprd{hint}")
+    return errors
+
+
 def check_app(target: str, app: App, facts: CodeFacts, known_annotations: set[str],
               configurations: dict[str, dict]) -> list[str]:
     errors = []
@@ -443,7 +516,7 @@ def check_app(target: str, app: App, facts: CodeFacts, known_annotations: set[st
         errors.append(f"{where}: env APP_PORT={env['APP_PORT'].get('value')} differs from the "
                       f"container port {app.port}")
     for setting in sorted(env):
-        if setting not in facts.env:
+        if setting not in facts.env and setting != METRICS_PORT_SETTING:
             errors.append(f"{where}: env {setting} is not a setting the apps read")
     if env.get("LOG_FORMAT", {}).get("value") != "json":
         errors.append(f"{where}: env LOG_FORMAT must be json (one log line per JSON object)")
@@ -519,6 +592,64 @@ def check_app(target: str, app: App, facts: CodeFacts, known_annotations: set[st
     return errors
 
 
+def check_metrics_port(target: str, app: App, facts: CodeFacts, notes: list[str]) -> list[str]:
+    """METRICS_PORT, the container port "metrics" and the prometheus.io/* annotations agree."""
+    errors = []
+    where = f"{target}: {app.where}"
+    container = app.container or {}
+    entry = _env(container).get(METRICS_PORT_SETTING)
+    named = {p.get("name"): p.get("containerPort") for p in container.get("ports") or []}
+    ann = app.annotations
+    if entry is None:
+        if "metrics" in named or "prometheus.io/port" in ann:
+            errors.append(f"{where}: declares a metrics port but sets no env "
+                          f"{METRICS_PORT_SETTING}, so the app serves no metrics there")
+        return errors
+    raw = str(entry.get("value", ""))
+    if not raw.isdigit():
+        return [f"{where}: env {METRICS_PORT_SETTING} must be a port number, not {raw!r}"]
+    if named.get("metrics") != int(raw):
+        errors.append(f"{where}: env {METRICS_PORT_SETTING}={raw} but the container port named "
+                      f"metrics is {named.get('metrics')}")
+    if int(raw) == app.port:
+        errors.append(f"{where}: env {METRICS_PORT_SETTING}={raw} is the app's gRPC port")
+    if str(ann.get("prometheus.io/port")) != raw:
+        errors.append(f"{where}: annotation prometheus.io/port is "
+                      f"{ann.get('prometheus.io/port')!r}, not METRICS_PORT {raw}")
+    if str(ann.get("prometheus.io/scrape", "")).lower() != "true":
+        errors.append(f"{where}: annotation prometheus.io/scrape is not \"true\"")
+    if ann.get("prometheus.io/path", "/metrics") != "/metrics":
+        errors.append(f"{where}: annotation prometheus.io/path is {ann['prometheus.io/path']!r}; "
+                      "the apps serve /metrics")
+    note = (f"src/config.rs does not read {METRICS_PORT_SETTING} yet: its port is checked "
+            "against the manifests only")
+    if METRICS_PORT_SETTING not in facts.env and note not in notes:
+        notes.append(note)
+    return errors
+
+
+def check_tracing(target: str, docs: list[dict], apps: list[App]) -> list[str]:
+    """Both sidecars export their spans to one collector, in the form daprd's exporter takes."""
+    configurations = {_name(c): c for c in _by_kind(docs, "Configuration")}
+    exports = {}
+    for app in apps:
+        conf = configurations.get(app.annotations.get("dapr.io/config", "")) or {}
+        otel = ((conf.get("spec") or {}).get("tracing") or {}).get("otel")
+        exports[app.app_id] = otel
+        where = f"{target}: Configuration/{_name(conf)} of {app.app_id}"
+        if not otel:
+            continue
+        if otel.get("protocol") not in ("grpc", "http"):
+            return [f"{where}: tracing.otel.protocol must be grpc or http"]
+        if "://" in str(otel.get("endpointAddress", "")):
+            return [f"{where}: tracing.otel.endpointAddress must be host:port, without a scheme "
+                    f"(daprd adds none), not {otel.get('endpointAddress')!r}"]
+    if len({json.dumps(v, sort_keys=True) for v in exports.values()}) > 1:
+        return [f"{target}: the apps' sidecars export spans differently ({exports}); one trace "
+                "needs both in one collector"]
+    return []
+
+
 def check_components(target, docs, apps: list[App], facts: CodeFacts) -> list[str]:
     errors = []
     components = {_name(c): c for c in _by_kind(docs, "Component")}
@@ -562,17 +693,23 @@ def check_components(target, docs, apps: list[App], facts: CodeFacts) -> list[st
     caller = next((a for a in apps if a.app_id == CALLER), None)
     if caller is not None:
         pubsub = components.get(caller.names["PUBSUB_NAME"])
-        topics = {caller.names["TASK_EVENTS_TOPIC"], caller.names["OUTBOX_TOPIC"],
-                  caller.names["RETRY_TOPIC"]}
-        if pubsub is not None:
-            allowed = (_component_metadata(pubsub).get("allowedTopics") or {}).get("value")
+        topics = {caller.names["TASK_EVENTS_TOPIC"], caller.names["RETRY_TOPIC"]}
+        outbox_topics = {caller.names["OUTBOX_TOPIC"], caller.names["OUTBOX_RETRY_TOPIC"]}
+        for component, expected, settings in (
+            (pubsub, topics, "TASK_EVENTS_TOPIC, RETRY_TOPIC"),
+            (components.get(caller.names["OUTBOX_PUBSUB_NAME"]), outbox_topics,
+             "OUTBOX_TOPIC, OUTBOX_RETRY_TOPIC"),
+        ):
+            if component is None:
+                continue
+            allowed = (_component_metadata(component).get("allowedTopics") or {}).get("value")
             if allowed is None:
-                errors.append(f"{target}: Component {_name(pubsub)!r} sets no allowedTopics "
-                              f"(expected {','.join(sorted(topics))})")
-            elif {t.strip() for t in str(allowed).split(",")} != topics:
-                errors.append(f"{target}: Component {_name(pubsub)!r} allows topics {allowed!r}, "
-                              f"but the code uses {', '.join(sorted(topics))} "
-                              f"(TASK_EVENTS_TOPIC, OUTBOX_TOPIC, RETRY_TOPIC; {facts.source})")
+                errors.append(f"{target}: Component {_name(component)!r} sets no allowedTopics "
+                              f"(expected {','.join(sorted(expected))})")
+            elif {t.strip() for t in str(allowed).split(",")} != expected:
+                errors.append(f"{target}: Component {_name(component)!r} allows topics "
+                              f"{allowed!r}, but the code uses {', '.join(sorted(expected))} "
+                              f"({settings}; {facts.source})")
         for sub in _by_kind(docs, "Subscription"):
             spec = sub.get("spec") or {}
             where = f"{target}: Subscription/{_name(sub)}"
@@ -932,6 +1069,7 @@ def check_cross(ctx: Context, renders: dict[str, list[dict]], crds, src: Path) -
         notes.append("the Dapr injector's annotation list was not found: annotation names are "
                      "not checked")
     for target, docs in renders.items():
+        errors += check_injection_intent(target, docs, known)
         apps = dapr_apps(docs, facts, errors, target)
         ids = [a.app_id for a in apps]
         for app_id in APPS:
@@ -941,7 +1079,9 @@ def check_cross(ctx: Context, renders: dict[str, list[dict]], crds, src: Path) -
         configurations = {_name(c): c for c in _by_kind(docs, "Configuration")}
         for app in apps:
             errors += check_app(target, app, facts, known, configurations)
+            errors += check_metrics_port(target, app, facts, notes)
         errors += check_components(target, docs, apps, facts)
+        errors += check_tracing(target, docs, apps)
         errors += check_access_control(target, docs, apps)
         errors += check_resiliency(target, docs, apps, crds, ctx.repo,
                                    notes if target == "base" else [])
@@ -970,9 +1110,14 @@ def run_checks(ctx: Context, manifests: Path, src: Path) -> list[Result]:
     crds = load_crds(ctx.crds_dir)
     if not crds:
         return results + [Result("dapr-crds", [f"no CRDs found in {ctx.crds_dir}"], "")]
+    if ctx.monitoring_crds_dir is not None:
+        crds.update(load_crds(ctx.monitoring_crds_dir, MONITORING_CRD_FILES))
     results.append(check_core(ctx, renders))
     results.append(check_dapr(ctx, renders, crds))
+    results.append(check_dapr(ctx, renders, crds, only_group="monitoring.coreos.com"))
     results.append(check_cross(ctx, renders, crds, src))
+    errors, summary = monitoring.check(manifests / "observability", ctx.promtool)
+    results.append(Result("monitoring", errors, summary))
     if missing:
         for r in results[1:]:
             r.errors.append(f"not checked: {', '.join(missing)} did not render")
@@ -1018,7 +1163,10 @@ BREAKS = [
     ("component scoped away from its user", "base/dapr/pubsub.yaml",
      "scopes:\n  - task-api", "scopes:\n  - notification-service", "leaves out task-api"),
     ("topic name drifts", "base/dapr/pubsub.yaml",
-     "value: task-events,task-events-outbox,task-events-retry", "value: task-events,task-events-dlq",
+     "value: task-events,task-events-retry", "value: task-events,task-events-dlq",
+     "allows topics"),
+    ("outbox topic name drifts", "base/dapr/outbox.yaml",
+     "value: task-events-outbox,task-events-outbox-retry", "value: task-events-outbox",
      "allows topics"),
     ("app token annotation and env disagree", "base/task-api.yaml",
      "dapr.io/app-token-secret: task-api-app-token", "dapr.io/app-token-secret: task-api-token",
@@ -1049,6 +1197,9 @@ BREAKS = [
     ("misspelt Dapr annotation", "base/task-api.yaml",
      "dapr.io/app-health-threshold", "dapr.io/app-health-probe-threshold",
      "unknown Dapr annotation dapr.io/app-health-probe-threshold"),
+    ("misspelt dapr.io/enabled: no sidecar would be injected", "base/task-api.yaml",
+     'dapr.io/enabled: "true"', 'dapr.io/enable: "true"',
+     "dapr.io/enabled is None, not \"true\": the sidecar injector would add no daprd"),
     ("misspelt setting", "base/task-api.yaml", "name: LOG_FORMAT", "name: LOG_FROMAT",
      "env LOG_FROMAT is not a setting"),
     ("Role without resourceNames", "base/rbac.yaml",
@@ -1079,7 +1230,35 @@ BREAKS = [
     ("the code's default topic changes", "src/config.rs",
      'DEFAULT_TASK_EVENTS_TOPIC: &str = "task-events"',
      'DEFAULT_TASK_EVENTS_TOPIC: &str = "tasks"',
-     "the code uses task-events-outbox, task-events-retry, tasks"),
+     "the code uses task-events-retry, tasks"),
+    ("scrape annotation on another port than METRICS_PORT", "base/task-api.yaml",
+     'prometheus.io/port: "9464"', 'prometheus.io/port: "9465"', "not METRICS_PORT 9464"),
+    ("metrics container port differs from METRICS_PORT", "base/notification-service.yaml",
+     "name: metrics\n              containerPort: 9464",
+     "name: metrics\n              containerPort: 9463", "the container port named metrics is 9463"),
+    ("sidecars export spans to different collectors", "base/dapr/notification-service-config.yaml",
+     "endpointAddress: otel-collector.observability", "endpointAddress: jaeger.observability",
+     "export spans differently"),
+    ("collector address with a scheme", "base/dapr/task-api-config.yaml",
+     "endpointAddress: otel-collector", "endpointAddress: http://otel-collector",
+     "without a scheme"),
+    ("PodMonitor field outside the CRD schema", "observability/podmonitor.yaml",
+     "podMetricsEndpoints:", "podMetricEndpoints:", "Additional properties"),
+    ("alert threshold its unit tests disagree with", "observability/prometheusrule.yaml",
+     "task_api_outbox_oldest_pending_age_seconds) > 60",
+     "task_api_outbox_oldest_pending_age_seconds) > 600", "promtool test rules failed"),
+    ("alert expression that does not parse", "observability/prometheusrule.yaml",
+     "changes(task_api_ready[15m]) > 4", "changes(task_api_ready[15m] > 4",
+     "promtool check rules failed"),
+    ("alert on a metric the apps do not serve", "observability/prometheusrule.yaml",
+     "rate(task_api_relay_lag_seconds_bucket[10m])", "rate(task_api_relay_lag_bucket[10m])",
+     "metrics.txt does not list"),
+    ("alert whose unit tests are gone", "observability/tests/service.yaml",
+     "alertname: TaskApiReadinessFlapping", "alertname: TaskApiReadinessFlaps",
+     "TaskApiReadinessFlapping has no unit test in which it fires"),
+    ("dashboard query that does not parse", "observability/dashboards/task-api.json",
+     "sum(task_api_outbox_pending_events{", "sum(task_api_outbox_pending_events({",
+     "the dashboard's queries do not parse"),
     ("the code's default port changes", "src/config.rs",
      "TASK_API_DEFAULT_PORT: u16 = 50051", "TASK_API_DEFAULT_PORT: u16 = 8080",
      "listens on 8080 by default"),
@@ -1141,11 +1320,14 @@ def main() -> int:
     parser.add_argument("--kubernetes-version", required=True)
     parser.add_argument("--crds", type=Path, required=True)
     parser.add_argument("--annotations", type=Path)
+    parser.add_argument("--monitoring-crds", type=Path, help="the Prometheus Operator's CRDs")
+    parser.add_argument("--promtool", type=Path)
     args = parser.parse_args()
     ctx = Context(kustomize=shlex.split(args.kustomize),
                   kubernetes_validate=[args.kubernetes_validate],
                   kubernetes_version=args.kubernetes_version, crds_dir=args.crds,
-                  annotations_file=args.annotations, repo=args.repo)
+                  annotations_file=args.annotations, repo=args.repo,
+                  monitoring_crds_dir=args.monitoring_crds, promtool=args.promtool)
     manifests, src = args.repo / "manifests", args.repo / "src"
     if args.command == "self-test":
         return self_test(ctx, manifests, src)

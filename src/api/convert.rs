@@ -11,7 +11,7 @@ use crate::{
     service::ListQuery,
 };
 
-pub fn task(task: &Versioned<Task>) -> pb::Task {
+pub(crate) fn task(task: &Versioned<Task>) -> pb::Task {
     let t = &task.value;
     pb::Task {
         id: t.id.to_string(),
@@ -27,7 +27,7 @@ pub fn task(task: &Versioned<Task>) -> pb::Task {
     }
 }
 
-pub fn status(status: TaskStatus) -> pb::TaskStatus {
+pub(crate) fn status(status: TaskStatus) -> pb::TaskStatus {
     match status {
         TaskStatus::Pending => pb::TaskStatus::Pending,
         TaskStatus::InProgress => pb::TaskStatus::InProgress,
@@ -36,7 +36,10 @@ pub fn status(status: TaskStatus) -> pb::TaskStatus {
 }
 
 /// `None` for TASK_STATUS_UNSPECIFIED.
-pub fn status_from(field: &'static str, value: i32) -> Result<Option<TaskStatus>, Violations> {
+pub(crate) fn status_from(
+    field: &'static str,
+    value: i32,
+) -> Result<Option<TaskStatus>, Violations> {
     match pb::TaskStatus::try_from(value) {
         Ok(pb::TaskStatus::Unspecified) => Ok(None),
         Ok(pb::TaskStatus::Pending) => Ok(Some(TaskStatus::Pending)),
@@ -49,7 +52,7 @@ pub fn status_from(field: &'static str, value: i32) -> Result<Option<TaskStatus>
     }
 }
 
-pub fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
+pub(crate) fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: at.timestamp(),
         nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0),
@@ -57,7 +60,7 @@ pub fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
 }
 
 /// A Timestamp field as a time; out-of-range seconds or nanos are the caller's error.
-pub fn time_from(
+pub(crate) fn time_from(
     field: &'static str,
     value: Option<&prost_types::Timestamp>,
 ) -> Result<Option<DateTime<Utc>>, FieldViolation> {
@@ -80,17 +83,17 @@ pub fn time_from(
         })
 }
 
-pub fn task_id(id: &str) -> Result<TaskId, Violations> {
+pub(crate) fn task_id(id: &str) -> Result<TaskId, Violations> {
     TaskId::parse(id).map_err(Violations::from)
 }
 
 /// An ETag field: empty means "none sent".
-pub fn etag(etag: &str) -> Option<&str> {
+pub(crate) fn etag(etag: &str) -> Option<&str> {
     (!etag.is_empty()).then_some(etag)
 }
 
 /// The task to create, and the request id if the caller sent one.
-pub fn new_task(
+pub(crate) fn new_task(
     request: &pb::CreateTaskRequest,
 ) -> Result<(NewTask, Option<RequestId>), Violations> {
     let new = NewTask::parse(
@@ -152,7 +155,9 @@ fn deadline_change(request: &pb::UpdateTaskRequest) -> Result<DeadlineChange, Vi
     })
 }
 
-pub fn changes(request: &pb::UpdateTaskRequest) -> Result<(TaskId, TaskChanges), Violations> {
+pub(crate) fn changes(
+    request: &pb::UpdateTaskRequest,
+) -> Result<(TaskId, TaskChanges), Violations> {
     let id = task_id(&request.id);
     let changes = TaskChanges::parse(
         request.title.as_deref(),
@@ -177,7 +182,7 @@ pub fn changes(request: &pb::UpdateTaskRequest) -> Result<(TaskId, TaskChanges),
 }
 
 /// The status a task must move to; unspecified is an error here.
-pub fn target_status(value: i32) -> Result<TaskStatus, Violations> {
+pub(crate) fn target_status(value: i32) -> Result<TaskStatus, Violations> {
     status_from("status", value)?.ok_or_else(|| {
         Violations::single(
             "status",
@@ -186,7 +191,7 @@ pub fn target_status(value: i32) -> Result<TaskStatus, Violations> {
     })
 }
 
-pub fn list_query(request: &pb::ListTasksRequest) -> Result<ListQuery, Violations> {
+pub(crate) fn list_query(request: &pb::ListTasksRequest) -> Result<ListQuery, Violations> {
     let status = status_from("status", request.status)?;
     let priority = request
         .priority

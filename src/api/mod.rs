@@ -1,8 +1,8 @@
 //! The gRPC face of task-api: `task.v1.TaskService`, the conversions between its messages and
 //! the domain, and the one mapping of errors to statuses.
 
-pub mod convert;
-pub mod status;
+pub(crate) mod convert;
+pub(crate) mod status;
 mod tasks;
 
-pub use tasks::TaskApi;
+pub(crate) use tasks::TaskApi;

@@ -6,6 +6,7 @@
 //! | unknown id | NOT_FOUND |
 //! | stale ETag, or contention that outlasted the retries | ABORTED + ErrorInfo with the current ETag |
 //! | request_id reused for a different task | INVALID_ARGUMENT + ErrorInfo (`REQUEST_ID_REUSED`) |
+//! | too many changes of the task whose events are not published yet | UNAVAILABLE + ErrorInfo (`EVENTS_BACKLOGGED`) with the task id |
 //! | sidecar, state store or broker unreachable | UNAVAILABLE + ErrorInfo (`SIDECAR_UNAVAILABLE`, or `OUTCOME_UNKNOWN` with the task id when the change may have been saved) |
 //! | anything else (a bug) | INTERNAL with a generic message and the trace id; the cause goes to the log |
 //!
@@ -16,7 +17,11 @@ use std::collections::HashMap;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
-use crate::{domain::Violations, service::Error, telemetry};
+use crate::{
+    domain::Violations,
+    service::{Error, Landed},
+    telemetry,
+};
 
 const DOMAIN: &str = "task-api";
 
@@ -30,70 +35,71 @@ impl From<Error> for Status {
                 id,
                 current_etag,
                 current_status,
-            } => Status::with_error_details(
+            } => with_info(
                 Code::Aborted,
                 message,
-                ErrorDetails::with_error_info(
-                    "ETAG_MISMATCH",
-                    DOMAIN,
-                    HashMap::from([
-                        ("task_id".to_string(), id.to_string()),
-                        ("current_etag".to_string(), current_etag),
-                        ("current_status".to_string(), current_status.to_string()),
-                    ]),
-                ),
+                "ETAG_MISMATCH",
+                [
+                    ("task_id", id.to_string()),
+                    ("current_etag", current_etag),
+                    ("current_status", current_status.to_string()),
+                ],
             ),
-            Error::Contended { .. } => Status::aborted(message),
+            Error::Contended { .. } | Error::RequestIdContended { .. } => Status::aborted(message),
+            Error::Backlogged { task_id, .. } => with_info(
+                Code::Unavailable,
+                message,
+                "EVENTS_BACKLOGGED",
+                [("task_id", task_id.to_string())],
+            ),
             Error::RequestIdReused {
                 request_id,
                 task_id,
-            } => Status::with_error_details(
+            } => with_info(
                 Code::InvalidArgument,
                 message,
-                ErrorDetails::with_error_info(
-                    "REQUEST_ID_REUSED",
-                    DOMAIN,
-                    HashMap::from([
-                        ("request_id".to_string(), request_id.to_string()),
-                        ("task_id".to_string(), task_id),
-                    ]),
-                ),
+                "REQUEST_ID_REUSED",
+                [("request_id", request_id.to_string()), ("task_id", task_id)],
             ),
             Error::Unavailable {
-                task_id,
-                may_have_landed,
-                ..
+                task_id, landed, ..
             } => {
-                let reason = if may_have_landed {
-                    "OUTCOME_UNKNOWN"
-                } else {
-                    "SIDECAR_UNAVAILABLE"
+                let reason = match landed {
+                    Landed::Maybe => "OUTCOME_UNKNOWN",
+                    Landed::No => "SIDECAR_UNAVAILABLE",
                 };
-                let metadata = task_id
-                    .map(|id| HashMap::from([("task_id".to_string(), id.to_string())]))
-                    .unwrap_or_default();
-                Status::with_error_details(
-                    Code::Unavailable,
-                    message,
-                    ErrorDetails::with_error_info(reason, DOMAIN, metadata),
-                )
+                let metadata = task_id.map(|id| ("task_id", id.to_string()));
+                with_info(Code::Unavailable, message, reason, metadata)
             }
-            Error::Internal(source) => internal(&source),
+            Error::Internal(source) => internal(source.as_ref()),
         }
     }
+}
+
+/// `code` with `message`, and an ErrorInfo naming `reason` with `metadata`, so that clients
+/// can tell the cases apart without reading the message.
+fn with_info(
+    code: Code,
+    message: String,
+    reason: &str,
+    metadata: impl IntoIterator<Item = (&'static str, String)>,
+) -> Status {
+    let metadata: HashMap<String, String> = metadata
+        .into_iter()
+        .map(|(key, value)| (key.to_string(), value))
+        .collect();
+    Status::with_error_details(
+        code,
+        message,
+        ErrorDetails::with_error_info(reason, DOMAIN, metadata),
+    )
 }
 
 /// INTERNAL, for what can only be a bug or a broken dependency: the caller learns nothing of
 /// the cause (it may hold state keys or the sidecar's internals) but gets the trace id under
 /// which the whole cause chain is logged.
-pub fn internal(error: &(dyn std::error::Error + 'static)) -> Status {
-    let mut chain = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        chain.push_str(": ");
-        chain.push_str(&cause.to_string());
-        source = cause.source();
-    }
+pub(crate) fn internal(error: &(dyn std::error::Error + 'static)) -> Status {
+    let chain = crate::service::chain(error);
     let trace_id = telemetry::current_trace_id();
     tracing::error!(
         trace_id = trace_id.as_deref().unwrap_or("-"),
@@ -107,7 +113,7 @@ pub fn internal(error: &(dyn std::error::Error + 'static)) -> Status {
 }
 
 /// INVALID_ARGUMENT naming every broken field and rule.
-pub fn invalid(violations: &Violations) -> Status {
+pub(crate) fn invalid(violations: &Violations) -> Status {
     Status::with_error_details(
         Code::InvalidArgument,
         format!("invalid request: {violations}"),

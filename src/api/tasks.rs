@@ -5,16 +5,23 @@ use tonic::{Request, Response, Status};
 use super::convert;
 use crate::{
     proto::task::v1::{self as pb, task_service_server::TaskService},
-    service::Tasks,
+    service::{Tasks, ports::Ports},
 };
 
-#[derive(Debug, Clone)]
-pub struct TaskApi {
-    tasks: Tasks,
+pub(crate) struct TaskApi<P: Ports> {
+    tasks: Tasks<P>,
 }
 
-impl TaskApi {
-    pub fn new(tasks: Tasks) -> Self {
+impl<P: Ports> Clone for TaskApi<P> {
+    fn clone(&self) -> Self {
+        Self {
+            tasks: self.tasks.clone(),
+        }
+    }
+}
+
+impl<P: Ports> TaskApi<P> {
+    pub(crate) fn new(tasks: Tasks<P>) -> Self {
         Self { tasks }
     }
 }
@@ -24,7 +31,7 @@ fn invalid(violations: crate::domain::Violations) -> Status {
 }
 
 #[tonic::async_trait]
-impl TaskService for TaskApi {
+impl<P: Ports> TaskService for TaskApi<P> {
     async fn create_task(
         &self,
         request: Request<pb::CreateTaskRequest>,

@@ -10,12 +10,19 @@
 use dapr_app::Job;
 use tonic::Status;
 
-use crate::{domain::text::echo, service::Tasks, sidecar::jobs::AlarmJob};
+use crate::{
+    domain::text::echo,
+    service::{
+        Tasks, chain,
+        ports::{AlarmJob, Ports},
+    },
+};
 
-pub async fn on_job(tasks: &Tasks, job: Job) -> Result<(), Status> {
+pub(super) async fn on_job<P: Ports>(tasks: &Tasks<P>, job: Job) -> Result<(), Status> {
     let alarm_job = match AlarmJob::from_json(&job.data) {
         Ok(alarm_job) => alarm_job,
-        Err(reason) => {
+        Err(error) => {
+            let reason = chain(&error);
             tracing::warn!(job = %job.name, %reason, "job data is not an alarm job: ignored");
             return Err(Status::not_found(format!(
                 "job {} is not one of task-api's alarm jobs: {reason}",
@@ -24,6 +31,10 @@ pub async fn on_job(tasks: &Tasks, job: Job) -> Result<(), Status> {
         }
     };
     let announced = tasks.announce(&alarm_job).await?;
+    crate::telemetry::metrics::METRICS
+        .jobs_fired
+        .with_label_values(&[if announced { "announced" } else { "stale" }])
+        .inc();
     tracing::info!(
         job = %job.name,
         task_id = %alarm_job.task_id,

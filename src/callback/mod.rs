@@ -1,38 +1,37 @@
 //! task-api's side of Dapr's AppCallback interfaces: its handlers only. The `dapr-app` crate
-//! serves the interfaces, answers bulk deliveries entry by entry and gives the deliberate
-//! answers for what task-api does not use (input bindings).
+//! serves the interfaces, hands bulk deliveries over as batches and gives the deliberate answers
+//! for what task-api does not use (input bindings).
 
 mod invoke;
 mod job;
-pub mod subscriptions;
+pub(crate) mod subscriptions;
 mod topic;
 
 use dapr::dapr::proto::runtime::v1::TopicSubscription;
 use dapr_app::{App, EventStatus, Invocation, Job, Reply, TopicEvent};
 use tonic::Status;
 
-pub use subscriptions::Subscriptions;
+pub(crate) use subscriptions::Subscriptions;
 
 use crate::{
     api::TaskApi,
     health::Readiness,
-    service::{EventHandler, Tasks},
+    service::{EventHandler, Tasks, ports::Ports},
 };
 
 /// What daprd calls on task-api.
-#[derive(Clone)]
-pub struct TaskCallbacks {
-    api: TaskApi,
-    tasks: Tasks,
-    events: EventHandler,
+pub(crate) struct TaskCallbacks<P: Ports> {
+    api: TaskApi<P>,
+    tasks: Tasks<P>,
+    events: EventHandler<P>,
     subscriptions: Subscriptions,
     readiness: Readiness,
 }
 
-impl TaskCallbacks {
-    pub fn new(
-        tasks: Tasks,
-        events: EventHandler,
+impl<P: Ports> TaskCallbacks<P> {
+    pub(crate) fn new(
+        tasks: Tasks<P>,
+        events: EventHandler<P>,
         subscriptions: Subscriptions,
         readiness: Readiness,
     ) -> Self {
@@ -46,13 +45,20 @@ impl TaskCallbacks {
     }
 }
 
-impl App for TaskCallbacks {
+impl<P: Ports> App for TaskCallbacks<P> {
     async fn subscriptions(&self) -> Vec<TopicSubscription> {
-        self.subscriptions.list().await
+        self.subscriptions.list()
+    }
+
+    async fn on_topic_events(&self, events: Vec<TopicEvent>) -> Vec<EventStatus> {
+        topic::on_events(&self.events, &self.subscriptions, events).await
     }
 
     async fn on_topic_event(&self, event: TopicEvent) -> EventStatus {
-        topic::on_event(&self.events, &self.subscriptions, event).await
+        topic::on_events(&self.events, &self.subscriptions, vec![event])
+            .await
+            .pop()
+            .unwrap_or(EventStatus::Retry)
     }
 
     async fn on_invoke(&self, call: Invocation) -> Result<Reply, Status> {

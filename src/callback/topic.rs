@@ -1,56 +1,90 @@
-//! Topic events (alone or from a bulk delivery, which `dapr-app` splits): every event gets
-//! SUCCESS or RETRY, never DROP. An event that can never be handled is kept as a dead letter by
-//! task-api itself (see `service::events`), so nothing depends on a dead-letter topic to keep it.
+//! Topic events, delivered in bulk: every event gets SUCCESS or RETRY, never DROP. An event that
+//! can never be handled is kept as a dead letter by task-api itself (see `service::events`), so
+//! nothing depends on a dead-letter topic to keep it.
 
 use dapr_app::{EventStatus, TopicEvent};
 
 use super::subscriptions::Subscriptions;
-use crate::service::{Delivery, EventHandler, Outcome};
+use crate::{
+    service::{Delivery, EventHandler, Outcome, ports::Ports},
+    telemetry::metrics::METRICS,
+};
 
-pub async fn on_event(
-    events: &EventHandler,
+/// Handles a batch of events; one status each, in order.
+pub(super) async fn on_events<P: Ports>(
+    events: &EventHandler<P>,
     subscriptions: &Subscriptions,
-    event: TopicEvent,
-) -> EventStatus {
-    let TopicEvent {
-        id, topic, path, ..
-    } = &event;
-    let Some(route) = subscriptions.route(path, topic) else {
-        // Not ours to handle or to keep: daprd must have been configured to send it here.
-        tracing::warn!(
-            event_id = %id,
-            %topic,
-            %path,
-            "event on a path this app never subscribed: acknowledged, not handled"
-        );
-        return EventStatus::Success;
-    };
-    let outcome = events
-        .handle(Delivery {
-            id,
-            topic,
-            route,
-            data: &event.data,
-            data_content_type: &event.data_content_type,
+    batch: Vec<TopicEvent>,
+) -> Vec<EventStatus> {
+    let routes: Vec<_> = batch
+        .iter()
+        .map(|event| subscriptions.route(&event.path, &event.topic))
+        .collect();
+    let deliveries: Vec<Delivery> = batch
+        .iter()
+        .zip(&routes)
+        .filter_map(|(event, route)| {
+            route.map(|route| Delivery {
+                id: &event.id,
+                topic: &event.topic,
+                route,
+                data: &event.data,
+                data_content_type: &event.data_content_type,
+                published_at: event
+                    .extension_str("time")
+                    .and_then(crate::domain::time::parse),
+                traceparent: event.traceparent(),
+            })
         })
-        .await;
-    let status = status(&outcome);
+        .collect();
+    let mut outcomes = events.handle(&deliveries).await.into_iter();
+    batch
+        .iter()
+        .zip(routes)
+        .map(|(event, route)| match route {
+            Some(route) => {
+                let outcome = outcomes
+                    .next()
+                    .unwrap_or_else(|| Outcome::Retry("not handled".into()));
+                log(event, &outcome);
+                let status = status(&outcome);
+                METRICS
+                    .events_handled
+                    .with_label_values(&[route.label(), outcome_label(&outcome)])
+                    .inc();
+                status
+            }
+            None => {
+                // Not ours to handle or to keep: daprd must have been configured to send it here.
+                tracing::warn!(
+                    event_id = %event.id,
+                    topic = %event.topic,
+                    path = %event.path,
+                    "event on a path this app never subscribed: acknowledged, not handled"
+                );
+                EventStatus::Success
+            }
+        })
+        .collect()
+}
+
+fn log(event: &TopicEvent, outcome: &Outcome) {
+    let (id, topic) = (&event.id, &event.topic);
     match outcome {
-        Outcome::Success(what) => {
-            tracing::info!(event_id = %id, %topic, %path, outcome = status.as_str(), "{what}");
+        Outcome::Success(what) => tracing::debug!(event_id = %id, %topic, "{what}"),
+        Outcome::Retry(reason) => tracing::warn!(event_id = %id, %topic, "RETRY: {reason}"),
+        Outcome::Dead(reason) => {
+            tracing::warn!(event_id = %id, %topic, "kept as a dead letter: {reason}")
         }
-        Outcome::Retry(reason) => {
-            tracing::warn!(event_id = %id, %topic, %path, outcome = status.as_str(), "{reason}");
-        }
-        Outcome::Dead(reason) => tracing::warn!(
-            event_id = %id,
-            %topic,
-            %path,
-            outcome = status.as_str(),
-            "kept as a dead letter: {reason}"
-        ),
     }
-    status
+}
+
+fn outcome_label(outcome: &Outcome) -> &'static str {
+    match outcome {
+        Outcome::Success(_) => "success",
+        Outcome::Retry(_) => "retry",
+        Outcome::Dead(_) => "dead_letter",
+    }
 }
 
 /// What daprd is told: a dead letter is acknowledged, because task-api has kept it.

@@ -21,16 +21,16 @@ pub enum Alarm {
 }
 
 impl Alarm {
-    pub const ALL: [Alarm; 2] = [Alarm::Due, Alarm::Reminder];
+    pub(crate) const ALL: [Alarm; 2] = [Alarm::Due, Alarm::Reminder];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Alarm::Due => "due",
             Alarm::Reminder => "reminder",
         }
     }
 
-    pub fn parse(text: &str) -> Option<Self> {
+    pub(crate) fn parse(text: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|a| a.as_str() == text)
     }
 }
@@ -43,18 +43,18 @@ impl fmt::Display for Alarm {
 
 /// A task's due date, its reminder, and what has been announced of them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Deadline {
-    pub due_at: Option<DateTime<Utc>>,
+pub(crate) struct Deadline {
+    pub(crate) due_at: Option<DateTime<Utc>>,
     /// Only with a due date, and before it.
-    pub remind_at: Option<DateTime<Utc>>,
-    pub due_announced: bool,
-    pub reminder_announced: bool,
+    pub(crate) remind_at: Option<DateTime<Utc>>,
+    pub(crate) due_announced: bool,
+    pub(crate) reminder_announced: bool,
 }
 
 impl Deadline {
     /// A new task's deadline; both times must be in the future, the reminder before the due
     /// date.
-    pub fn parse_new(
+    pub(crate) fn parse_new(
         due_at: Option<DateTime<Utc>>,
         remind_at: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
@@ -72,7 +72,7 @@ impl Deadline {
     }
 
     /// The time `alarm` is set for, if it is set.
-    pub fn at(&self, alarm: Alarm) -> Option<DateTime<Utc>> {
+    pub(crate) fn at(&self, alarm: Alarm) -> Option<DateTime<Utc>> {
         match alarm {
             Alarm::Due => self.due_at,
             Alarm::Reminder => self.remind_at,
@@ -89,7 +89,7 @@ impl Deadline {
 
     /// The alarms still to announce for a task in `status`, with their times: what the
     /// scheduler must hold for it. A completed task announces nothing.
-    pub fn pending(&self, status: TaskStatus) -> Vec<(Alarm, DateTime<Utc>)> {
+    pub(crate) fn pending(&self, status: TaskStatus) -> Vec<(Alarm, DateTime<Utc>)> {
         if status == TaskStatus::Completed {
             return Vec::new();
         }
@@ -102,11 +102,11 @@ impl Deadline {
 
     /// Whether a job for `alarm` set at `at` should announce now: the alarm is still pending
     /// and still set for that time (a job for an earlier date, or a replayed one, is stale).
-    pub fn fires(&self, status: TaskStatus, alarm: Alarm, at: DateTime<Utc>) -> bool {
+    pub(crate) fn fires(&self, status: TaskStatus, alarm: Alarm, at: DateTime<Utc>) -> bool {
         self.pending(status).contains(&(alarm, at))
     }
 
-    pub fn announce(&mut self, alarm: Alarm) {
+    pub(crate) fn announce(&mut self, alarm: Alarm) {
         match alarm {
             Alarm::Due => self.due_announced = true,
             Alarm::Reminder => self.reminder_announced = true,
@@ -115,7 +115,11 @@ impl Deadline {
 
     /// Applies a change of the due date and/or reminder; a moved date is announced again.
     /// Clearing the due date clears the reminder too.
-    pub fn apply(&mut self, change: &DeadlineChange, now: DateTime<Utc>) -> Result<(), Violations> {
+    pub(crate) fn apply(
+        &mut self,
+        change: &DeadlineChange,
+        now: DateTime<Utc>,
+    ) -> Result<(), Violations> {
         let due_at = change.due_at.unwrap_or(self.due_at);
         let remind_at = match (change.due_at, change.remind_at) {
             (_, Some(remind_at)) => remind_at,
@@ -143,20 +147,20 @@ impl Deadline {
         Ok(())
     }
 
-    pub fn is_overdue(&self, status: TaskStatus, now: DateTime<Utc>) -> bool {
+    pub(crate) fn is_overdue(&self, status: TaskStatus, now: DateTime<Utc>) -> bool {
         status != TaskStatus::Completed && self.due_at.is_some_and(|due| due <= now)
     }
 }
 
 /// A requested change of the deadline: `Some(None)` clears, `Some(Some(t))` sets, `None` keeps.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DeadlineChange {
-    pub due_at: Option<Option<DateTime<Utc>>>,
-    pub remind_at: Option<Option<DateTime<Utc>>>,
+pub(crate) struct DeadlineChange {
+    pub(crate) due_at: Option<Option<DateTime<Utc>>>,
+    pub(crate) remind_at: Option<Option<DateTime<Utc>>>,
 }
 
 impl DeadlineChange {
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.due_at.is_none() && self.remind_at.is_none()
     }
 }

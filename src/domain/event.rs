@@ -3,11 +3,12 @@
 //!
 //! ```json
 //! {"event_type":"task.completed","task_id":"…","title":"…","status":"completed",
-//!  "timestamp":"2025-01-15T10:30:00.000000Z","revision":3}
+//!  "timestamp":"2025-01-15T10:30:00.000000Z","revision":3,"signature":"v1.…"}
 //! ```
 //!
-//! `revision` is an addition: consumers written for the original ignore it, and events the
-//! original publishes (without it) are still read.
+//! `revision` and `signature` are additions: consumers written for the original ignore them,
+//! and events the original publishes (without them) are still read. The signature is task-api's
+//! proof that it published the event (see [`super::EventKey`]).
 
 use std::{fmt, str::FromStr};
 
@@ -29,7 +30,7 @@ pub enum TaskEventType {
 }
 
 impl TaskEventType {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             TaskEventType::Created => "task.created",
             TaskEventType::Updated => "task.updated",
@@ -78,17 +79,22 @@ pub struct TaskEvent {
     pub timestamp: DateTime<Utc>,
     /// The task's revision after the change; `None` in events of the original implementation.
     pub revision: Option<u64>,
+    /// task-api's signature over the event ([`super::EventKey::sign`]); `None` until signed,
+    /// and in events of the original implementation.
+    pub signature: Option<String>,
 }
 
 /// Why a received payload is not a task event.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum EventParseError {
     #[error("not a task event: {0}")]
-    Malformed(String),
+    Malformed(#[source] serde_json::Error),
+    #[error("not a task event: task_id is empty")]
+    NoTaskId,
     #[error("unknown event_type {}", super::text::echo(.0))]
     UnknownType(String),
-    #[error("unknown status {}", super::text::echo(.0))]
-    UnknownStatus(String),
+    #[error("unknown status {}", super::text::echo(&.0.0))]
+    UnknownStatus(#[source] super::UnknownStatus),
 }
 
 #[derive(Deserialize)]
@@ -97,15 +103,17 @@ struct Wire<'a> {
     task_id: std::borrow::Cow<'a, str>,
     title: std::borrow::Cow<'a, str>,
     status: std::borrow::Cow<'a, str>,
-    #[serde(with = "time::serde_format")]
+    #[serde(deserialize_with = "time::serde_format::deserialize")]
     timestamp: DateTime<Utc>,
     #[serde(default)]
     revision: Option<u64>,
+    #[serde(default)]
+    signature: Option<std::borrow::Cow<'a, str>>,
 }
 
 impl TaskEvent {
     /// The event for `task` after `event_type` happened to it, making it `revision`.
-    pub fn of(event_type: TaskEventType, task: &Task, revision: u64) -> Self {
+    pub(crate) fn of(event_type: TaskEventType, task: &Task, revision: u64) -> Self {
         Self {
             event_type,
             task_id: task.id.to_string(),
@@ -113,6 +121,7 @@ impl TaskEvent {
             status: task.status,
             timestamp: task.updated_at,
             revision: Some(revision),
+            signature: None,
         }
     }
 
@@ -125,23 +134,27 @@ impl TaskEvent {
             "status": self.status.as_str(),
             "timestamp": time::format(self.timestamp),
         });
-        if let (Some(revision), Some(object)) = (self.revision, json.as_object_mut()) {
-            object.insert("revision".into(), revision.into());
+        if let Some(object) = json.as_object_mut() {
+            if let Some(revision) = self.revision {
+                object.insert("revision".into(), revision.into());
+            }
+            if let Some(signature) = &self.signature {
+                object.insert("signature".into(), signature.clone().into());
+            }
         }
         json.to_string().into_bytes()
     }
 
     /// Parses a received payload. Field order, spacing and number formats do not matter (daprd
     /// re-encodes JSON it wraps in a CloudEvent).
-    pub fn from_json(bytes: &[u8]) -> Result<Self, EventParseError> {
-        let wire: Wire =
-            serde_json::from_slice(bytes).map_err(|e| EventParseError::Malformed(e.to_string()))?;
+    pub(crate) fn from_json(bytes: &[u8]) -> Result<Self, EventParseError> {
+        let wire: Wire = serde_json::from_slice(bytes).map_err(EventParseError::Malformed)?;
         let status = wire
             .status
             .parse::<TaskStatus>()
-            .map_err(|_| EventParseError::UnknownStatus(wire.status.to_string()))?;
+            .map_err(EventParseError::UnknownStatus)?;
         if wire.task_id.is_empty() {
-            return Err(EventParseError::Malformed("task_id is empty".into()));
+            return Err(EventParseError::NoTaskId);
         }
         Ok(Self {
             event_type: wire.event_type.parse()?,
@@ -150,6 +163,7 @@ impl TaskEvent {
             status,
             timestamp: wire.timestamp,
             revision: wire.revision,
+            signature: wire.signature.map(std::borrow::Cow::into_owned),
         })
     }
 }
@@ -167,6 +181,7 @@ mod tests {
             status: TaskStatus::Completed,
             timestamp: time::parse("2025-01-15T10:30:00").unwrap(),
             revision: Some(3),
+            signature: Some("v1.abc".into()),
         };
         let json: serde_json::Value = serde_json::from_slice(&event.to_json()).unwrap();
         assert_eq!(
@@ -177,10 +192,11 @@ mod tests {
                 "title": "Learn Dapr",
                 "status": "completed",
                 "timestamp": "2025-01-15T10:30:00.000000Z",
-                "revision": 3
+                "revision": 3,
+                "signature": "v1.abc"
             })
         );
-        assert_eq!(TaskEvent::from_json(&event.to_json()), Ok(event));
+        assert_eq!(TaskEvent::from_json(&event.to_json()).unwrap(), event);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The rules of tasks, free of gRPC, Dapr and I/O.
 //!
-//! Values are parsed into types that cannot hold invalid data ([`Title`], [`Priority`], ...), so
+//! Values are parsed into types that cannot hold invalid data ([`Priority`], [`TaskId`], ...), so
 //! code past the edge never re-checks them.
 
 mod change;
@@ -8,22 +8,25 @@ mod deadline;
 mod event;
 mod notification;
 mod record;
+mod signature;
 mod status;
 mod task;
-pub mod text;
+pub(crate) mod text;
 pub mod time;
 mod validation;
 mod versioned;
 
-pub use change::{Change, HISTORY_KEPT, History, Nonce, Verdict};
-pub use deadline::{Alarm, Deadline, DeadlineChange};
+pub(crate) use change::{Change, Verdict};
+pub use change::{Nonce, Unpublished};
+pub use deadline::Alarm;
+pub(crate) use deadline::{Deadline, DeadlineChange};
 pub use event::{EventParseError, TaskEvent, TaskEventType};
-pub use notification::{NOTIFICATION_TYPE_TASK_COMPLETED, Notification, NotificationParseError};
+pub use notification::Notification;
+pub(crate) use notification::{IDEMPOTENCY_KEY, NotificationParseError};
 pub use record::{Planned, TaskRecord, TaskState, Tombstone};
+pub use signature::EventKey;
 pub use status::{TaskStatus, UnknownStatus};
-pub use task::{
-    DESCRIPTION_MAX_CHARS, Description, NewTask, Priority, RequestId, TITLE_MAX_CHARS, Task,
-    TaskChanges, TaskId, Title,
-};
+pub(crate) use task::{Description, RequestId, Title};
+pub use task::{NewTask, Priority, Task, TaskChanges, TaskId};
 pub use validation::{FieldViolation, Violations};
-pub use versioned::Versioned;
+pub(crate) use versioned::Versioned;

@@ -7,9 +7,12 @@ use serde::{Deserialize, Serialize};
 
 use super::{Alarm, TaskEventType, TaskStatus};
 
-pub const NOTIFICATION_TYPE_TASK_COMPLETED: &str = "task_completed";
-pub const NOTIFICATION_TYPE_TASK_DUE: &str = "task_due";
-pub const NOTIFICATION_TYPE_TASK_REMINDER: &str = "task_reminder";
+/// The invocation metadata that makes a repeated notification a no-op at the receiver.
+pub(crate) const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+pub(crate) const NOTIFICATION_TYPE_TASK_COMPLETED: &str = "task_completed";
+pub(super) const NOTIFICATION_TYPE_TASK_DUE: &str = "task_due";
+pub(super) const NOTIFICATION_TYPE_TASK_REMINDER: &str = "task_reminder";
 const TYPES: [&str; 3] = [
     NOTIFICATION_TYPE_TASK_COMPLETED,
     NOTIFICATION_TYPE_TASK_DUE,
@@ -20,15 +23,15 @@ const MESSAGE_MAX_CHARS: usize = 1000;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Notification {
     #[serde(rename = "type")]
-    pub kind: String,
-    pub task_id: String,
-    pub message: String,
+    pub(crate) kind: String,
+    pub(crate) task_id: String,
+    pub(crate) message: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum NotificationParseError {
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum NotificationParseError {
     #[error("the body is not a notification: {0}")]
-    Malformed(String),
+    Malformed(#[source] serde_json::Error),
     #[error("{field} {rule}")]
     Invalid { field: &'static str, rule: String },
 }
@@ -43,7 +46,7 @@ impl Notification {
     }
 
     /// The notification an event of `event_type` calls for, if any.
-    pub fn of(event_type: TaskEventType, task_id: &str) -> Option<Self> {
+    pub(crate) fn of(event_type: TaskEventType, task_id: &str) -> Option<Self> {
         let (kind, message) = match event_type {
             TaskEventType::StatusChanged(TaskStatus::Completed) => {
                 return Some(Self::task_completed(task_id));
@@ -70,9 +73,9 @@ impl Notification {
     }
 
     /// Parses and checks a received body.
-    pub fn from_json(bytes: &[u8]) -> Result<Self, NotificationParseError> {
-        let notification: Notification = serde_json::from_slice(bytes)
-            .map_err(|e| NotificationParseError::Malformed(e.to_string()))?;
+    pub(crate) fn from_json(bytes: &[u8]) -> Result<Self, NotificationParseError> {
+        let notification: Notification =
+            serde_json::from_slice(bytes).map_err(NotificationParseError::Malformed)?;
         let invalid = |field, rule: &str| NotificationParseError::Invalid {
             field,
             rule: rule.to_string(),

@@ -1,4 +1,5 @@
-//! A task as the store keeps it: alive or deleted, at a revision, with its recent changes.
+//! A task as the store keeps it: alive or deleted, at a revision, with the changes whose events
+//! are not yet known to be published.
 //!
 //! A deleted task is not removed but replaced by a [`Tombstone`] (which the store expires after
 //! a while). The key then never disappears under a concurrent writer: every write is guarded by
@@ -9,19 +10,19 @@
 use chrono::{DateTime, Utc};
 
 use super::{
-    Alarm, Change, History, Nonce, Priority, Task, TaskEvent, TaskEventType, TaskId, TaskStatus,
-    Verdict,
+    Alarm, Change, Nonce, Priority, Task, TaskEvent, TaskEventType, TaskId, TaskStatus,
+    Unpublished, Verdict,
 };
 
 /// What remains of a deleted task: enough to keep it out of lists and to check claims about its
 /// changes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tombstone {
-    pub id: TaskId,
-    pub status: TaskStatus,
-    pub priority: Priority,
-    pub created_at: DateTime<Utc>,
-    pub deleted_at: DateTime<Utc>,
+    pub(crate) id: TaskId,
+    pub(crate) status: TaskStatus,
+    pub(crate) priority: Priority,
+    pub(crate) created_at: DateTime<Utc>,
+    pub(crate) deleted_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,9 +35,13 @@ pub enum TaskState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskRecord {
     pub state: TaskState,
-    /// How many changes the task has had; 0 for a task another implementation stored.
+    /// Grows with every change, whoever made it, and never repeats (see `foreign` below).
     pub revision: u64,
-    pub history: History,
+    /// Committed changes whose events are not yet known to be published.
+    pub unpublished: Unpublished,
+    /// Written last by another implementation (the Python original), which keeps no revision:
+    /// the task may be missing from the lists, and its revision is derived from its last update.
+    pub foreign: bool,
 }
 
 /// A change about to be written: the record after it, and the event it publishes.
@@ -44,29 +49,39 @@ pub struct TaskRecord {
 pub struct Planned {
     pub record: TaskRecord,
     pub event: TaskEvent,
-    pub nonce: Nonce,
+    pub(crate) nonce: Nonce,
     /// Whether the change alters the alarms the scheduler must hold for the task (a due date
     /// set, moved or cleared; a completion, reopening or deletion of a task with one).
-    pub reschedules: bool,
+    pub(crate) reschedules: bool,
 }
 
 impl TaskRecord {
-    /// A record for a task stored without revisions (by the original implementation).
-    pub fn legacy(task: Task) -> Self {
+    /// A task another implementation stored last, without a revision. Its revision is the time
+    /// of that write in microseconds: every write of the original sets `updated_at` to its
+    /// current time, so a task the original rewrote between two changes of ours gets a revision
+    /// above every one handed out before (a change of ours takes far longer than a
+    /// microsecond), and an ETag read before the rewrite no longer matches after it.
+    pub(crate) fn foreign(task: Task) -> Self {
+        let revision = u64::try_from(task.updated_at.timestamp_micros())
+            .unwrap_or(0)
+            .max(1);
         Self {
             state: TaskState::Live(task),
-            revision: 0,
-            history: History::default(),
+            revision,
+            unpublished: Unpublished::default(),
+            foreign: true,
         }
     }
 
     /// The first record of a new task, and its `task.created` event.
     pub fn create(task: Task, nonce: Nonce) -> Planned {
-        let mut planned = Self::legacy(task.clone()).advance(
-            TaskState::Live(task),
-            TaskEventType::Created,
-            nonce,
-        );
+        let nothing = Self {
+            state: TaskState::Live(task.clone()),
+            revision: 0,
+            unpublished: Unpublished::default(),
+            foreign: false,
+        };
+        let mut planned = nothing.advance(TaskState::Live(task), TaskEventType::Created, nonce);
         // Nothing was scheduled for a task that did not exist.
         planned.reschedules = !planned.record.pending_alarms().is_empty();
         planned
@@ -91,7 +106,7 @@ impl TaskRecord {
     }
 
     /// The alarms the scheduler must hold for this task: none once deleted.
-    pub fn pending_alarms(&self) -> Vec<(Alarm, DateTime<Utc>)> {
+    pub(crate) fn pending_alarms(&self) -> Vec<(Alarm, DateTime<Utc>)> {
         self.live()
             .map(|task| task.deadline.pending(task.status))
             .unwrap_or_default()
@@ -102,13 +117,6 @@ impl TaskRecord {
         match &self.state {
             TaskState::Live(task) => task.status,
             TaskState::Deleted(tombstone) => tombstone.status,
-        }
-    }
-
-    pub fn priority(&self) -> Priority {
-        match &self.state {
-            TaskState::Live(task) => task.priority,
-            TaskState::Deleted(tombstone) => tombstone.priority,
         }
     }
 
@@ -141,10 +149,15 @@ impl TaskRecord {
         Some(planned)
     }
 
+    /// The ETag callers see: the revision.
+    pub(crate) fn etag(&self) -> String {
+        self.revision.to_string()
+    }
+
     fn advance(&self, state: TaskState, event_type: TaskEventType, nonce: Nonce) -> Planned {
         let revision = self.revision + 1;
-        let mut history = self.history.clone();
-        history.record(Change {
+        let mut unpublished = self.unpublished.clone();
+        unpublished.record(Change {
             revision,
             nonce,
             event_type,
@@ -159,12 +172,14 @@ impl TaskRecord {
                 status: tombstone.status,
                 timestamp: tombstone.deleted_at,
                 revision: Some(revision),
+                signature: None,
             },
         };
         let record = Self {
             state,
             revision,
-            history,
+            unpublished,
+            foreign: false,
         };
         // An announcement only retires the alarm whose job is delivering it.
         let reschedules = !matches!(event_type, TaskEventType::Announced(_))
@@ -177,16 +192,9 @@ impl TaskRecord {
         }
     }
 
-    /// Whether this record confirms the change `(revision, nonce)`.
-    pub fn verdict(&self, revision: u64, nonce: Nonce) -> Verdict {
-        self.history.verdict(self.revision, revision, nonce)
-    }
-
-    /// Whether the task's change at `revision` was of `event_type`.
-    pub fn changed_at(&self, revision: u64, event_type: TaskEventType) -> bool {
-        self.history
-            .at(revision)
-            .is_some_and(|change| change.event_type == event_type)
+    /// What this record says of the staged change `(revision, nonce)`.
+    pub(crate) fn verdict(&self, revision: u64, nonce: Nonce) -> Verdict {
+        self.unpublished.verdict(self.revision, revision, nonce)
     }
 }
 
@@ -213,25 +221,23 @@ mod tests {
     }
 
     #[test]
-    fn a_completion_is_confirmed_by_its_revision_only() {
+    fn a_rewrite_by_the_original_moves_the_revision_past_every_earlier_one() {
         let created = TaskRecord::create(task(), Nonce::random()).record;
-        let mut done = created.live().unwrap().clone();
-        done.set_status(TaskStatus::Completed, time::now());
-        let completed = created
+        let mut rewritten = created.live().unwrap().clone();
+        rewritten.updated_at = time::now();
+        let foreign = TaskRecord::foreign(rewritten);
+        assert!(foreign.foreign);
+        assert!(foreign.revision > created.revision);
+        let next = foreign
             .update(
-                done,
-                TaskEventType::StatusChanged(TaskStatus::Completed),
+                foreign.live().unwrap().clone(),
+                TaskEventType::Updated,
                 Nonce::random(),
             )
-            .unwrap()
-            .record;
-        let completion = TaskEventType::StatusChanged(TaskStatus::Completed);
-        assert!(completed.changed_at(2, completion));
-        assert!(
-            !completed.changed_at(1, completion),
-            "revision 1 was the creation"
-        );
-        assert!(!completed.changed_at(3, completion), "no revision 3 yet");
+            .unwrap();
+        assert_eq!(next.record.revision, foreign.revision + 1);
+        assert!(!next.record.foreign);
+        assert_eq!(next.event.revision, Some(foreign.revision + 1));
     }
 
     #[test]
@@ -279,7 +285,10 @@ mod tests {
         assert_eq!(deleted.event.title, "Learn Dapr");
         let record = deleted.record;
         assert!(record.is_deleted());
-        assert_eq!(record.priority().value(), 2);
+        let TaskState::Deleted(tombstone) = &record.state else {
+            panic!("a tombstone: {record:?}")
+        };
+        assert_eq!(tombstone.priority.value(), 2);
         assert_eq!(record.revision, 2);
         assert!(record.delete(now, Nonce::random()).is_none());
         assert!(

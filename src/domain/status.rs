@@ -9,13 +9,13 @@ pub enum TaskStatus {
 }
 
 impl TaskStatus {
-    pub const ALL: [TaskStatus; 3] = [
+    pub(crate) const ALL: [TaskStatus; 3] = [
         TaskStatus::Pending,
         TaskStatus::InProgress,
         TaskStatus::Completed,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             TaskStatus::Pending => "pending",
             TaskStatus::InProgress => "in_progress",

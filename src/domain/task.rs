@@ -6,10 +6,10 @@ use chrono::{DateTime, Utc};
 use super::{Deadline, DeadlineChange, FieldViolation, TaskStatus, Violations};
 
 /// Longest title accepted, in characters (as the original's `max_length=200`).
-pub const TITLE_MAX_CHARS: usize = 200;
+pub(crate) const TITLE_MAX_CHARS: usize = 200;
 /// Longest description accepted, in characters. The original had no limit; 2000 keeps a task a
 /// small state-store value and an event a small message.
-pub const DESCRIPTION_MAX_CHARS: usize = 2000;
+pub(crate) const DESCRIPTION_MAX_CHARS: usize = 2000;
 /// Longest id accepted. Generated ids are UUIDs (36 characters).
 const ID_MAX_CHARS: usize = 64;
 
@@ -23,7 +23,7 @@ impl TaskId {
         Self(uuid::Uuid::new_v4().to_string())
     }
 
-    pub fn parse(text: &str) -> Result<Self, FieldViolation> {
+    pub(crate) fn parse(text: &str) -> Result<Self, FieldViolation> {
         if text.is_empty() {
             return Err(FieldViolation::new("id", "is required"));
         }
@@ -40,7 +40,7 @@ impl TaskId {
         Ok(Self(text.to_string()))
     }
 
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 }
@@ -59,11 +59,11 @@ fn is_invisible(c: char) -> bool {
 /// A task's title. New titles are 1 to 200 characters, not only whitespace or invisible
 /// characters, without control characters.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Title(String);
+pub(crate) struct Title(String);
 
 impl Title {
     /// A title a caller sends.
-    pub fn parse(text: &str) -> Result<Self, FieldViolation> {
+    pub(crate) fn parse(text: &str) -> Result<Self, FieldViolation> {
         let chars = text.chars().count();
         if chars == 0 || chars > TITLE_MAX_CHARS {
             return Err(FieldViolation::new(
@@ -89,14 +89,14 @@ impl Title {
     /// A title read from the store: anything non-empty, as the original implementation accepted
     /// (it allowed titles of only whitespace). Such a title is kept as it is until a caller
     /// replaces it.
-    pub fn stored(text: &str) -> Result<Self, FieldViolation> {
+    pub(crate) fn stored(text: &str) -> Result<Self, FieldViolation> {
         if text.is_empty() {
             return Err(FieldViolation::new("title", "is empty"));
         }
         Ok(Self(text.to_string()))
     }
 
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 }
@@ -104,11 +104,11 @@ impl Title {
 /// A task's description. New descriptions are up to 2000 characters, without control characters
 /// other than line breaks and tabs. An empty description is no description.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Description(String);
+pub(crate) struct Description(String);
 
 impl Description {
     /// A description a caller sends; `None` for an empty text.
-    pub fn parse(text: &str) -> Result<Option<Self>, FieldViolation> {
+    pub(crate) fn parse(text: &str) -> Result<Option<Self>, FieldViolation> {
         let chars = text.chars().count();
         if chars > DESCRIPTION_MAX_CHARS {
             return Err(FieldViolation::new(
@@ -129,11 +129,11 @@ impl Description {
     }
 
     /// A description read from the store, of any length (the original set no limit).
-    pub fn stored(text: &str) -> Option<Self> {
+    pub(crate) fn stored(text: &str) -> Option<Self> {
         (!text.is_empty()).then(|| Self(text.to_string()))
     }
 
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 }
@@ -143,7 +143,7 @@ impl Description {
 pub struct Priority(u8);
 
 impl Priority {
-    pub const DEFAULT: Priority = Priority(1);
+    pub(crate) const DEFAULT: Priority = Priority(1);
     pub const ALL: [Priority; 5] = [
         Priority(1),
         Priority(2),
@@ -152,7 +152,7 @@ impl Priority {
         Priority(5),
     ];
 
-    pub fn parse(value: i64) -> Result<Self, FieldViolation> {
+    pub(crate) fn parse(value: i64) -> Result<Self, FieldViolation> {
         match u8::try_from(value) {
             Ok(p @ 1..=5) => Ok(Self(p)),
             _ => Err(FieldViolation::new(
@@ -162,7 +162,7 @@ impl Priority {
         }
     }
 
-    pub fn value(self) -> u8 {
+    pub(crate) fn value(self) -> u8 {
         self.0
     }
 }
@@ -177,13 +177,13 @@ impl Default for Priority {
 /// returns the task the first call created. 1 to 128 letters, digits, `-`, `_` or `.`; a UUID is
 /// a good choice.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct RequestId(String);
+pub(crate) struct RequestId(String);
 
 const REQUEST_ID_MAX_CHARS: usize = 128;
 
 impl RequestId {
     /// `None` for an empty text (no request id).
-    pub fn parse(text: &str) -> Result<Option<Self>, FieldViolation> {
+    pub(crate) fn parse(text: &str) -> Result<Option<Self>, FieldViolation> {
         if text.is_empty() {
             return Ok(None);
         }
@@ -199,7 +199,7 @@ impl RequestId {
         Ok(Some(Self(text.to_string())))
     }
 
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 }
@@ -213,10 +213,10 @@ impl fmt::Display for RequestId {
 /// A valid request to create a task.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewTask {
-    pub title: Title,
-    pub description: Option<Description>,
+    pub(crate) title: Title,
+    pub(crate) description: Option<Description>,
     pub priority: Priority,
-    pub deadline: Deadline,
+    pub(crate) deadline: Deadline,
 }
 
 impl NewTask {
@@ -241,7 +241,7 @@ impl NewTask {
         }
     }
 
-    pub fn with_deadline(self, deadline: Deadline) -> Self {
+    pub(crate) fn with_deadline(self, deadline: Deadline) -> Self {
         Self { deadline, ..self }
     }
 }
@@ -249,7 +249,7 @@ impl NewTask {
 impl NewTask {
     /// A stable digest of the request's content (FNV-1a, 64 bits), to recognise a retry of the
     /// same create.
-    pub fn fingerprint(&self) -> String {
+    pub(crate) fn fingerprint(&self) -> String {
         let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
         let description = self.description.as_ref().map(Description::as_str);
         let mut parts = vec![
@@ -283,10 +283,10 @@ impl NewTask {
 /// removes the description.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TaskChanges {
-    pub title: Option<Title>,
-    pub description: Option<Option<Description>>,
-    pub priority: Option<Priority>,
-    pub deadline: DeadlineChange,
+    pub(crate) title: Option<Title>,
+    pub(crate) description: Option<Option<Description>>,
+    pub(crate) priority: Option<Priority>,
+    pub(crate) deadline: DeadlineChange,
 }
 
 impl TaskChanges {
@@ -308,11 +308,11 @@ impl TaskChanges {
         })
     }
 
-    pub fn with_deadline(self, deadline: DeadlineChange) -> Self {
+    pub(crate) fn with_deadline(self, deadline: DeadlineChange) -> Self {
         Self { deadline, ..self }
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.title.is_none()
             && self.description.is_none()
             && self.priority.is_none()
@@ -323,14 +323,14 @@ impl TaskChanges {
 /// A task.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Task {
-    pub id: TaskId,
-    pub title: Title,
-    pub description: Option<Description>,
-    pub status: TaskStatus,
-    pub priority: Priority,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-    pub deadline: Deadline,
+    pub(crate) id: TaskId,
+    pub(crate) title: Title,
+    pub(crate) description: Option<Description>,
+    pub(crate) status: TaskStatus,
+    pub(crate) priority: Priority,
+    pub(crate) created_at: DateTime<Utc>,
+    pub(crate) updated_at: DateTime<Utc>,
+    pub(crate) deadline: Deadline,
 }
 
 impl Task {

@@ -8,10 +8,10 @@
 use std::borrow::Cow;
 
 /// The most characters of one input an error message repeats.
-pub const ECHO_MAX_CHARS: usize = 64;
+pub(crate) const ECHO_MAX_CHARS: usize = 64;
 
 /// `text` cut to `max` characters, marked with `…` when cut.
-pub fn excerpt(text: &str, max: usize) -> Cow<'_, str> {
+pub(crate) fn excerpt(text: &str, max: usize) -> Cow<'_, str> {
     match text.char_indices().nth(max) {
         None => Cow::Borrowed(text),
         Some((end, _)) => Cow::Owned(format!("{}…", &text[..end])),
@@ -20,7 +20,7 @@ pub fn excerpt(text: &str, max: usize) -> Cow<'_, str> {
 
 /// `text` as an error message repeats it: quoted and escaped, at most [`ECHO_MAX_CHARS`]
 /// characters, with the full length named when cut.
-pub fn echo(text: &str) -> String {
+pub(crate) fn echo(text: &str) -> String {
     let chars = text.chars().count();
     if chars <= ECHO_MAX_CHARS {
         format!("{text:?}")

@@ -21,23 +21,48 @@ pub fn format(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
-/// Now, truncated to the microseconds that [`format`] keeps, so a value read back equals the
+/// Now, truncated to the microseconds that [`format()`] keeps, so a value read back equals the
 /// value written.
 pub fn now() -> DateTime<Utc> {
-    let now = Utc::now();
+    let now = Utc::now() + test_clock::offset();
     DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
 }
 
-/// serde helpers for a `DateTime<Utc>` field in this format.
-pub mod serde_format {
-    use chrono::{DateTime, Utc};
-    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+/// Tests move the wall clock forward on their own thread, to see what happens "later" without
+/// waiting for it.
+#[cfg(test)]
+pub(crate) mod test_clock {
+    use std::cell::Cell;
 
-    pub fn serialize<S: Serializer>(at: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&super::format(*at))
+    thread_local! {
+        static OFFSET: Cell<chrono::Duration> = const { Cell::new(chrono::Duration::zero()) };
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(
+    pub(crate) fn offset() -> chrono::Duration {
+        OFFSET.with(Cell::get)
+    }
+
+    /// Moves this thread's clock forward by `by`.
+    pub(crate) fn advance(by: std::time::Duration) {
+        let by =
+            chrono::Duration::from_std(by).expect("a test advances the clock by a sane amount");
+        OFFSET.with(|offset| offset.set(offset.get() + by));
+    }
+}
+
+#[cfg(not(test))]
+mod test_clock {
+    pub(super) fn offset() -> chrono::Duration {
+        chrono::Duration::zero()
+    }
+}
+
+/// Reads a `DateTime<Utc>` field in this format (serde `deserialize_with`).
+pub(crate) mod serde_format {
+    use chrono::{DateTime, Utc};
+    use serde::{Deserialize, Deserializer, de::Error};
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
         deserializer: D,
     ) -> Result<DateTime<Utc>, D::Error> {
         let text = String::deserialize(deserializer)?;

@@ -1,14 +1,15 @@
 use std::fmt;
 
 /// One field that broke one rule, in words a caller can act on.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field} {description}")]
 pub struct FieldViolation {
-    pub field: &'static str,
-    pub description: String,
+    pub(crate) field: &'static str,
+    pub(crate) description: String,
 }
 
 impl FieldViolation {
-    pub fn new(field: &'static str, description: impl Into<String>) -> Self {
+    pub(crate) fn new(field: &'static str, description: impl Into<String>) -> Self {
         Self {
             field,
             description: description.into(),
@@ -21,12 +22,12 @@ impl FieldViolation {
 pub struct Violations(pub Vec<FieldViolation>);
 
 impl Violations {
-    pub fn single(field: &'static str, description: impl Into<String>) -> Self {
+    pub(crate) fn single(field: &'static str, description: impl Into<String>) -> Self {
         Self(vec![FieldViolation::new(field, description)])
     }
 
     /// Collects the error of `result`, passing its value on.
-    pub fn check<T, E: Into<FieldViolation>>(&mut self, result: Result<T, E>) -> Option<T> {
+    pub(crate) fn check<T, E: Into<FieldViolation>>(&mut self, result: Result<T, E>) -> Option<T> {
         match result {
             Ok(value) => Some(value),
             Err(e) => {
@@ -36,7 +37,7 @@ impl Violations {
         }
     }
 
-    pub fn into_result(self) -> Result<(), Violations> {
+    pub(crate) fn into_result(self) -> Result<(), Violations> {
         if self.0.is_empty() { Ok(()) } else { Err(self) }
     }
 }

@@ -2,26 +2,26 @@
 
 use tonic::{Request, Response, Status};
 
+use super::{inbox::Inbox, store::ReceivedNotification};
 use crate::{
     api::convert::timestamp,
     domain::time,
     proto::notification::v1::{self as pb, notification_service_server::NotificationService},
-    service::Error,
-    sidecar::notifications::{NotificationStore, ReceivedNotification},
+    service::ports::KeyValueStore,
 };
 
 #[derive(Debug, Clone)]
-pub struct NotificationApi {
-    store: NotificationStore,
+pub(super) struct NotificationApi<S> {
+    inbox: Inbox<S>,
 }
 
-impl NotificationApi {
-    pub fn new(store: NotificationStore) -> Self {
-        Self { store }
+impl<S> NotificationApi<S> {
+    pub(super) fn new(inbox: Inbox<S>) -> Self {
+        Self { inbox }
     }
 }
 
-pub fn to_proto(n: &ReceivedNotification) -> pb::Notification {
+fn to_proto(n: &ReceivedNotification) -> pb::Notification {
     pb::Notification {
         id: n.id.clone(),
         r#type: n.kind.clone(),
@@ -33,16 +33,12 @@ pub fn to_proto(n: &ReceivedNotification) -> pb::Notification {
 }
 
 #[tonic::async_trait]
-impl NotificationService for NotificationApi {
+impl<S: KeyValueStore> NotificationService for NotificationApi<S> {
     async fn list_notifications(
         &self,
         request: Request<pb::ListNotificationsRequest>,
     ) -> Result<Response<pb::ListNotificationsResponse>, Status> {
-        let task_id = &request.get_ref().task_id;
-        if task_id.is_empty() {
-            return Err(Status::invalid_argument("task_id is required"));
-        }
-        let notifications = self.store.for_task(task_id).await.map_err(Error::from)?;
+        let notifications = self.inbox.for_task(&request.get_ref().task_id).await?;
         Ok(Response::new(pb::ListNotificationsResponse {
             notifications: notifications.iter().map(to_proto).collect(),
         }))

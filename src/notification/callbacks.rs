@@ -5,52 +5,44 @@
 use dapr_app::{App, Invocation, Reply, Verb};
 use tonic::Status;
 
+use super::{inbox::Inbox, store::Recorded};
 use crate::{
-    domain::{Notification, text::echo, time},
+    domain::{IDEMPOTENCY_KEY, text::echo},
     health::Readiness,
     percent::query_pairs,
-    service::Error,
-    sidecar::{
-        notifications::{NotificationStore, ReceivedNotification, Recorded},
-        notify::IDEMPOTENCY_KEY,
-    },
+    service::ports::KeyValueStore,
 };
 
-#[derive(Clone)]
-pub struct NotificationCallbacks {
-    store: NotificationStore,
+pub(super) struct NotificationCallbacks<S> {
+    inbox: Inbox<S>,
     readiness: Readiness,
 }
 
-impl NotificationCallbacks {
-    pub fn new(store: NotificationStore, readiness: Readiness) -> Self {
-        Self { store, readiness }
+impl<S: KeyValueStore> NotificationCallbacks<S> {
+    pub(super) fn new(inbox: Inbox<S>, readiness: Readiness) -> Self {
+        Self { inbox, readiness }
     }
 
     async fn notify(&self, call: &Invocation) -> Result<Reply, Status> {
-        let notification = Notification::from_json(&call.data)
-            .map_err(|e| Status::invalid_argument(format!("invalid notification: {e}")))?;
-        // Without a key, every delivery counts as new.
-        let id = call
-            .header(IDEMPOTENCY_KEY)
-            .map(str::to_string)
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        let sender = call.caller().unwrap_or("unknown").to_string();
-        let received = ReceivedNotification {
-            id: id.clone(),
-            kind: notification.kind.clone(),
-            task_id: notification.task_id.clone(),
-            message: notification.message.clone(),
-            sender_app_id: sender.clone(),
-            received_at: time::format(time::now()),
-        };
-        match self.store.record(received).await.map_err(Error::from)? {
+        let sender = call.caller().unwrap_or("unknown");
+        let (notification, key, recorded) = self
+            .inbox
+            .receive(&call.data, call.header(IDEMPOTENCY_KEY), sender)
+            .await?;
+        crate::telemetry::metrics::METRICS
+            .notifications_received
+            .with_label_values(&[match recorded {
+                Recorded::New => "new",
+                Recorded::Duplicate => "duplicate",
+            }])
+            .inc();
+        match recorded {
             Recorded::New => tracing::info!(
-                task_id = %notification.task_id, idempotency_key = %id, sender = %sender,
+                task_id = %notification.task_id, idempotency_key = %key, %sender,
                 "notification: {}", notification.message
             ),
             Recorded::Duplicate => tracing::info!(
-                task_id = %notification.task_id, idempotency_key = %id,
+                task_id = %notification.task_id, idempotency_key = %key,
                 "duplicate notification ignored"
             ),
         }
@@ -63,16 +55,15 @@ impl NotificationCallbacks {
             .iter()
             .find(|(name, _)| name == "task_id")
             .map(|(_, value)| value.as_str())
-            .filter(|v| !v.is_empty())
-            .ok_or_else(|| Status::invalid_argument("query parameter task_id is required"))?;
-        let notifications = self.store.for_task(task_id).await.map_err(Error::from)?;
+            .unwrap_or_default();
+        let notifications = self.inbox.for_task(task_id).await?;
         let body =
             serde_json::to_vec(&notifications).map_err(|e| crate::api::status::internal(&e))?;
         Ok(Reply::json(body))
     }
 }
 
-impl App for NotificationCallbacks {
+impl<S: KeyValueStore> App for NotificationCallbacks<S> {
     async fn on_invoke(&self, call: Invocation) -> Result<Reply, Status> {
         match (call.method.trim_matches('/'), call.verb) {
             ("notify", Some(Verb::Post | Verb::Put) | None) => self.notify(&call).await,

@@ -16,7 +16,7 @@ use crate::domain::text::excerpt;
 
 /// The codec build.rs names for TaskService and NotificationService.
 #[derive(Debug, Clone)]
-pub struct CallerCodec<T, U>(PhantomData<(T, U)>);
+pub(crate) struct CallerCodec<T, U>(PhantomData<(T, U)>);
 
 impl<T, U> Default for CallerCodec<T, U> {
     fn default() -> Self {
@@ -45,7 +45,7 @@ where
 
 /// prost's decoder with decode errors reported as INVALID_ARGUMENT.
 #[derive(Debug, Clone)]
-pub struct CallerDecoder<U>(ProstDecoder<U>);
+pub(crate) struct CallerDecoder<U>(ProstDecoder<U>);
 
 impl<U: Message + Default> Decoder for CallerDecoder<U> {
     type Item = U;

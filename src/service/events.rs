@@ -3,73 +3,113 @@
 //!
 //! | Event | Answer |
 //! |---|---|
-//! | staged on the outbox topic | see [`super::relay`] |
-//! | `task.completed`, `task.due`, `task.reminder` the stored task confirms | notify; SUCCESS, or RETRY if that failed for now |
-//! | one of those the stored task does not confirm (forged, replayed, stale) | SUCCESS, logged, nothing sent |
-//! | any other task event | SUCCESS |
-//! | an event of the original implementation | its task is indexed (listable), then as above |
+//! | staged on the outbox topics | see [`super::relay`] |
+//! | `task.completed`, `task.due`, `task.reminder` signed by task-api | notify under `<task>.<revision>`; SUCCESS |
+//! | the same in the original's shape (no `revision`), confirmed by the stored task | notify under `<task>.<revision of that write>`; SUCCESS |
+//! | any of those not signed by task-api, or not confirmed (forged, relabelled, stale) | SUCCESS, logged, nothing sent |
+//! | the notification cannot be delivered now | moved to the retry topic; from there RETRY until it can |
+//! | an event of the original implementation | its task is indexed (listable) |
 //! | not a task event at all; a notification refused as invalid | dead letter (kept, replayable); SUCCESS |
-//! | store or sidecar unreachable | RETRY |
 //!
-//! Nothing is answered DROP: on a durable broker the dead-letter topic of task-api's
-//! subscriptions is a retry topic (an event that keeps failing comes round again later), so
-//! events that can never be handled are kept by task-api itself instead.
+//! Nothing is answered DROP: events that can never be handled are kept by task-api itself.
+//!
+//! One rule for every shape: a notification follows only an event task-api itself published
+//! (its signature proves the relay confirmed the change against the stored task), or, for an
+//! event in the original's shape, one the stored task confirms now: written last by the
+//! original, completed, at exactly the event's timestamp. Neither rule expires, and a replayed
+//! event keeps its notification key, which notification-service keeps once.
 
-use super::{Error, Relay, Tasks};
-use crate::{
-    domain::{Notification, TaskEvent, TaskEventType, TaskId, TaskStatus, text::echo, time},
-    sidecar::{
-        SidecarError,
+use futures::future::join_all;
+use tracing::Instrument;
+
+use super::{
+    Error, Relay, Tasks,
+    ports::{Broker, Message, Notifier, NotifyError, Ports, Topic},
+    relay::event_id,
+    store::{
         dead_letters::{DeadLetter, DeadLetterSummary, DeadLetters},
-        notify::Notifier,
-        outbox::event_id,
+        records::TaskRecords,
+    },
+};
+use crate::{
+    domain::{
+        EventKey, Notification, TaskEvent, TaskEventType, TaskId, TaskRecord, TaskStatus,
+        Versioned, text::echo, time,
+    },
+    telemetry::{
+        metrics::{METRICS, seconds_since},
+        spans,
     },
 };
 
 /// Which subscription an event arrived on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
-    /// `task-events`, any event type but `task.completed`.
-    TaskEvents,
-    /// `task-events`, routed there by `event.data.event_type == "task.completed"`.
-    TaskCompleted,
-    /// The retry topic: events whose handling failed for a while, back for another attempt.
+pub(crate) enum Route {
+    /// `task-events`: completions, due dates and reminders (routed by the event type).
+    Notify,
+    /// `task-events`: events in the original's shape (no `revision`).
+    Adopt,
+    /// `task-events`: every other event (nothing to do but note it).
+    Noted,
+    /// The retry topic: events whose notification failed, back for another attempt.
     Retry,
     /// task-api's outbox topic: staged events waiting for their change to be confirmed.
     Outbox,
+    /// The outbox's retry topic: staged events put off.
+    OutboxRetry,
 }
 
 impl Route {
     fn name(self) -> &'static str {
         match self {
-            Route::TaskEvents | Route::TaskCompleted | Route::Retry => "task-events",
+            Route::Notify | Route::Adopt | Route::Noted | Route::Retry => "task-events",
+            Route::Outbox | Route::OutboxRetry => "outbox",
+        }
+    }
+
+    /// The route's name in metrics.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Route::Notify => "notify",
+            Route::Adopt => "adopt",
+            Route::Noted => "noted",
+            Route::Retry => "retry",
             Route::Outbox => "outbox",
+            Route::OutboxRetry => "outbox_retry",
         }
     }
 
     fn from_name(name: &str) -> Option<Self> {
         match name {
-            "task-events" => Some(Route::TaskEvents),
+            "task-events" => Some(Route::Notify),
             "outbox" => Some(Route::Outbox),
             _ => None,
         }
+    }
+
+    fn is_outbox(self) -> bool {
+        matches!(self, Route::Outbox | Route::OutboxRetry)
     }
 }
 
 /// One delivered event.
 #[derive(Debug, Clone, Copy)]
-pub struct Delivery<'a> {
+pub(crate) struct Delivery<'a> {
     /// The CloudEvent id: the same on every redelivery of one publish.
-    pub id: &'a str,
-    pub topic: &'a str,
-    pub route: Route,
-    pub data: &'a [u8],
-    pub data_content_type: &'a str,
+    pub(crate) id: &'a str,
+    pub(crate) topic: &'a str,
+    pub(crate) route: Route,
+    pub(crate) data: &'a [u8],
+    pub(crate) data_content_type: &'a str,
+    /// When it was published (the CloudEvent `time`), if known.
+    pub(crate) published_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The trace it was published in (the CloudEvent `traceparent`), if any.
+    pub(crate) traceparent: Option<&'a str>,
 }
 
 /// What became of an event.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Handled (or nothing to do): acknowledge.
     Success(&'static str),
     /// A transient failure: deliver again later.
@@ -80,34 +120,82 @@ pub enum Outcome {
 
 /// What a replay of the dead letters did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct ReplayReport {
+pub(crate) struct ReplayReport {
     /// Handled this time, and removed from the dead letters.
-    pub handled: usize,
+    pub(crate) handled: usize,
     /// Still failing; kept.
-    pub kept: usize,
+    pub(crate) kept: usize,
 }
 
-#[derive(Debug, Clone)]
-pub struct EventHandler {
-    tasks: Tasks,
-    relay: Relay,
-    notifier: Notifier,
-    dead_letters: DeadLetters,
+pub(crate) struct EventHandler<P: Ports> {
+    tasks: Tasks<P>,
+    records: TaskRecords<P::Store>,
+    relay: Relay<P>,
+    notifier: P::Notifier,
+    broker: P::Broker,
+    dead_letters: DeadLetters<P::Store>,
+    key: EventKey,
 }
 
-impl EventHandler {
-    pub fn new(tasks: Tasks, relay: Relay, notifier: Notifier, dead_letters: DeadLetters) -> Self {
+impl<P: Ports> Clone for EventHandler<P> {
+    fn clone(&self) -> Self {
         Self {
+            tasks: self.tasks.clone(),
+            records: self.records.clone(),
+            relay: self.relay.clone(),
+            notifier: self.notifier.clone(),
+            broker: self.broker.clone(),
+            dead_letters: self.dead_letters.clone(),
+            key: self.key.clone(),
+        }
+    }
+}
+
+/// Events seen on `task-events` that the relay published, and where they are in their batch.
+#[derive(Default)]
+struct Seen {
+    at: Vec<usize>,
+    events: Vec<(TaskId, u64)>,
+}
+
+/// An event that calls for a notification, checked.
+enum Checked {
+    Notify(TaskEvent, Notification, String),
+    Done(Outcome),
+}
+
+impl<P: Ports> EventHandler<P> {
+    pub(crate) fn new(
+        tasks: Tasks<P>,
+        relay: Relay<P>,
+        notifier: P::Notifier,
+        broker: P::Broker,
+        dead_letters: DeadLetters<P::Store>,
+        key: EventKey,
+    ) -> Self {
+        Self {
+            records: tasks.records().clone(),
             tasks,
             relay,
             notifier,
+            broker,
             dead_letters,
+            key,
         }
     }
 
-    /// Handles one delivery; an event that can never be handled is recorded as a dead letter.
-    pub async fn handle(&self, delivery: Delivery<'_>) -> Outcome {
-        let outcome = self.process(delivery.route, delivery.data).await;
+    /// Handles a batch of deliveries (one route's, or mixed); one outcome each, in order. An
+    /// event that can never be handled is recorded as a dead letter.
+    pub(crate) async fn handle(&self, deliveries: &[Delivery<'_>]) -> Vec<Outcome> {
+        let outcomes = self.process(deliveries).await;
+        let keeping = deliveries
+            .iter()
+            .zip(outcomes)
+            .map(|(delivery, outcome)| self.keep_if_dead(delivery, outcome));
+        join_all(keeping).await
+    }
+
+    async fn keep_if_dead(&self, delivery: &Delivery<'_>, outcome: Outcome) -> Outcome {
         let Outcome::Dead(reason) = outcome else {
             return outcome;
         };
@@ -123,120 +211,295 @@ impl EventHandler {
             received_at: time::format(time::now()),
         };
         match self.dead_letters.record(letter).await {
-            Ok(_) => Outcome::Dead(reason),
-            Err(error) => Outcome::Retry(format!("dead letter not recorded ({reason}): {error}")),
+            Ok(kept) => {
+                METRICS.dead_letters.inc();
+                METRICS.dead_letters_kept.set(kept as i64);
+                Outcome::Dead(reason)
+            }
+            Err(error) => Outcome::Retry(format!(
+                "dead letter not recorded ({reason}): {}",
+                super::chain(&error)
+            )),
         }
     }
 
-    async fn process(&self, route: Route, data: &[u8]) -> Outcome {
-        if route == Route::Outbox {
-            return self.relay.handle(data).await;
+    async fn process(&self, deliveries: &[Delivery<'_>]) -> Vec<Outcome> {
+        let staged: Vec<&[u8]> = deliveries
+            .iter()
+            .filter(|d| d.route.is_outbox())
+            .map(|d| d.data)
+            .collect();
+        let mut relayed = self.relay.relay(&staged).await.into_iter();
+        let events: Vec<&Delivery> = deliveries.iter().filter(|d| !d.route.is_outbox()).collect();
+        let mut handled = self.events(&events).await.into_iter();
+        deliveries
+            .iter()
+            .map(|d| {
+                let next = if d.route.is_outbox() {
+                    relayed.next()
+                } else {
+                    handled.next()
+                };
+                next.unwrap_or_else(|| Outcome::Retry("not handled".into()))
+            })
+            .collect()
+    }
+
+    /// Task events: the original's are adopted; completions, due dates and reminders notified.
+    async fn events(&self, deliveries: &[&Delivery<'_>]) -> Vec<Outcome> {
+        if deliveries.is_empty() {
+            return Vec::new();
         }
-        let event = match TaskEvent::from_json(data) {
+        let parsed: Vec<Result<TaskEvent, Outcome>> = deliveries
+            .iter()
+            .map(|d| TaskEvent::from_json(d.data).map_err(|e| Outcome::Dead(e.to_string())))
+            .collect();
+        // Events in the original's shape are checked against their tasks: one read for all.
+        let originals: Vec<TaskId> = parsed
+            .iter()
+            .filter_map(|p| p.as_ref().ok())
+            .filter(|e| e.revision.is_none())
+            .filter_map(|e| TaskId::parse(&e.task_id).ok())
+            .collect();
+        // The batch's own calls (one read for many events) in a span linked to every event.
+        let batch = spans::batch("deliveries", deliveries.iter().map(|d| d.traceparent));
+        let reading = self
+            .read_for_originals(&originals)
+            .instrument(batch.clone());
+        let stored = match reading.await {
+            Ok(stored) => stored,
+            Err(error) => {
+                let reason = format!("cannot read the tasks: {}", super::chain(&error));
+                return deliveries
+                    .iter()
+                    .map(|_| Outcome::Retry(reason.clone()))
+                    .collect();
+            }
+        };
+        let seen = self.published_by_task_api(deliveries, &parsed);
+        self.relay.note_delivered(
+            deliveries
+                .iter()
+                .filter(|d| matches!(d.route, Route::Notify | Route::Noted | Route::Adopt))
+                .filter_map(|d| d.published_at),
+        );
+        let work = deliveries.iter().zip(parsed).map(|(delivery, event)| {
+            // Each event continues the trace it was published in.
+            let span = spans::handle(delivery.route.label(), delivery.traceparent);
+            self.handle_one(delivery, event, &stored).instrument(span)
+        });
+        let observed = self.relay.observe(&seen.events).instrument(batch);
+        let (mut outcomes, settled) = futures::join!(join_all(work), observed);
+        for (index, settled) in seen.at.into_iter().zip(settled) {
+            if !settled && matches!(outcomes[index], Outcome::Success(_)) {
+                outcomes[index] =
+                    Outcome::Retry("cannot check the event against its claim".to_string());
+            }
+        }
+        outcomes
+    }
+
+    /// One delivered task event: checked (the `verify` span), then notified if it calls for it.
+    async fn handle_one(
+        &self,
+        delivery: &Delivery<'_>,
+        event: Result<TaskEvent, Outcome>,
+        stored: &[(TaskId, Versioned<TaskRecord>)],
+    ) -> Outcome {
+        let event = match event {
             Ok(event) => event,
-            Err(e) => return Outcome::Dead(e.to_string()),
+            Err(outcome) => return outcome,
         };
-        if event.revision.is_none()
-            && let Err(outcome) = self.adopt(&event).await
-        {
-            return outcome;
-        }
-        if Notification::of(event.event_type, &event.task_id).is_some() {
-            self.notify(&event).await
-        } else {
-            Outcome::Success("task event noted")
+        match spans::verify().in_scope(|| self.check(&event, stored)) {
+            Checked::Done(outcome) => outcome,
+            Checked::Notify(event, notification, key) => {
+                self.notify(delivery, &event, &notification, &key).await
+            }
         }
     }
 
-    /// An event of the original implementation: make its task listable.
-    async fn adopt(&self, event: &TaskEvent) -> Result<(), Outcome> {
-        let Ok(id) = TaskId::parse(&event.task_id) else {
-            return Ok(());
-        };
-        match self.tasks.get(&id).await {
-            Ok(_) | Err(Error::NotFound(_)) => Ok(()),
-            Err(error) => Err(Outcome::Retry(format!("task not indexed yet: {error}"))),
+    /// The events of `task-events` that task-api's relay published (signed), as (task,
+    /// revision), with their places in the batch: each is observed, in case its publisher
+    /// never learnt that the publish landed.
+    fn published_by_task_api(
+        &self,
+        deliveries: &[&Delivery<'_>],
+        parsed: &[Result<TaskEvent, Outcome>],
+    ) -> Seen {
+        let mut seen = Seen::default();
+        for (index, (delivery, event)) in deliveries.iter().zip(parsed).enumerate() {
+            let Ok(event) = event else { continue };
+            // The retry topic carries task-events' events whose handling failed, observation
+            // included.
+            if !matches!(delivery.route, Route::Notify | Route::Noted | Route::Retry) {
+                continue;
+            }
+            if let (Some(revision), Ok(id)) = (event.revision, TaskId::parse(&event.task_id))
+                && self.key.verify(event)
+            {
+                seen.at.push(index);
+                seen.events.push((id, revision));
+            }
         }
+        seen
     }
 
-    /// One notification per real completion, due date or reminder: only a change the stored
-    /// task confirms is notified, under a key derived from that change, which
-    /// notification-service keeps once however often it arrives.
-    async fn notify(&self, event: &TaskEvent) -> Outcome {
-        let Ok(id) = TaskId::parse(&event.task_id) else {
-            return Outcome::Dead(format!("task_id {} is not a task id", echo(&event.task_id)));
-        };
-        let record = match self.tasks.store.get(&id).await {
-            Ok(record) => record,
-            Err(error) => return Outcome::Retry(format!("cannot read the task: {error}")),
-        };
-        let key = match (event.revision, &record) {
-            (Some(revision), Some(stored))
-                if stored.value.changed_at(revision, event.event_type) =>
-            {
-                event_id(&event.task_id, revision)
+    /// Reads and adopts the tasks of events in the original's shape.
+    async fn read_for_originals(
+        &self,
+        ids: &[TaskId],
+    ) -> Result<Vec<(TaskId, Versioned<TaskRecord>)>, Error> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut found = Vec::new();
+        for (id, record) in ids.iter().zip(self.records.get_many(ids).await?) {
+            if let Some(record) = record? {
+                self.tasks.adopt(&record.value).await?;
+                found.push((id.clone(), record));
             }
-            // A completion of the original implementation: the task must be completed now.
-            (None, Some(stored))
-                if event.event_type == TaskEventType::StatusChanged(TaskStatus::Completed)
-                    && stored
-                        .value
-                        .live()
-                        .is_some_and(|t| t.status == TaskStatus::Completed) =>
-            {
-                format!("{}@{}", event.task_id, event.timestamp.timestamp_micros())
-            }
-            _ => {
+        }
+        Ok(found)
+    }
+
+    /// Whether `event` calls for a notification, and under which key.
+    fn check(&self, event: &TaskEvent, stored: &[(TaskId, Versioned<TaskRecord>)]) -> Checked {
+        let Some(notification) = Notification::of(event.event_type, &event.task_id) else {
+            return Checked::Done(Outcome::Success("task event noted"));
+        };
+        let key = match event.revision {
+            Some(revision) if self.key.verify(event) => Some(event_id(&event.task_id, revision)),
+            Some(_) => None,
+            None => stored
+                .iter()
+                .find(|(id, _)| id.as_str() == event.task_id)
+                .and_then(|(_, record)| confirms_original(&record.value, event))
+                .map(|revision| event_id(&event.task_id, revision)),
+        };
+        match key {
+            Some(key) => Checked::Notify(event.clone(), notification, key),
+            None => {
                 tracing::warn!(
-                    task_id = %event.task_id,
+                    task_id = %echo(&event.task_id),
                     revision = ?event.revision,
                     event_type = %event.event_type,
-                    "event not confirmed by the stored task (forged, replayed or stale): nothing sent"
+                    "event not published by task-api nor confirmed by the stored task (forged, altered or stale): nothing sent"
                 );
-                return Outcome::Success("unconfirmed event ignored");
+                Checked::Done(Outcome::Success("unconfirmed event ignored"))
             }
+        }
+    }
+
+    /// Sends one notification. A failure on `task-events` moves the event to the retry topic
+    /// (so the events behind it go on); on the retry topic it is answered RETRY.
+    async fn notify(
+        &self,
+        delivery: &Delivery<'_>,
+        event: &TaskEvent,
+        notification: &Notification,
+        key: &str,
+    ) -> Outcome {
+        let kind = notification.kind.as_str();
+        let result = self.notifier.notify(notification, key).await;
+        let outcome = match &result {
+            Ok(()) => "sent",
+            Err(NotifyError::Refused { .. }) => "refused",
+            Err(NotifyError::Unavailable { .. }) => "retry",
         };
-        let Some(notification) = Notification::of(event.event_type, &event.task_id) else {
-            return Outcome::Success("task event noted");
-        };
-        match self.notifier.notify(&notification, &key).await {
+        METRICS
+            .notifications
+            .with_label_values(&[kind, outcome])
+            .inc();
+        if result.is_ok() {
+            METRICS
+                .notification_latency
+                .with_label_values(&[kind])
+                .observe(seconds_since(event.timestamp));
+        }
+        match result {
             Ok(()) => Outcome::Success("notification sent"),
-            Err(SidecarError::Refused(message)) => {
-                Outcome::Dead(format!("notification refused as invalid: {message}"))
+            Err(NotifyError::Refused { source }) => Outcome::Dead(format!(
+                "notification refused as invalid: {}",
+                super::chain(source.as_ref())
+            )),
+            Err(error @ NotifyError::Unavailable { .. }) if delivery.route != Route::Retry => {
+                let message = Message {
+                    id: Some(delivery.id.to_string()),
+                    data: event.to_json(),
+                    // Its next attempt continues the same trace.
+                    traceparent: delivery.traceparent.map(str::to_string),
+                };
+                let moved = self.broker.publish(Topic::Retry, vec![message]).await;
+                match moved.into_iter().next() {
+                    Some(Ok(())) => {
+                        Outcome::Success("notification not delivered yet: moved to the retry topic")
+                    }
+                    _ => Outcome::Retry(format!(
+                        "notification not delivered yet: {}",
+                        super::chain(&error)
+                    )),
+                }
             }
-            Err(error) => Outcome::Retry(format!("notification not delivered yet: {error}")),
+            Err(error) => Outcome::Retry(format!(
+                "notification not delivered yet: {}",
+                super::chain(&error)
+            )),
         }
     }
 
     /// Summaries of the kept dead letters, oldest first.
-    pub async fn dead_letters(&self) -> Result<Vec<DeadLetterSummary>, Error> {
+    pub(crate) async fn dead_letters(&self) -> Result<Vec<DeadLetterSummary>, Error> {
         Ok(self.dead_letters.summaries().await?)
     }
 
     /// One dead letter, or `None` if no letter has that id.
-    pub async fn dead_letter(&self, id: &str) -> Result<Option<DeadLetter>, Error> {
+    pub(crate) async fn dead_letter(&self, id: &str) -> Result<Option<DeadLetter>, Error> {
         Ok(self.dead_letters.get(id).await?)
     }
 
     /// Handles every dead letter again; the ones handled now are removed. A letter whose
     /// payload was cut cannot be handled and stays. Reads a few letters at a time.
-    pub async fn replay_dead_letters(&self) -> Result<ReplayReport, Error> {
+    pub(crate) async fn replay_dead_letters(&self) -> Result<ReplayReport, Error> {
         let mut report = ReplayReport::default();
         for ids in self.dead_letters.id_chunks().await? {
             for letter in self.dead_letters.read(&ids).await? {
-                let route = Route::from_name(&letter.route).unwrap_or(Route::TaskEvents);
-                match self.process(route, letter.data.as_bytes()).await {
-                    Outcome::Success(_) => {
+                let route = Route::from_name(&letter.route).unwrap_or(Route::Notify);
+                let delivery = Delivery {
+                    id: &letter.id,
+                    topic: &letter.topic,
+                    route,
+                    data: letter.data.as_bytes(),
+                    data_content_type: &letter.data_content_type,
+                    published_at: None,
+                    traceparent: None,
+                };
+                match self.process(&[delivery]).await.pop() {
+                    Some(Outcome::Success(_)) => {
                         self.dead_letters.remove(&letter.id).await?;
                         report.handled += 1;
                     }
-                    Outcome::Retry(reason) | Outcome::Dead(reason) => {
+                    Some(Outcome::Retry(reason) | Outcome::Dead(reason)) => {
                         tracing::info!(event_id = %letter.id, %reason, "dead letter still not handled; kept");
                         report.kept += 1;
                     }
+                    None => report.kept += 1,
                 }
             }
         }
         Ok(report)
     }
+}
+
+/// The revision under which a completion in the original's shape is notified, if the stored
+/// task confirms it: the original wrote the task last, the task is completed, and its last
+/// update is exactly the event's timestamp (the original stamps both with one clock reading).
+/// The original has no due dates, so it never announces them.
+fn confirms_original(record: &TaskRecord, event: &TaskEvent) -> Option<u64> {
+    let completion = TaskEventType::StatusChanged(TaskStatus::Completed);
+    let task = record.live()?;
+    (record.foreign
+        && event.event_type == completion
+        && task.status == TaskStatus::Completed
+        && task.updated_at == event.timestamp)
+        .then_some(record.revision)
 }

@@ -15,22 +15,25 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 
 use super::{
     Error,
+    index::{Entry, IndexError, LeafId, ListId, ListReader, Position},
+    ports::{KeyValueStore, Ports},
+    store::CorruptDocument,
     tasks::{Tasks, list_of, position_of},
 };
 use crate::{
-    domain::{Priority, Task, TaskId, TaskStatus, Versioned, Violations, time},
-    sidecar::index::{LeafId, ListId, Position},
+    domain::{Priority, Task, TaskId, TaskRecord, TaskStatus, Versioned, Violations, time},
+    telemetry::metrics::METRICS,
 };
 
-pub const DEFAULT_PAGE_SIZE: usize = 20;
-pub const MAX_PAGE_SIZE: usize = 100;
+pub(crate) const DEFAULT_PAGE_SIZE: usize = 20;
+pub(crate) const MAX_PAGE_SIZE: usize = 100;
 /// An entry whose task was never written is removed once it is this old (no create takes
 /// longer; younger ones may be a create in flight).
 const ABANDONED_AFTER: Duration = Duration::from_secs(600);
 
 /// Where the next page starts: after this position, in these leaves.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PageToken {
+pub(crate) struct PageToken {
     filter: String,
     after: Position,
     hints: Vec<Option<LeafId>>,
@@ -46,7 +49,7 @@ fn filter_tag(status: Option<TaskStatus>, priority: Option<Priority>, overdue: b
 }
 
 impl PageToken {
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let hints: Vec<&str> = self
             .hints
             .iter()
@@ -110,18 +113,18 @@ impl PageToken {
 
 /// A valid list request.
 #[derive(Debug, Clone)]
-pub struct ListQuery {
-    pub status: Option<TaskStatus>,
-    pub priority: Option<Priority>,
+pub(crate) struct ListQuery {
+    pub(crate) status: Option<TaskStatus>,
+    pub(crate) priority: Option<Priority>,
     /// Only tasks due before now and not completed.
-    pub overdue: bool,
-    pub page_size: usize,
-    pub page_token: Option<PageToken>,
+    pub(crate) overdue: bool,
+    pub(crate) page_size: usize,
+    pub(crate) page_token: Option<PageToken>,
 }
 
 impl ListQuery {
     /// `page_size` 0 means the default (20); above 100 is read as 100.
-    pub fn parse(
+    pub(crate) fn parse(
         status: Option<TaskStatus>,
         priority: Option<Priority>,
         overdue: bool,
@@ -155,89 +158,42 @@ impl ListQuery {
 }
 
 #[derive(Debug, Clone)]
-pub struct Page {
-    pub tasks: Vec<Versioned<Task>>,
-    pub next_page_token: Option<PageToken>,
+pub(crate) struct Page {
+    pub(crate) tasks: Vec<Versioned<Task>>,
+    pub(crate) next_page_token: Option<PageToken>,
 }
 
-impl Tasks {
+impl<P: Ports> Tasks<P> {
     /// Tasks oldest first (creation time, then id), optionally of one status and/or priority,
     /// optionally only the overdue ones.
-    pub async fn list(&self, query: &ListQuery) -> Result<Page, Error> {
+    pub(crate) async fn list(&self, query: &ListQuery) -> Result<Page, Error> {
         let now = time::now();
-        let mut lists = ListId::matching(query.status, query.priority);
-        if query.overdue {
-            lists.retain(|list| list.status != TaskStatus::Completed);
-        }
+        let lists = lists_of(query);
         let keep = |task: &Task| !query.overdue || task.deadline.is_overdue(task.status, now);
-        let (after, hints) = match &query.page_token {
-            Some(token) if token.hints.len() == lists.len() => {
-                (Some(token.after.clone()), token.hints.clone())
-            }
-            Some(token) => (Some(token.after.clone()), vec![None; lists.len()]),
-            None => (None, vec![None; lists.len()]),
-        };
+        let (after, hints) = resume_at(query.page_token.as_ref(), lists.len());
         let mut reader = self.index.reader(&lists, after, hints).await?;
+        let mut record_reads = 0;
         let mut tasks = Vec::with_capacity(query.page_size);
         let mut last: Option<Position> = None;
-        loop {
-            let wanted = query.page_size - tasks.len();
-            if wanted == 0 {
-                break;
-            }
-            let mut batch = Vec::with_capacity(wanted);
-            while batch.len() < wanted {
-                match reader.next().await? {
-                    Some(found) => batch.push(found),
-                    None => break,
-                }
-            }
+        while tasks.len() < query.page_size {
+            let batch = next_batch(&mut reader, query.page_size - tasks.len()).await?;
             if batch.is_empty() {
+                observe_reads(reader.reads() + record_reads);
                 return Ok(Page {
                     tasks,
                     next_page_token: None,
                 });
             }
             let ids: Vec<TaskId> = batch.iter().map(|(_, e)| e.position.id.clone()).collect();
-            let records = self.store.get_many(&ids).await?;
+            record_reads += 1;
+            let records = self.records.get_many(&ids).await?;
             for ((list, entry), record) in batch.into_iter().zip(records) {
                 last = Some(entry.position.clone());
-                match record {
-                    // Listed only at its own position: an entry a failed attempt left at
-                    // another one (older builds gave a retried create a new creation time) is
-                    // only extra.
-                    Ok(Some(stored))
-                        if list_of(&stored.value) == Some(list)
-                            && position_of(&stored.value) == entry.position =>
-                    {
-                        if let Some(task) = stored.value.live().filter(|task| keep(task)) {
-                            tasks.push(Versioned {
-                                value: task.clone(),
-                                etag: stored.value.revision.to_string(),
-                            });
-                        }
-                    }
-                    // The task has moved on (status, priority, position) or was deleted: once
-                    // its record is at or past the entry's revision, the entry is only extra.
-                    Ok(Some(stored)) if stored.value.revision >= entry.revision => {
-                        self.index
-                            .remove_soon(list, entry.position, stored.value.revision);
-                    }
-                    // A change to this list still in flight.
-                    Ok(Some(_)) => {}
-                    Ok(None) => {
-                        let age = time::now().timestamp_micros() - entry.position.micros;
-                        if age > ABANDONED_AFTER.as_micros() as i64 {
-                            self.index.remove_soon(list, entry.position, entry.revision);
-                        }
-                    }
-                    Err(error) => {
-                        tracing::warn!(task_id = %entry.position.id, %error, "a listed task cannot be read; skipped");
-                    }
-                }
+                tasks.extend(self.listed(list, entry, record).filter(|t| keep(&t.value)));
             }
         }
         let more = reader.next().await?.is_some();
+        observe_reads(reader.reads() + record_reads);
         let next_page_token = match (more, last) {
             (true, Some(after)) => Some(PageToken {
                 filter: filter_tag(query.status, query.priority, query.overdue),
@@ -251,6 +207,91 @@ impl Tasks {
             next_page_token,
         })
     }
+
+    /// The task `entry` names in `list`, when its stored record is listed there. An entry the
+    /// task has left, or whose task was never written, is removed soon.
+    fn listed(
+        &self,
+        list: ListId,
+        entry: Entry,
+        record: Result<Option<Versioned<TaskRecord>>, CorruptDocument>,
+    ) -> Option<Versioned<Task>> {
+        match record {
+            // Listed only at its own position: an entry a failed attempt left at another one
+            // (older builds gave a retried create a new creation time) is only extra.
+            Ok(Some(stored))
+                if list_of(&stored.value) == Some(list)
+                    && position_of(&stored.value) == entry.position =>
+            {
+                stored.value.live().map(|task| Versioned {
+                    value: task.clone(),
+                    etag: stored.value.etag(),
+                })
+            }
+            // The task has moved on (status, priority, position) or was deleted: once its
+            // record is at or past the entry's revision, the entry is only extra.
+            Ok(Some(stored)) if stored.value.revision >= entry.revision => {
+                self.index
+                    .remove_soon(list, entry.position, stored.value.revision);
+                None
+            }
+            // A change to this list still in flight.
+            Ok(Some(_)) => None,
+            Ok(None) => {
+                let age = time::now().timestamp_micros() - entry.position.micros;
+                if age > ABANDONED_AFTER.as_micros() as i64 {
+                    self.index.remove_soon(list, entry.position, entry.revision);
+                }
+                None
+            }
+            Err(error) => {
+                tracing::warn!(task_id = %entry.position.id, error = %super::chain(&error), "a listed task cannot be read; skipped");
+                None
+            }
+        }
+    }
+}
+
+/// The lists a query reads: those of its status and priority, only the open ones when it asks
+/// for overdue tasks.
+fn lists_of(query: &ListQuery) -> Vec<ListId> {
+    let mut lists = ListId::matching(query.status, query.priority);
+    if query.overdue {
+        lists.retain(|list| list.status != TaskStatus::Completed);
+    }
+    lists
+}
+
+/// Where reading resumes: after the token's position, at its leaves when it has one for each
+/// of `lists` lists.
+fn resume_at(token: Option<&PageToken>, lists: usize) -> (Option<Position>, Vec<Option<LeafId>>) {
+    match token {
+        Some(token) if token.hints.len() == lists => {
+            (Some(token.after.clone()), token.hints.clone())
+        }
+        Some(token) => (Some(token.after.clone()), vec![None; lists]),
+        None => (None, vec![None; lists]),
+    }
+}
+
+/// The next `wanted` entries of the lists, fewer only at their end.
+async fn next_batch<S: KeyValueStore>(
+    reader: &mut ListReader<'_, S>,
+    wanted: usize,
+) -> Result<Vec<(ListId, Entry)>, IndexError> {
+    let mut batch = Vec::with_capacity(wanted);
+    while batch.len() < wanted {
+        match reader.next().await? {
+            Some(found) => batch.push(found),
+            None => break,
+        }
+    }
+    Ok(batch)
+}
+
+/// Counts the store calls one page took.
+fn observe_reads(reads: usize) {
+    METRICS.list_page_reads.observe(reads as f64);
 }
 
 #[cfg(test)]

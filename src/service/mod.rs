@@ -1,27 +1,77 @@
 //! The use cases: what task-api does with a request or an event, whichever door it came in by.
-//! TaskService calls, invocations through Dapr and topic events all end up here, so they
-//! behave the same.
+//! TaskService calls, invocations through Dapr and topic events all end up here, so they behave
+//! the same.
+//!
+//! The use cases depend only on the traits in [`ports`]; `sidecar/` implements them over Dapr
+//! and [`fakes`] in memory, so every decision here is tested without a sidecar.
 
-mod alarms;
-mod events;
-mod listing;
-mod relay;
-mod tasks;
+pub(crate) mod alarms;
+mod batch;
+pub(crate) mod events;
+#[cfg(test)]
+pub(crate) mod fakes;
+pub(crate) mod in_flight;
+pub(crate) mod index;
+pub(crate) mod listing;
+pub(crate) mod outbox;
+pub(crate) mod ports;
+pub(crate) mod publisher;
+pub(crate) mod relay;
+pub(crate) mod store;
+pub(crate) mod tasks;
+#[cfg(test)]
+mod testing;
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod trace_tests;
 
-pub use alarms::Alarms;
-pub use events::{Delivery, EventHandler, Outcome, Route};
-pub use listing::{ListQuery, Page, PageToken};
-pub use relay::Relay;
-pub use tasks::Tasks;
+use std::{fmt, time::Duration};
 
-use crate::{
-    domain::{RequestId, TaskId, TaskStatus, Violations, text::excerpt},
-    sidecar::SidecarError,
+pub(crate) use alarms::Alarms;
+pub(crate) use events::{Delivery, EventHandler, Outcome, Route};
+pub(crate) use listing::ListQuery;
+pub(crate) use relay::Relay;
+pub(crate) use tasks::Tasks;
+
+use self::{
+    index::IndexError,
+    ports::{BrokerError, Cause, SchedulerError, StoreError},
+    store::{CorruptDocument, ReadError},
 };
+use crate::domain::{RequestId, TaskId, TaskStatus, Violations};
+
+/// What could not be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dependency {
+    StateStore,
+    Broker,
+    Scheduler,
+}
+
+impl fmt::Display for Dependency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Dependency::StateStore => "the state store",
+            Dependency::Broker => "the broker",
+            Dependency::Scheduler => "the scheduler",
+        })
+    }
+}
+
+/// What became of the change a failed call was about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Landed {
+    /// Nothing was saved (or the call changed nothing).
+    No,
+    /// The change may or may not have been saved: read the task to see. If it was, its event
+    /// follows as for any saved change.
+    Maybe,
+}
 
 /// Why a use case failed. [`crate::api::status`] turns it into a gRPC status.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub(crate) enum Error {
     #[error("invalid request: {0}")]
     Invalid(Violations),
     #[error("task {0} not found")]
@@ -38,15 +88,28 @@ pub enum Error {
     /// Every attempt of a read-modify-write lost a race against other writers.
     #[error("task {id} is being changed by others too often; gave up after {attempts} attempts")]
     Contended { id: TaskId, attempts: u32 },
-    /// The sidecar, the state store or the broker could not do it now; retrying may work.
-    /// `task_id` names the task the call was about; `may_have_landed` says the change may have
-    /// been saved (its event then follows as for any saved change).
-    #[error("{message}")]
-    Unavailable {
-        message: String,
-        task_id: Option<TaskId>,
-        may_have_landed: bool,
+    /// Every attempt to claim a request id lost a race (it keeps being claimed and released).
+    #[error("request_id {request_id} could not be claimed after {attempts} attempts; retry")]
+    RequestIdContended {
+        request_id: RequestId,
+        attempts: u32,
     },
+    /// A dependency could not do it now; retrying may work.
+    #[error("{}", unavailable_message(.dependency, .task_id.as_ref(), .landed, .source))]
+    Unavailable {
+        dependency: Dependency,
+        /// The task the call was about.
+        task_id: Option<TaskId>,
+        landed: Landed,
+        #[source]
+        source: Cause,
+    },
+    /// The task has too many changes whose events are not published yet: the event path is
+    /// not keeping up (or is down); retrying later works once it catches up.
+    #[error(
+        "task {task_id} has {unpublished} changes whose events are not published yet; retry later"
+    )]
+    Backlogged { task_id: TaskId, unpublished: usize },
     /// A create repeated a request id with different content.
     #[error(
         "request_id {request_id} was already used for a different request (it created task {task_id}); use a new request_id for a new task"
@@ -56,50 +119,154 @@ pub enum Error {
         task_id: String,
     },
     /// A bug or a broken deployment: nothing a caller can fix.
-    #[error("unexpected failure: {0}")]
-    Internal(#[source] SidecarError),
+    #[error("unexpected failure")]
+    Internal(#[source] Cause),
+}
+
+fn unavailable_message(
+    dependency: &Dependency,
+    task_id: Option<&TaskId>,
+    landed: &Landed,
+    source: &Cause,
+) -> String {
+    let mut message = format!("{dependency} did not answer ({})", chain(source.as_ref()));
+    match (task_id, landed) {
+        (Some(id), Landed::Maybe) => message.push_str(&format!(
+            "; the change to task {id} may or may not have been saved (read it to see)"
+        )),
+        (Some(id), Landed::No) => message.push_str(&format!("; task {id} was not changed")),
+        (None, _) => {}
+    }
+    message
+}
+
+/// An error and its causes, as one line.
+pub(crate) fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let next = cause.to_string();
+        if !text.ends_with(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 impl Error {
-    /// Unavailable, about `task_id` if given; the change did not land.
-    pub fn unavailable(message: impl Into<String>, task_id: Option<TaskId>) -> Self {
-        Error::Unavailable {
-            message: message.into(),
-            task_id,
-            may_have_landed: false,
+    /// A failed step of a change to task `id`; `write` says the failed step was the write itself,
+    /// whose outcome is then unknown.
+    pub(crate) fn from_store(error: StoreError, id: Option<&TaskId>, write: bool) -> Self {
+        match error {
+            StoreError::Unavailable { source } => Error::Unavailable {
+                dependency: Dependency::StateStore,
+                task_id: id.cloned(),
+                landed: if write { Landed::Maybe } else { Landed::No },
+                source,
+            },
+            StoreError::InvalidEtag { source } => Error::Invalid(Violations::single(
+                "etag",
+                format!(
+                    "is not a valid ETag ({})",
+                    crate::domain::text::excerpt(&source.to_string(), 200)
+                ),
+            )),
+            other => Error::Internal(Box::new(other)),
         }
     }
 
-    /// A failed step of a change to task `id`; `written` says the failed step was the write
-    /// itself, whose outcome is then unknown.
-    pub fn from_write(error: SidecarError, id: &TaskId, written: bool) -> Self {
+    pub(crate) fn from_broker(error: BrokerError, id: Option<&TaskId>) -> Self {
         match error {
-            SidecarError::Unavailable(message) if written => Error::Unavailable {
-                message: format!(
-                    "{message}; the change to task {id} may or may not have been saved (read it to see)"
-                ),
-                task_id: Some(id.clone()),
-                may_have_landed: true,
+            BrokerError::Unavailable { source } => Error::Unavailable {
+                dependency: Dependency::Broker,
+                task_id: id.cloned(),
+                landed: Landed::No,
+                source,
             },
-            SidecarError::Unavailable(message) => Error::Unavailable {
-                message: format!("{message}; task {id} was not changed"),
-                task_id: Some(id.clone()),
-                may_have_landed: false,
-            },
-            other => other.into(),
+            other => Error::Internal(Box::new(other)),
+        }
+    }
+
+    pub(crate) fn from_index(error: &std::sync::Arc<IndexError>, id: &TaskId) -> Self {
+        match error.as_ref() {
+            IndexError::Store(StoreError::Unavailable { .. }) | IndexError::WriterStopped => {
+                Error::Unavailable {
+                    dependency: Dependency::StateStore,
+                    task_id: Some(id.clone()),
+                    landed: Landed::No,
+                    source: Box::new(SharedCause(error.clone())),
+                }
+            }
+            _ => Error::Internal(Box::new(SharedCause(error.clone()))),
         }
     }
 }
 
-impl From<SidecarError> for Error {
-    fn from(error: SidecarError) -> Self {
+/// An error shared by several waiters (one batched write answers them all).
+#[derive(Debug)]
+pub(crate) struct SharedCause(pub(crate) std::sync::Arc<IndexError>);
+
+impl fmt::Display for SharedCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for SharedCause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+impl From<StoreError> for Error {
+    fn from(error: StoreError) -> Self {
+        Error::from_store(error, None, false)
+    }
+}
+
+impl From<CorruptDocument> for Error {
+    fn from(error: CorruptDocument) -> Self {
+        Error::Internal(Box::new(error))
+    }
+}
+
+impl From<ReadError> for Error {
+    fn from(error: ReadError) -> Self {
         match error {
-            SidecarError::Unavailable(message) => Error::unavailable(message, None),
-            SidecarError::InvalidEtag(message) => Error::Invalid(Violations::single(
-                "etag",
-                format!("is not a valid ETag ({})", excerpt(&message, 200)),
-            )),
-            other => Error::Internal(other),
+            ReadError::Store(error) => error.into(),
+            ReadError::Corrupt(error) => error.into(),
         }
     }
+}
+
+impl From<IndexError> for Error {
+    fn from(error: IndexError) -> Self {
+        match error {
+            IndexError::Store(error) => error.into(),
+            other => Error::Internal(Box::new(other)),
+        }
+    }
+}
+
+impl From<SchedulerError> for Error {
+    fn from(error: SchedulerError) -> Self {
+        match error {
+            SchedulerError::Unavailable { source } => Error::Unavailable {
+                dependency: Dependency::Scheduler,
+                task_id: None,
+                landed: Landed::No,
+                source,
+            },
+            other => Error::Internal(Box::new(other)),
+        }
+    }
+}
+
+/// Retries of an optimistic read-modify-write: short, jittered, growing pauses so concurrent
+/// writers of one key spread out instead of colliding again.
+pub(crate) async fn backoff(attempt: u32) {
+    let ceiling_ms = (5u64 << attempt.min(6)).min(200);
+    tokio::time::sleep(Duration::from_millis(fastrand::u64(1..=ceiling_ms))).await;
 }

@@ -1,45 +1,50 @@
-//! Task use cases: create, get, update, change status, delete.
+//! Task use cases: create, get, update, change status, delete, announce an alarm.
 //!
 //! Every change goes through [`Tasks::commit`], in this order:
 //!
-//! 1. the task enters the list its new status and priority put it in (if that changes);
-//! 2. its event is staged on the outbox topic;
-//! 3. the record is written, guarded by the ETag it was read at (a new task: only if absent);
-//! 4. the task leaves its old list.
+//! 1. the task enters the list its new status and priority put it in (if that changes), and
+//!    its event is staged on the outbox topic, both at once;
+//! 2. the record is written, guarded by the ETag it was read at (a new task: only if absent),
+//!    with the change among its unpublished changes;
+//! 3. the task leaves its old list (in the background).
 //!
 //! A crash or failure between any two steps loses nothing and invents nothing: an extra list
 //! entry is skipped by readers, a staged event whose write did not land is never published (the
-//! relay checks the record), and a write that landed always has its staged event.
-//!
-//! On the in-memory broker, which keeps nothing across a restart anyway and delivers one message
-//! of a topic at a time, step 2 is replaced by publishing the event right after step 3.
-//!
-//! A change that moves the task's alarms (due date, reminder) is followed by bringing its jobs
-//! in step with the record ([`super::Alarms`]): by the relay once the change is confirmed, or,
-//! on the in-memory broker, right after the publish.
+//! relay checks the record), and a write that landed always has its staged event. The tests at
+//! the end of this file crash each kind of change after each of its side effects and check
+//! exactly that.
 //!
 //! The ETag callers see is the task's revision: it changes with every change, and a write
 //! answers with it without reading the task back (the store's own ETag, which guards every
 //! write, only comes with a read).
 
-use chrono::{DateTime, Utc};
+use std::time::Duration;
 
-use super::{Alarms, Error};
+use chrono::{DateTime, Utc};
+use tracing::Instrument;
+
+use super::{
+    Error, backoff,
+    in_flight::{InFlight, Local},
+    index::{ListId, Position, TaskIndex},
+    outbox::{Outbox, StagedEvent},
+    ports::{AlarmJob, Ports, StoreError},
+    publisher::{Outgoing, Publisher},
+    store::{MAX_ATTEMPTS, published::Ledgers, records::TaskRecords, requests::CreateRequests},
+};
 use crate::{
     domain::{
-        Alarm, NewTask, Nonce, Planned, RequestId, Task, TaskChanges, TaskEventType, TaskId,
-        TaskRecord, TaskStatus, Versioned, Violations, time,
+        Alarm, NewTask, Nonce, Planned, RequestId, Task, TaskChanges, TaskEvent, TaskEventType,
+        TaskId, TaskRecord, TaskStatus, Versioned, Violations, time,
     },
-    sidecar::{
-        SidecarError, backoff,
-        index::{ListId, Position, TaskIndex},
-        jobs::AlarmJob,
-        outbox::{Outbox, StagedEvent},
-        requests::CreateRequests,
-        state::MAX_ATTEMPTS,
-        tasks::TaskStore,
-    },
+    telemetry::{metrics::METRICS, spans},
 };
+
+/// A record's unpublished changes are checked against its ledger once they are this many.
+const TRIM_AT: usize = 8;
+/// A task with this many changes whose events are not published takes no more changes until
+/// the relay catches up (its record would otherwise grow without bound).
+pub(crate) const MAX_UNPUBLISHED: usize = 1024;
 
 /// What a read-modify-write does with the task it read.
 enum Plan {
@@ -60,7 +65,7 @@ enum Attempt {
 }
 
 /// The list a record belongs in, `None` for a deleted task.
-pub(super) fn list_of(record: &TaskRecord) -> Option<ListId> {
+pub(crate) fn list_of(record: &TaskRecord) -> Option<ListId> {
     record.live().map(|task| ListId {
         status: task.status,
         priority: task.priority,
@@ -71,12 +76,12 @@ pub(super) fn list_of(record: &TaskRecord) -> Option<ListId> {
 fn visible(record: &TaskRecord) -> Option<Versioned<Task>> {
     record.live().map(|task| Versioned {
         value: task.clone(),
-        etag: record.revision.to_string(),
+        etag: record.etag(),
     })
 }
 
 /// A task's place in every list.
-pub(super) fn position_of(record: &TaskRecord) -> Position {
+pub(crate) fn position_of(record: &TaskRecord) -> Position {
     Position {
         micros: record.created_at().timestamp_micros(),
         id: record.id().clone(),
@@ -84,35 +89,75 @@ pub(super) fn position_of(record: &TaskRecord) -> Position {
 }
 
 /// The task use cases, over the state store, the list index and the outbox.
-#[derive(Debug, Clone)]
-pub struct Tasks {
-    pub(super) store: TaskStore,
-    pub(super) index: TaskIndex,
-    outbox: Outbox,
-    requests: CreateRequests,
-    alarms: Alarms,
+pub(crate) struct Tasks<P: Ports> {
+    pub(super) records: TaskRecords<P::Store>,
+    ledgers: Ledgers<P::Store>,
+    pub(super) index: TaskIndex<P::Store>,
+    requests: CreateRequests<P::Store>,
+    outbox: Outbox<P::Broker>,
+    in_flight: InFlight,
+    publisher: Publisher<P>,
+    max_unpublished: usize,
 }
 
-impl Tasks {
-    pub fn new(
-        store: TaskStore,
-        index: TaskIndex,
-        outbox: Outbox,
-        requests: CreateRequests,
-        alarms: Alarms,
+impl<P: Ports> Clone for Tasks<P> {
+    fn clone(&self) -> Self {
+        Self {
+            records: self.records.clone(),
+            ledgers: self.ledgers.clone(),
+            index: self.index.clone(),
+            requests: self.requests.clone(),
+            outbox: self.outbox.clone(),
+            in_flight: self.in_flight.clone(),
+            publisher: self.publisher.clone(),
+            max_unpublished: self.max_unpublished,
+        }
+    }
+}
+
+/// How long deleted tasks and request ids are remembered.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Retention {
+    pub(crate) tombstones: Duration,
+    pub(crate) request_ids: Duration,
+}
+
+impl<P: Ports> Tasks<P> {
+    /// Must be called within a tokio runtime (the list index and the outbox start their
+    /// batching tasks).
+    pub(crate) fn new(
+        store: P::Store,
+        outbox: Outbox<P::Broker>,
+        in_flight: InFlight,
+        retention: Retention,
+        publisher: Publisher<P>,
     ) -> Self {
         Self {
-            store,
-            index,
+            records: TaskRecords::new(store.clone(), retention.tombstones),
+            ledgers: Ledgers::new(store.clone()),
+            index: TaskIndex::new(store.clone()),
+            requests: CreateRequests::new(store, retention.request_ids),
             outbox,
-            requests,
-            alarms,
+            in_flight,
+            publisher,
+            max_unpublished: MAX_UNPUBLISHED,
         }
+    }
+
+    /// A lower cap on unpublished changes per task (tests reach it quickly).
+    #[cfg(test)]
+    pub(crate) fn with_max_unpublished(mut self, max: usize) -> Self {
+        self.max_unpublished = max;
+        self
+    }
+
+    pub(crate) fn records(&self) -> &TaskRecords<P::Store> {
+        &self.records
     }
 
     /// Creates a pending task. With a `request_id`, a repeated call returns the task the first
     /// one created and changes nothing.
-    pub async fn create(
+    pub(crate) async fn create(
         &self,
         new: NewTask,
         request_id: Option<&RequestId>,
@@ -134,16 +179,13 @@ impl Tasks {
         };
         let task = Task::create(id.clone(), new, created_at);
         let planned = TaskRecord::create(task.clone(), Nonce::random());
-        let etag = planned.record.revision.to_string();
+        let etag = planned.record.etag();
         match self.commit(None, planned).await {
             Ok(()) => Ok(Versioned { value: task, etag }),
             // Only a retry with the same request id can have written this id first.
             Err(Attempt::LostRace) => match self.read(&id).await? {
                 Some(existing) => visible(&existing.value).ok_or(Error::NotFound(id)),
-                None => Err(Error::unavailable(
-                    "the task was neither written nor found; retry",
-                    Some(id),
-                )),
+                None => Err(Error::Contended { id, attempts: 1 }),
             },
             Err(Attempt::Failed(error)) => Err(error),
         }
@@ -164,12 +206,8 @@ impl Tasks {
                         task_id: reservation.task_id,
                     });
                 }
-                let id = TaskId::parse(&reservation.task_id).map_err(|v| {
-                    Error::Internal(SidecarError::Corrupt {
-                        key: format!("create-request-{}", request_id.as_str()),
-                        reason: v.description,
-                    })
-                })?;
+                let id = TaskId::parse(&reservation.task_id)
+                    .map_err(|violation| Error::Internal(Box::new(violation)))?;
                 let created_at = reservation.created_at.as_deref().and_then(time::parse);
                 return Ok(Claim::Repeated(id, created_at));
             }
@@ -182,33 +220,36 @@ impl Tasks {
                 return Ok(Claim::New(id));
             }
         }
-        Err(Error::unavailable(
-            "the request id could not be claimed; retry",
-            None,
-        ))
+        Err(Error::RequestIdContended {
+            request_id: request_id.clone(),
+            attempts: MAX_ATTEMPTS,
+        })
     }
 
     /// The record of `id`, indexing it first if another implementation stored it (so tasks the
     /// original stored become listable once task-api reads them).
     async fn read(&self, id: &TaskId) -> Result<Option<Versioned<TaskRecord>>, Error> {
-        let stored = self.store.get(id).await?;
+        let stored = self.records.get(id).await?;
         if let Some(stored) = &stored {
             self.adopt(&stored.value).await?;
         }
         Ok(stored)
     }
 
-    /// Lists a task written without revisions by another implementation.
+    /// Lists a task another implementation wrote last.
     pub(super) async fn adopt(&self, record: &TaskRecord) -> Result<(), Error> {
-        if record.revision == 0
+        if record.foreign
             && let Some(list) = list_of(record)
         {
-            self.index.insert(list, position_of(record), 0).await?;
+            self.index
+                .insert(list, position_of(record), record.revision)
+                .await
+                .map_err(|e| Error::from_index(&e, record.id()))?;
         }
         Ok(())
     }
 
-    pub async fn get(&self, id: &TaskId) -> Result<Versioned<Task>, Error> {
+    pub(crate) async fn get(&self, id: &TaskId) -> Result<Versioned<Task>, Error> {
         self.read(id)
             .await?
             .and_then(|stored| visible(&stored.value))
@@ -217,7 +258,7 @@ impl Tasks {
 
     /// Tasks another implementation stored become listable: each id is read (and indexed).
     /// Returns how many were live tasks.
-    pub async fn adopt_ids(&self, ids: &[TaskId]) -> Result<usize, Error> {
+    pub(crate) async fn adopt_ids(&self, ids: &[TaskId]) -> Result<usize, Error> {
         let mut live = 0;
         for id in ids {
             if let Some(stored) = self.read(id).await?
@@ -229,13 +270,13 @@ impl Tasks {
         Ok(live)
     }
 
-    pub async fn update(
+    pub(crate) async fn update(
         &self,
         id: &TaskId,
         changes: &TaskChanges,
         expected_etag: Option<&str>,
     ) -> Result<Versioned<Task>, Error> {
-        self.apply(id, expected_etag, |current, now| {
+        self.apply(id, expected_etag, "update", |current, now| {
             let mut task = current.clone();
             match task.apply(changes, now) {
                 Ok(true) => Plan::Replace(task, TaskEventType::Updated),
@@ -248,10 +289,10 @@ impl Tasks {
 
     /// Announces a fired alarm job, once: only if the task still has that alarm pending for
     /// that time (not completed, not moved, not announced yet). Returns whether it announced.
-    pub async fn announce(&self, job: &AlarmJob) -> Result<bool, Error> {
+    pub(crate) async fn announce(&self, job: &AlarmJob) -> Result<bool, Error> {
         let mut announced = false;
         let result = self
-            .apply(&job.task_id, None, |current, _| {
+            .apply(&job.task_id, None, "announce", |current, _| {
                 announced = current.deadline.fires(current.status, job.alarm, job.at);
                 if !announced {
                     return Plan::Unchanged;
@@ -270,13 +311,13 @@ impl Tasks {
     }
 
     /// Setting the status a task already has changes nothing and publishes nothing.
-    pub async fn change_status(
+    pub(crate) async fn change_status(
         &self,
         id: &TaskId,
         status: TaskStatus,
         expected_etag: Option<&str>,
     ) -> Result<Versioned<Task>, Error> {
-        self.apply(id, expected_etag, |current, now| {
+        self.apply(id, expected_etag, "change_status", |current, now| {
             let mut task = current.clone();
             if task.set_status(status, now) {
                 Plan::Replace(task, TaskEventType::StatusChanged(status))
@@ -287,8 +328,12 @@ impl Tasks {
         .await
     }
 
-    pub async fn delete(&self, id: &TaskId, expected_etag: Option<&str>) -> Result<(), Error> {
-        self.apply(id, expected_etag, |_, _| Plan::Delete)
+    pub(crate) async fn delete(
+        &self,
+        id: &TaskId,
+        expected_etag: Option<&str>,
+    ) -> Result<(), Error> {
+        self.apply(id, expected_etag, "delete", |_, _| Plan::Delete)
             .await
             .map(|_| ())
     }
@@ -303,27 +348,21 @@ impl Tasks {
         &self,
         id: &TaskId,
         expected_etag: Option<&str>,
+        operation: &'static str,
         mut plan: F,
     ) -> Result<Versioned<Task>, Error>
     where
         F: FnMut(&Task, DateTime<Utc>) -> Plan,
     {
-        if let Some(expected) = expected_etag
-            && expected.parse::<u64>().is_err()
-        {
-            return Err(Error::Invalid(Violations::single(
-                "etag",
-                "is not an ETag this service issued (ETags are task revisions: 1, 2, 3, ...)",
-            )));
-        }
+        check_etag_form(expected_etag)?;
         for attempt in 1..=MAX_ATTEMPTS {
-            let Some(current) = self.read(id).await? else {
+            let Some(mut current) = self.read(id).await? else {
                 return Err(Error::NotFound(id.clone()));
             };
             let Some(task) = current.value.live().cloned() else {
                 return Err(Error::NotFound(id.clone()));
             };
-            let revision = current.value.revision.to_string();
+            let revision = current.value.etag();
             if let Some(expected) = expected_etag
                 && expected != revision
             {
@@ -331,43 +370,34 @@ impl Tasks {
             }
             let now = time::now();
             let nonce = Nonce::random();
-            let planned = match plan(&task, now) {
+            let changed = match plan(&task, now) {
                 Plan::Unchanged => {
                     return Ok(Versioned {
                         value: task,
                         etag: revision,
                     });
                 }
-                Plan::Replace(changed, event_type) => {
-                    current.value.update(changed, event_type, nonce)
-                }
-                Plan::Announce(changed, alarm) => current
-                    .value
-                    .update(changed, TaskEventType::Announced(alarm), nonce)
-                    .map(|mut planned| {
-                        planned.event.timestamp = now;
-                        planned
-                    }),
-                Plan::Delete => current.value.delete(now, nonce),
                 Plan::Refuse(violations) => return Err(Error::Invalid(violations)),
+                changed => changed,
             };
-            let Some(planned) = planned else {
+            self.forget_published(&mut current.value).await?;
+            let Some(planned) = planned(&current.value, changed, now, nonce) else {
                 return Err(Error::NotFound(id.clone()));
             };
             // A deletion answers with the task as it was.
             let written = Versioned {
                 value: planned.record.live().cloned().unwrap_or(task),
-                etag: planned.record.revision.to_string(),
+                etag: planned.record.etag(),
             };
             match self.commit(Some(&current), planned).await {
                 Ok(()) => return Ok(written),
-                Err(Attempt::LostRace) if expected_etag.is_some() => {
-                    return match self.read(id).await?.and_then(|now| visible(&now.value)) {
-                        Some(now) => Err(stale(&now.value, &now.etag)),
-                        None => Err(Error::NotFound(id.clone())),
-                    };
+                Err(Attempt::LostRace) => {
+                    METRICS.etag_conflicts.with_label_values(&[operation]).inc();
+                    if expected_etag.is_some() {
+                        return Err(self.stale_now(id).await);
+                    }
+                    backoff(attempt).await;
                 }
-                Err(Attempt::LostRace) => backoff(attempt).await,
                 Err(Attempt::Failed(error)) => return Err(error),
             }
         }
@@ -375,6 +405,44 @@ impl Tasks {
             id: id.clone(),
             attempts: MAX_ATTEMPTS,
         })
+    }
+
+    /// The caller's ETag lost a race: the task as it is now is the caller's to look at.
+    async fn stale_now(&self, id: &TaskId) -> Error {
+        match self.read(id).await {
+            Ok(now) => match now.and_then(|now| visible(&now.value)) {
+                Some(now) => stale(&now.value, &now.etag),
+                None => Error::NotFound(id.clone()),
+            },
+            Err(error) => error,
+        }
+    }
+
+    /// Drops from `record` the changes whose events the relay has recorded as published, once
+    /// there are enough of them to be worth a read; refuses a task whose events are far behind.
+    async fn forget_published(&self, record: &mut TaskRecord) -> Result<(), Error> {
+        if record.unpublished.len() < TRIM_AT {
+            return Ok(());
+        }
+        let ledger = self
+            .ledgers
+            .get_many(std::slice::from_ref(record.id()))
+            .await?
+            .pop()
+            .transpose()?
+            .flatten();
+        if let Some(ledger) = ledger {
+            record
+                .unpublished
+                .forget_published(ledger.value.revisions());
+        }
+        if record.unpublished.len() >= self.max_unpublished {
+            return Err(Error::Backlogged {
+                task_id: record.id().clone(),
+                unpublished: record.unpublished.len(),
+            });
+        }
+        Ok(())
     }
 
     /// Writes a planned change with its event and list entries (see the module docs).
@@ -391,63 +459,43 @@ impl Tasks {
         } = planned;
         let id = record.id().clone();
         let position = position_of(&record);
-        // A record stored without revisions may not be listed yet: treat it as in no list.
+        // A record another implementation wrote may not be listed yet: treat it as in none.
         let before = current
-            .filter(|c| c.value.revision > 0)
+            .filter(|c| !c.value.foreign)
             .and_then(|c| list_of(&c.value));
         let after = list_of(&record);
-        let failed = |error: SidecarError, written: bool| {
-            Attempt::Failed(Error::from_write(error, &id, written))
-        };
+        let write = self.in_flight.begin(&id, record.revision, nonce);
 
-        let relayed = self.outbox.durable().await.map_err(|e| failed(e, false))?;
-        // Steps 1 and 2 depend on nothing but each other's completion before step 3.
         let enter = async {
             match after {
-                Some(list) if after != before => {
-                    self.index
-                        .insert(list, position.clone(), record.revision)
-                        .await
-                }
+                Some(list) if after != before => self.enter(list, &position, &record).await,
                 _ => Ok(()),
             }
         };
-        let stage = async {
-            if !relayed {
-                return Ok(());
-            }
-            let staged = StagedEvent {
-                event: event.clone(),
-                nonce,
-                staged_at: time::now(),
-                reschedules,
-            };
-            self.outbox.stage(&staged).await
-        };
-        tokio::try_join!(enter, stage).map_err(|e| failed(e, false))?;
+        let staging = spans::stage(event.event_type.as_str());
+        let stage = self
+            .stage_event(&id, event, nonce, reschedules)
+            .instrument(staging);
+        let ((), staged) = tokio::try_join!(enter, stage)?;
         match self
-            .store
+            .records
             .put(&record, current.map(|c| c.etag.as_str()))
             .await
         {
-            Ok(()) => {}
-            Err(SidecarError::EtagMismatch(_)) => return Err(Attempt::LostRace),
-            Err(error) => return Err(failed(error, true)),
-        }
-        if !relayed && let Err(error) = self.outbox.publish(&event).await {
-            return Err(Attempt::Failed(Error::unavailable(
-                format!("task {id} was saved, but its event could not be published: {error}"),
-                Some(id),
-            )));
-        }
-        if !relayed
-            && reschedules
-            && let Err(error) = self.alarms.sync(&id).await
-        {
-            return Err(Attempt::Failed(Error::unavailable(
-                format!("task {id} was saved, but its due date could not be scheduled: {error}"),
-                Some(id),
-            )));
+            Ok(()) => {
+                write.finish(Local::Committed);
+                // Its writer publishes it at once; the staged copy is there if that fails.
+                self.publisher.offer(Outgoing {
+                    id: id.clone(),
+                    staged,
+                    record: record.clone(),
+                });
+            }
+            Err(StoreError::Conflict { .. }) => {
+                write.finish(Local::Lost);
+                return Err(Attempt::LostRace);
+            }
+            Err(error) => return Err(Attempt::Failed(Error::from_store(error, Some(&id), true))),
         }
         if let Some(list) = before
             && before != after
@@ -457,12 +505,84 @@ impl Tasks {
         }
         Ok(())
     }
+
+    /// Enters the task in `list` at its revision.
+    async fn enter(
+        &self,
+        list: ListId,
+        position: &Position,
+        record: &TaskRecord,
+    ) -> Result<(), Attempt> {
+        self.index
+            .insert(list, position.clone(), record.revision)
+            .await
+            .map_err(|e| Attempt::Failed(Error::from_index(&e, record.id())))
+    }
+
+    /// Stages a change's event, carrying the trace context of the span it is staged in.
+    async fn stage_event(
+        &self,
+        id: &TaskId,
+        event: TaskEvent,
+        nonce: Nonce,
+        reschedules: bool,
+    ) -> Result<StagedEvent, Attempt> {
+        let staged = StagedEvent {
+            event,
+            nonce,
+            staged_at: time::now(),
+            reschedules,
+            attempt: 0,
+            not_before: None,
+            grace_until: None,
+            // The relay's publish continues it.
+            traceparent: spans::current_traceparent(),
+        };
+        self.outbox
+            .stage(staged.clone())
+            .await
+            .map_err(|e| Attempt::Failed(Error::from_broker(e, Some(id))))?;
+        Ok(staged)
+    }
 }
 
 enum Claim {
     New(TaskId),
     /// Claimed before, for this task, created at this time (when the reservation says).
     Repeated(TaskId, Option<DateTime<Utc>>),
+}
+
+/// Refuses an ETag this service cannot have issued, before anything is read.
+fn check_etag_form(expected_etag: Option<&str>) -> Result<(), Error> {
+    match expected_etag {
+        Some(expected) if expected.parse::<u64>().is_err() => {
+            Err(Error::Invalid(Violations::single(
+                "etag",
+                "is not an ETag this service issued (ETags are task revisions: 1, 2, 3, ...)",
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The write a changing plan makes of `record` (`None`: the task is gone).
+fn planned(
+    record: &TaskRecord,
+    changed: Plan,
+    now: DateTime<Utc>,
+    nonce: Nonce,
+) -> Option<Planned> {
+    match changed {
+        Plan::Replace(task, event_type) => record.update(task, event_type, nonce),
+        Plan::Announce(task, alarm) => record
+            .update(task, TaskEventType::Announced(alarm), nonce)
+            .map(|mut planned| {
+                planned.event.timestamp = now;
+                planned
+            }),
+        Plan::Delete => record.delete(now, nonce),
+        Plan::Unchanged | Plan::Refuse(_) => unreachable!("answered by apply"),
+    }
 }
 
 fn stale(current: &Task, etag: &str) -> Error {

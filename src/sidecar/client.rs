@@ -18,37 +18,32 @@ use tonic::{
 use crate::{config::SidecarConfig, telemetry};
 
 /// The generated Dapr client over the shared channel.
-pub type DaprGrpc = DaprClient<InterceptedService<Channel, Outbound>>;
+pub(super) type DaprGrpc = DaprClient<InterceptedService<Channel, Outbound>>;
 
-/// Why a call to the sidecar failed, in the terms the service layer acts on.
-#[derive(Debug, Clone, thiserror::Error)]
+/// Why the sidecar itself could not be used.
+#[derive(Debug, thiserror::Error)]
 pub enum SidecarError {
-    /// The sidecar, or the store or broker behind it, did not do it; trying again later may
-    /// work. The operation may or may not have taken effect.
-    #[error("{0}")]
-    Unavailable(String),
-    /// The ETag sent no longer matches the stored one.
-    #[error("ETag mismatch: {0}")]
-    EtagMismatch(String),
-    /// The ETag sent is not one the state store could have issued.
-    #[error("malformed ETag: {0}")]
-    InvalidEtag(String),
-    /// The app called through the sidecar refused the request as invalid; sending it again will
-    /// not help.
-    #[error("refused as invalid: {0}")]
-    Refused(String),
-    /// A stored value this service cannot read.
-    #[error("the value stored under {key:?} is not valid: {reason}")]
-    Corrupt { key: String, reason: String },
-    #[error("the Dapr sidecar answered {code:?}: {message}")]
-    Failed { code: Code, message: String },
-    /// The settings that say how to reach the sidecar cannot be used.
-    #[error("{0}")]
-    InvalidSettings(String),
+    #[error("DAPR_GRPC_ENDPOINT {endpoint:?} is not a valid endpoint")]
+    InvalidEndpoint {
+        endpoint: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("DAPR_API_TOKEN holds characters not allowed in gRPC metadata")]
+    InvalidToken,
+    #[error("the Dapr sidecar did not answer")]
+    Unanswered(#[source] Status),
+    #[error("the Dapr sidecar at {endpoint} did not answer within {waited:?}")]
+    NotUp {
+        endpoint: String,
+        waited: Duration,
+        #[source]
+        last: Status,
+    },
 }
 
 /// Codes meaning "not now": the call may succeed later.
-fn transient(code: Code) -> bool {
+pub(super) fn transient(code: Code) -> bool {
     matches!(
         code,
         Code::Unavailable
@@ -57,73 +52,14 @@ fn transient(code: Code) -> bool {
             | Code::Unknown
             | Code::ResourceExhausted
             | Code::Aborted
+            | Code::Internal
     )
 }
 
-impl SidecarError {
-    /// A state-store call's failure. daprd answers ABORTED for a stale ETag and
-    /// INVALID_ARGUMENT for a malformed one (the only invalid part a request of ours can have);
-    /// INTERNAL means the store itself failed (unreachable, timed out).
-    pub fn from_state(status: Status) -> Self {
-        let message = status.message().to_string();
-        match status.code() {
-            Code::Aborted => SidecarError::EtagMismatch(message),
-            Code::InvalidArgument => SidecarError::InvalidEtag(message),
-            Code::Internal => {
-                SidecarError::Unavailable(format!("the state store failed: {message}"))
-            }
-            code if transient(code) => {
-                SidecarError::Unavailable(format!("the Dapr sidecar is unreachable: {message}"))
-            }
-            code => SidecarError::Failed { code, message },
-        }
-    }
-
-    /// A publish's failure: INTERNAL means the broker did not take the message.
-    pub fn from_broker(status: Status) -> Self {
-        let message = status.message().to_string();
-        match status.code() {
-            Code::Internal => SidecarError::Unavailable(format!("the broker failed: {message}")),
-            code if transient(code) => {
-                SidecarError::Unavailable(format!("the Dapr sidecar is unreachable: {message}"))
-            }
-            code => SidecarError::Failed { code, message },
-        }
-    }
-
-    /// A service invocation's failure: the callee's INVALID_ARGUMENT is a refusal; everything
-    /// else may pass.
-    pub fn from_invoke(status: Status) -> Self {
-        let message = status.message().to_string();
-        match status.code() {
-            Code::InvalidArgument => SidecarError::Refused(message),
-            _ => SidecarError::Unavailable(format!(
-                "the call failed ({:?}): {message}",
-                status.code()
-            )),
-        }
-    }
-
-    pub fn is_unavailable(&self) -> bool {
-        matches!(self, SidecarError::Unavailable(_))
-    }
-}
-
-impl From<Status> for SidecarError {
-    fn from(status: Status) -> Self {
-        let message = status.message().to_string();
-        match status.code() {
-            code if transient(code) => {
-                SidecarError::Unavailable(format!("the Dapr sidecar is unreachable: {message}"))
-            }
-            code => SidecarError::Failed { code, message },
-        }
-    }
-}
-
-/// Adds `dapr-api-token` and the current request's `traceparent` to every outbound call.
+/// Adds `dapr-api-token` and the current trace context (`traceparent`: the call's client span
+/// when spans are exported, else the request's) to every outbound call.
 #[derive(Debug, Clone)]
-pub struct Outbound {
+pub(crate) struct Outbound {
     token: Option<MetadataValue<Ascii>>,
 }
 
@@ -134,7 +70,7 @@ impl Interceptor for Outbound {
                 .metadata_mut()
                 .insert(dapr::client::API_TOKEN_METADATA_KEY, token.clone());
         }
-        if let Some(traceparent) = telemetry::current_traceparent()
+        if let Some(traceparent) = telemetry::outbound_traceparent()
             && let Ok(value) = MetadataValue::try_from(traceparent.as_bytes())
         {
             request.metadata_mut().insert("traceparent", value);
@@ -145,22 +81,19 @@ impl Interceptor for Outbound {
 
 /// The sidecar: a cloneable handle on the shared channel.
 #[derive(Debug, Clone)]
-pub struct Sidecar {
+pub(crate) struct Sidecar {
     grpc: DaprGrpc,
     endpoint: String,
 }
 
 impl Sidecar {
     /// Prepares the channel; it connects on first use and reconnects after a sidecar restart.
-    pub fn connect_lazy(config: &SidecarConfig) -> Result<Self, SidecarError> {
-        let invalid = || {
-            SidecarError::InvalidSettings(format!(
-                "DAPR_GRPC_ENDPOINT {:?} is not a valid endpoint",
-                config.endpoint
-            ))
-        };
+    pub(crate) fn connect_lazy(config: &SidecarConfig) -> Result<Self, SidecarError> {
         let channel = Endpoint::from_shared(config.endpoint.clone())
-            .map_err(|_| invalid())?
+            .map_err(|source| SidecarError::InvalidEndpoint {
+                endpoint: config.endpoint.clone(),
+                source,
+            })?
             // A sidecar that is gone is reported quickly, as UNAVAILABLE.
             .connect_timeout(Duration::from_secs(1))
             .timeout(config.call_timeout)
@@ -173,11 +106,10 @@ impl Sidecar {
             .connect_lazy();
         let token = match &config.api_token {
             Some(token) => {
-                let mut value: MetadataValue<Ascii> = token.expose().parse().map_err(|_| {
-                    SidecarError::InvalidSettings(
-                        "DAPR_API_TOKEN holds characters not allowed in gRPC metadata".into(),
-                    )
-                })?;
+                let mut value: MetadataValue<Ascii> = token
+                    .expose()
+                    .parse()
+                    .map_err(|_| SidecarError::InvalidToken)?;
                 // Kept out of Debug output.
                 value.set_sensitive(true);
                 Some(value)
@@ -191,47 +123,48 @@ impl Sidecar {
     }
 
     /// A client for one call (or a few); clones share the channel.
-    pub fn grpc(&self) -> DaprGrpc {
+    pub(crate) fn grpc(&self) -> DaprGrpc {
         self.grpc.clone()
     }
 
-    pub fn endpoint(&self) -> &str {
+    pub(crate) fn endpoint(&self) -> &str {
         &self.endpoint
     }
 
     /// The sidecar's own description: app id, components, subscriptions.
-    pub async fn metadata(&self) -> Result<GetMetadataResponse, SidecarError> {
+    pub(crate) async fn metadata(&self) -> Result<GetMetadataResponse, SidecarError> {
         let mut request = tonic::Request::new(GetMetadataRequest {});
         request.set_timeout(Duration::from_secs(2));
-        Ok(self.grpc().get_metadata(request).await?.into_inner())
+        let mut grpc = self.grpc();
+        Ok(super::timed(
+            super::Call::new("metadata", "get", "GetMetadata"),
+            grpc.get_metadata(request),
+        )
+        .await
+        .map_err(SidecarError::Unanswered)?
+        .into_inner())
     }
 
     /// Polls until the sidecar answers, for at most `wait`.
-    pub async fn wait_until_answering(
+    pub(crate) async fn wait_until_answering(
         &self,
         wait: Duration,
     ) -> Result<GetMetadataResponse, SidecarError> {
         let started = Instant::now();
-        let mut last_error;
         loop {
-            match self.metadata().await {
+            let last = match self.metadata().await {
                 Ok(metadata) => return Ok(metadata),
-                Err(e) => last_error = e,
-            }
+                Err(SidecarError::Unanswered(status)) => status,
+                Err(other) => return Err(other),
+            };
             if started.elapsed() >= wait {
-                return Err(SidecarError::Unavailable(format!(
-                    "the Dapr sidecar at {} did not answer within {wait:?} (last error: {last_error})",
-                    self.endpoint
-                )));
+                return Err(SidecarError::NotUp {
+                    endpoint: self.endpoint.clone(),
+                    waited: wait,
+                    last,
+                });
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
-}
-
-/// Retries of an optimistic read-modify-write: short, jittered, growing pauses so concurrent
-/// writers of one key spread out instead of colliding again.
-pub async fn backoff(attempt: u32) {
-    let ceiling_ms = (5u64 << attempt.min(6)).min(200);
-    tokio::time::sleep(Duration::from_millis(fastrand::u64(1..=ceiling_ms))).await;
 }

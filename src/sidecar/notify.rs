@@ -6,37 +6,45 @@ use dapr::dapr::proto::{
     common::v1::{HttpExtension, InvokeRequest, http_extension::Verb},
     runtime::v1::InvokeServiceRequest,
 };
-use tonic::metadata::MetadataValue;
+use tonic::{Code, metadata::MetadataValue};
 
-use super::{Sidecar, SidecarError};
-use crate::domain::Notification;
+use super::{Call, Sidecar, timed};
+use crate::{
+    domain::{IDEMPOTENCY_KEY, Notification},
+    service::ports::{Notifier, NotifyError},
+};
 
-/// Metadata that makes a repeated notification a no-op at the receiver.
-pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
-
+/// The notification app on the other side of the sidecar.
 #[derive(Debug, Clone)]
-pub struct Notifier {
+pub(crate) struct DaprNotifier {
     sidecar: Sidecar,
     app_id: String,
     timeout: Duration,
 }
 
-impl Notifier {
-    pub fn new(sidecar: Sidecar, app_id: &str, timeout: Duration) -> Self {
+/// The notification app did not answer in time.
+#[derive(Debug, thiserror::Error)]
+#[error("{app_id} did not answer within {timeout:?}")]
+struct TimedOut {
+    app_id: String,
+    timeout: Duration,
+}
+
+impl DaprNotifier {
+    pub(crate) fn new(sidecar: Sidecar, app_id: &str, timeout: Duration) -> Self {
         Self {
             sidecar,
             app_id: app_id.to_string(),
             timeout,
         }
     }
+}
 
+impl Notifier for DaprNotifier {
     /// Invokes method `notify` of the notification app with the JSON body, as a POST (so an
-    /// HTTP-protocol receiver works too), within the configured timeout.
-    pub async fn notify(
-        &self,
-        notification: &Notification,
-        idempotency_key: &str,
-    ) -> Result<(), SidecarError> {
+    /// HTTP-protocol receiver works too), within the configured timeout. The callee's
+    /// INVALID_ARGUMENT is a refusal; everything else may pass.
+    async fn notify(&self, notification: &Notification, key: &str) -> Result<(), NotifyError> {
         let mut request = tonic::Request::new(InvokeServiceRequest {
             id: self.app_id.clone(),
             message: Some(InvokeRequest {
@@ -53,16 +61,28 @@ impl Notifier {
             }),
         });
         request.set_timeout(self.timeout);
-        if let Ok(key) = MetadataValue::try_from(idempotency_key) {
+        if let Ok(key) = MetadataValue::try_from(key) {
             request.metadata_mut().insert(IDEMPOTENCY_KEY, key);
         }
         let mut grpc = self.sidecar.grpc();
-        match tokio::time::timeout(self.timeout, grpc.invoke_service(request)).await {
-            Ok(result) => result.map(|_| ()).map_err(SidecarError::from_invoke),
-            Err(_) => Err(SidecarError::Unavailable(format!(
-                "{} did not answer within {:?}",
-                self.app_id, self.timeout
-            ))),
+        let target = Call::new("invoke", "invoke", "InvokeService").on(&self.app_id, "notify");
+        let call = timed(target, grpc.invoke_service(request));
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(status)) if status.code() == Code::InvalidArgument => {
+                Err(NotifyError::Refused {
+                    source: Box::new(status),
+                })
+            }
+            Ok(Err(status)) => Err(NotifyError::Unavailable {
+                source: Box::new(status),
+            }),
+            Err(_) => Err(NotifyError::Unavailable {
+                source: Box::new(TimedOut {
+                    app_id: self.app_id.clone(),
+                    timeout: self.timeout,
+                }),
+            }),
         }
     }
 }

@@ -2,19 +2,19 @@
 
 use dapr::dapr::proto::runtime::v1::GetSecretRequest;
 
-use super::{Sidecar, SidecarError};
+use super::{Call, Sidecar, timed};
 use crate::secret::Secret;
 
 /// Where the key is: `store` / secret `name` / field `key`.
 #[derive(Debug, Clone)]
-pub struct ApiKeySecret {
+pub(crate) struct ApiKeySecret {
     sidecar: Sidecar,
-    pub store: String,
-    pub name: String,
-    pub key: String,
+    pub(crate) store: String,
+    pub(crate) name: String,
+    pub(crate) key: String,
 }
 
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum SecretError {
     #[error("secret {name:?} in store {store:?} has no field {key:?}")]
     MissingField {
@@ -22,16 +22,17 @@ pub enum SecretError {
         name: String,
         key: String,
     },
-    #[error("could not read secret {name:?} from store {store:?}: {source}")]
+    #[error("could not read secret {name:?} from store {store:?}")]
     Sidecar {
         store: String,
         name: String,
-        source: SidecarError,
+        #[source]
+        source: tonic::Status,
     },
 }
 
 impl ApiKeySecret {
-    pub fn new(sidecar: Sidecar, store: &str, name: &str, key: &str) -> Self {
+    pub(crate) fn new(sidecar: Sidecar, store: &str, name: &str, key: &str) -> Self {
         Self {
             sidecar,
             store: store.to_string(),
@@ -41,22 +42,24 @@ impl ApiKeySecret {
     }
 
     /// The current key. Never logged.
-    pub async fn fetch(&self) -> Result<Secret, SecretError> {
-        let response = self
-            .sidecar
-            .grpc()
-            .get_secret(GetSecretRequest {
-                store_name: self.store.clone(),
-                key: self.name.clone(),
-                metadata: Default::default(),
-            })
-            .await
-            .map_err(|status| SecretError::Sidecar {
-                store: self.store.clone(),
-                name: self.name.clone(),
-                source: status.into(),
-            })?
-            .into_inner();
+    pub(crate) async fn fetch(&self) -> Result<Secret, SecretError> {
+        let mut grpc = self.sidecar.grpc();
+        let request = GetSecretRequest {
+            store_name: self.store.clone(),
+            key: self.name.clone(),
+            metadata: Default::default(),
+        };
+        let response = timed(
+            Call::new("secrets", "get", "GetSecret"),
+            grpc.get_secret(request),
+        )
+        .await
+        .map_err(|status| SecretError::Sidecar {
+            store: self.store.clone(),
+            name: self.name.clone(),
+            source: status,
+        })?
+        .into_inner();
         response
             .data
             .get(&self.key)
@@ -67,5 +70,13 @@ impl ApiKeySecret {
                 name: self.name.clone(),
                 key: self.key.clone(),
             })
+    }
+}
+
+impl crate::auth::KeySource for ApiKeySecret {
+    type Error = SecretError;
+
+    async fn fetch(&self) -> Result<Secret, SecretError> {
+        ApiKeySecret::fetch(self).await
     }
 }

@@ -9,9 +9,9 @@ use task_api::proto::task::v1 as pb;
 use tonic::Code;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-async fn in_memory() -> Stack {
+async fn redis() -> Stack {
     Stack::builder()
-        .components(ComponentSet::InMemory)
+        .components(ComponentSet::Redis)
         .start()
         .await
         .unwrap()
@@ -23,7 +23,7 @@ fn list() -> pb::ListTasksRequest {
 
 #[tokio::test]
 async fn api_key_is_required_and_checked() {
-    let stack = in_memory().await;
+    let stack = redis().await;
     let app = TestApp::task_api(&stack, Options::default()).await;
 
     let mut anonymous = app.client_with("x-unrelated", "1").await;
@@ -67,7 +67,7 @@ async fn api_key_is_required_and_checked() {
 
 #[tokio::test]
 async fn the_sidecar_token_stands_in_for_the_api_key() {
-    let stack = in_memory().await;
+    let stack = redis().await;
     let app = TestApp::task_api(
         &stack,
         Options {
@@ -89,7 +89,7 @@ async fn the_sidecar_token_stands_in_for_the_api_key() {
 
 #[tokio::test]
 async fn auth_can_be_disabled_explicitly() {
-    let stack = in_memory().await;
+    let stack = redis().await;
     let app = TestApp::task_api(
         &stack,
         Options {
@@ -107,7 +107,7 @@ async fn auth_can_be_disabled_explicitly() {
 /// reads the new key.
 #[tokio::test]
 async fn a_rotated_key_takes_effect_without_a_restart() {
-    let stack = in_memory().await;
+    let stack = redis().await;
     let app = TestApp::task_api(
         &stack,
         Options {
@@ -150,7 +150,7 @@ async fn a_rotated_key_takes_effect_without_a_restart() {
 
 #[tokio::test]
 async fn a_missing_secret_store_stops_start_up_with_a_clear_message() {
-    let stack = in_memory().await;
+    let stack = redis().await;
     let error = TestApp::try_task_api(
         &stack,
         Options {
@@ -173,7 +173,7 @@ async fn a_missing_secret_store_stops_start_up_with_a_clear_message() {
 
 #[tokio::test]
 async fn a_missing_secret_stops_start_up_with_a_clear_message() {
-    let stack = in_memory().await;
+    let stack = redis().await;
     let error = TestApp::try_task_api(
         &stack,
         Options {
@@ -195,7 +195,7 @@ async fn a_missing_secret_stops_start_up_with_a_clear_message() {
 #[tokio::test]
 async fn no_method_answers_without_valid_credentials() {
     use prost::Message;
-    let stack = in_memory().await;
+    let stack = redis().await;
     let (app, notifications) =
         TestApp::task_api_with_notifications(&stack, Options::default()).await;
 

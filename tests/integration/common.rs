@@ -67,8 +67,20 @@ pub struct TestApp {
     server: Option<JoinHandle<Result<(), StartupError>>>,
 }
 
+/// An error with its causes, as one line.
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 fn init_logs() {
-    task_api::telemetry::init(task_api::config::LogFormat::Text);
+    task_api::startup::init_logging(task_api::config::LogFormat::Text);
 }
 
 fn settings(stack: &Stack, grpc_port: u16, options: &Options) -> Settings {
@@ -104,15 +116,13 @@ impl TestApp {
         init_logs();
         let builder = stack.sidecar(options.app_id.unwrap_or("task-api")).unwrap();
         let config = TaskApiConfig::from_settings(&settings(stack, builder.grpc_port(), &options))
-            .map_err(|e| e.to_string())?;
-        let app = Application::task_api(config)
-            .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| chain(&e))?;
+        let app = Application::task_api(config).await.map_err(|e| chain(&e))?;
         Self::run(stack, app, builder, options).await
     }
 
-    /// notification-service, then task-api, on `stack` (completions get notified, so the
-    /// synchronous in-memory pub/sub is never held up by redelivery attempts).
+    /// notification-service, then task-api, on `stack` (so completions get notified at once,
+    /// not retried until notification-service is up).
     pub async fn task_api_with_notifications(
         stack: &Stack,
         options: Options,
@@ -158,7 +168,7 @@ impl TestApp {
         if let Some(path) = &options.config_file {
             builder = builder.config_file(path.clone());
         }
-        let sidecar = builder.start().await.map_err(|e| e.to_string())?;
+        let sidecar = builder.start().await.map_err(|e| chain(&e))?;
         let mut app = TestApp {
             port,
             sidecar,
@@ -176,7 +186,7 @@ impl TestApp {
             if app.server.as_ref().is_some_and(|s| s.is_finished()) {
                 let result = app.server.take().unwrap().await.unwrap();
                 return Err(match result {
-                    Err(e) => e.to_string(),
+                    Err(e) => chain(&e),
                     Ok(()) => "the app stopped".into(),
                 });
             }
@@ -251,6 +261,47 @@ pub async fn create(client: &mut Client, title: &str, priority: Option<i32>) -> 
         .unwrap()
         .into_inner()
 }
+
+/// Every task of the listing `request` asks for, from its page token on, and how many pages
+/// that took. No page holds more than the page size asked for.
+pub async fn page_through(
+    client: &mut Client,
+    mut request: pb::ListTasksRequest,
+) -> (Vec<pb::Task>, usize) {
+    let mut tasks = Vec::new();
+    let mut pages = 0;
+    loop {
+        let page = client
+            .list_tasks(request.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        pages += 1;
+        if request.page_size > 0 {
+            assert!(page.tasks.len() <= request.page_size as usize);
+        }
+        tasks.extend(page.tasks);
+        if page.next_page_token.is_empty() {
+            return (tasks, pages);
+        }
+        request.page_token = page.next_page_token;
+    }
+}
+
+/// One `#[tokio::test]` per store for a case written once over a [`devstack::ComponentSet`].
+/// Each test is named in full (`per_store!(crud: crud_on_redis => Redis, ...)`), so the names
+/// the README and CI list can be found as written.
+macro_rules! per_store {
+    ($case:ident: $($test:ident => $set:ident),+ $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $test() {
+                $case(devstack::ComponentSet::$set).await;
+            }
+        )+
+    };
+}
+pub(crate) use per_store;
 
 /// An app that subscribes to topics and reports every delivered event.
 pub struct EventProbe {
@@ -329,23 +380,26 @@ impl EventProbe {
     }
 }
 
-/// Waits until task-api has taken and acknowledged everything published so far on `topics`
-/// (durable brokers only): a negative check ("nothing more happened") that waits exactly as long
-/// as it must.
+/// Waits until task-api has taken and acknowledged everything published so far on `topics`: a
+/// negative check ("nothing more happened") that waits exactly as long as it must. On Kafka the
+/// outbox topics have a consumer group of their own.
 pub async fn wait_until_handled(stack: &Stack, topics: &[&str]) {
-    wait_until_consumed(stack, "task-api", topics).await;
+    let (outbox, events): (Vec<&str>, Vec<&str>) = topics
+        .iter()
+        .partition(|topic| topic.starts_with("task-events-outbox"));
+    let outbox_group = if stack.kafka().is_some() {
+        "task-api-outbox"
+    } else {
+        "task-api"
+    };
+    wait_until_consumed(stack, "task-api", &events).await;
+    wait_until_consumed(stack, outbox_group, &outbox).await;
 }
 
 /// Waits until consumer group `group` (an app id) has acknowledged everything on `topics`: on
 /// Redis streams nothing pending or undelivered, on Kafka no lag (offsets are committed only
 /// after a message was handled).
 pub async fn wait_until_consumed(stack: &Stack, group: &str, topics: &[&str]) {
-    if !stack.components().durable_broker() {
-        // The in-memory broker keeps no count of what is pending: a quiet period instead, for
-        // negative checks (anything still on its way gets this long to show up).
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        return;
-    }
     eventually(Duration::from_secs(90), || async {
         consumed(stack, group, topics).then_some(())
     })
@@ -361,7 +415,7 @@ fn consumed(stack: &Stack, group: &str, topics: &[&str]) -> bool {
             Err(_) => false,
         };
     }
-    let broker = stack.broker().or(stack.redis()).expect("a durable broker");
+    let broker = stack.broker().or(stack.redis()).expect("a broker");
     topics.iter().all(
         |topic| matches!(broker.backlog(topic, group), Ok(Some(backlog)) if backlog.is_empty()),
     )
@@ -451,6 +505,8 @@ pub mod kubernetes {
 pub struct BinaryApp {
     pub binary: &'static str,
     pub port: u16,
+    /// Where it serves `/metrics`.
+    pub metrics_port: u16,
     pub sidecar: Sidecar,
     pub process: devstack::ManagedProcess,
     env: Vec<(String, String)>,
@@ -461,16 +517,22 @@ impl BinaryApp {
     /// ready (grpc.health.v1 `""` SERVING).
     pub async fn start(stack: &Stack, binary: &'static str, env: &[(&str, &str)]) -> BinaryApp {
         let port = devstack::free_port().unwrap();
+        let metrics_port = devstack::free_port().unwrap();
         let builder = stack.sidecar(binary).unwrap().app_port(port);
         let mut all_env = vec![
             ("APP_HOST".to_string(), "127.0.0.1".to_string()),
             ("APP_PORT".to_string(), port.to_string()),
+            ("METRICS_PORT".to_string(), metrics_port.to_string()),
             (
                 "DAPR_GRPC_PORT".to_string(),
                 builder.grpc_port().to_string(),
             ),
             ("APP_API_TOKEN".to_string(), stack.app_token().to_string()),
-            ("RUST_LOG".to_string(), "warn".to_string()),
+            // TEST_APP_LOG raises it to diagnose a failure (printed when a test fails).
+            (
+                "RUST_LOG".to_string(),
+                std::env::var("TEST_APP_LOG").unwrap_or_else(|_| "warn".to_string()),
+            ),
         ];
         all_env.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let process = spawn_binary(stack, binary, &all_env);
@@ -478,6 +540,7 @@ impl BinaryApp {
         let app = BinaryApp {
             binary,
             port,
+            metrics_port,
             sidecar,
             process,
             env: all_env,
@@ -490,6 +553,16 @@ impl BinaryApp {
     pub fn kill(&mut self) {
         self.process.signal(libc::SIGKILL);
         self.process.stop(Duration::from_secs(5));
+    }
+
+    /// Freezes the app (SIGSTOP): its sidecar goes on taking deliveries that it cannot answer.
+    pub fn pause(&self) {
+        self.process.signal(libc::SIGSTOP);
+    }
+
+    /// Lets a paused app run again (SIGCONT).
+    pub fn resume(&self) {
+        self.process.signal(libc::SIGCONT);
     }
 
     /// Starts the binary again on the same port, and waits until it is ready.
@@ -518,6 +591,43 @@ impl BinaryApp {
 
     pub async fn wait_until_ready(&self, within: Duration) {
         eventually(within, || async { self.ready().await.then_some(()) }).await;
+    }
+
+    /// The sum of a metric's samples whose labels include every one of `labels`, from the app's
+    /// `/metrics` (Prometheus text); 0 when none match.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        Scrape::of(self.metrics_port, "/metrics")
+            .await
+            .sum(name, labels)
+    }
+}
+
+/// One reading of a process's metrics (Prometheus text); empty when nothing answered.
+pub struct Scrape(String);
+
+impl Scrape {
+    /// Reads `http://127.0.0.1:{port}{path}`.
+    pub async fn of(port: u16, path: &str) -> Scrape {
+        match devstack::http::get(port, path).await {
+            Ok(response) => Scrape(response.text()),
+            Err(_) => Scrape(String::new()),
+        }
+    }
+
+    /// Reads daprd's own metrics.
+    pub async fn sidecar(sidecar: &Sidecar) -> Scrape {
+        Scrape::of(sidecar.metrics_port(), "/").await
+    }
+
+    /// The metrics as read, for a failure message.
+    pub fn text(&self) -> &str {
+        &self.0
+    }
+
+    /// The sum of the samples of `name` whose labels include every one of `labels`; 0 when
+    /// none match.
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        devstack::prometheus::sum(&self.0, name, labels)
     }
 }
 

@@ -1,11 +1,14 @@
 //! Wire compatibility with the Python original: a task it stored in Redis (through Dapr) is read
 //! and updated here, and what is written back is read by Python again.
 
-use std::process::Command;
+use std::{process::Command, time::Duration};
 
 use crate::common::{Options, TestApp};
 use devstack::{ComponentSet, Stack};
-use task_api::proto::task::v1::{self as pb, TaskStatus};
+use task_api::proto::{
+    notification::v1::ListNotificationsRequest,
+    task::v1::{self as pb, TaskStatus},
+};
 
 /// What the original stores: `Task.model_dump_json()` of a pydantic model with naive UTC
 /// datetimes, saved by Dapr's Redis state store as hash fields `data` and `version`.
@@ -36,8 +39,8 @@ async fn a_task_stored_by_the_python_original_is_read_and_updated() {
     assert_eq!(task.priority, 2);
     assert_eq!(task.description, None);
     assert_eq!(
-        task.etag, "0",
-        "revision 0: stored by another implementation"
+        task.etag, "1736937000123456",
+        "written by the original: its revision is the time of its last update, in µs"
     );
     let created = task.created_at.unwrap();
     assert_eq!(
@@ -51,12 +54,15 @@ async fn a_task_stored_by_the_python_original_is_read_and_updated() {
         .update_task_status(pb::UpdateTaskStatusRequest {
             id: ID.into(),
             status: TaskStatus::Completed as i32,
-            etag: "0".into(),
+            etag: "1736937000123456".into(),
         })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(completed.etag, "1", "task-api's first change");
+    assert_eq!(
+        completed.etag, "1736937000123457",
+        "task-api's first change"
+    );
 
     let stored = redis.cli(&["HGET", &key, "data"]).unwrap();
     let document: serde_json::Value = serde_json::from_str(&stored).unwrap();
@@ -75,14 +81,14 @@ async fn a_task_stored_by_the_python_original_is_read_and_updated() {
         "created_at",
         "updated_at",
     ];
-    let ours = ["due_at", "remind_at", "revision", "changes"];
+    let ours = ["due_at", "remind_at", "revision", "unpublished"];
     let mut expected: Vec<&str> = original.iter().copied().chain(ours).collect();
     expected.sort();
     let mut sorted = keys.clone();
     sorted.sort();
     assert_eq!(
         sorted, expected,
-        "the original's fields, plus the deadline, revision and changes"
+        "the original's fields, plus the deadline, revision and unpublished changes"
     );
     let offsets: Vec<usize> = original
         .iter()
@@ -93,7 +99,10 @@ async fn a_task_stored_by_the_python_original_is_read_and_updated() {
         offsets.is_sorted(),
         "the original's fields first, in its order: {stored}"
     );
-    assert_eq!(document["revision"], 1, "the first change task-api made");
+    assert_eq!(
+        document["revision"], 1_736_937_000_123_457_u64,
+        "the first change task-api made"
+    );
     assert_eq!(document["due_at"], serde_json::Value::Null, "no due date");
     assert_eq!(document["status"], "completed");
     assert_eq!(document["description"], serde_json::Value::Null);
@@ -484,4 +493,155 @@ async fn every_task_the_original_can_store_reads_lists_and_updates() {
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
     assert!(refused.message().contains("title"), "{refused:?}");
+}
+
+/// The original rewrites task `id` as it would through Dapr: its own fields only (task-api's
+/// revision and unpublished changes gone), `updated_at` stamped with its clock, the Redis
+/// version moved on.
+fn original_rewrites(redis: &devstack::Redis, id: &str, status: &str) {
+    let key = format!("task-api||task-{id}");
+    let now = chrono::Utc::now()
+        .format("%Y-%m-%dT%H:%M:%S%.6f")
+        .to_string();
+    let stored = redis.cli(&["HGET", &key, "data"]).unwrap();
+    let before: serde_json::Value = serde_json::from_str(&stored).unwrap();
+    let document = serde_json::json!({
+        "id": id,
+        "title": before["title"],
+        "description": before["description"],
+        "status": status,
+        "priority": before["priority"],
+        "created_at": before["created_at"],
+        "updated_at": now,
+    })
+    .to_string();
+    redis.cli(&["HSET", &key, "data", &document]).unwrap();
+    redis.cli(&["HINCRBY", &key, "version", "1"]).unwrap();
+}
+
+/// task-api → the original → task-api on one task, twice: revisions keep growing, every change
+/// is published once under an id never used before, every completion is notified once under a
+/// key never used before, and an ETag read before a rewrite is stale after it.
+#[tokio::test]
+async fn history_never_rewinds_when_the_original_rewrites_a_task() {
+    let stack = Stack::builder()
+        .components(ComponentSet::Redis)
+        .start()
+        .await
+        .unwrap();
+    let mut probe = crate::common::EventProbe::start("pubsub", &["task-events"]).await;
+    let _probe_sidecar = stack
+        .sidecar("event-probe")
+        .unwrap()
+        .app_port(probe.port)
+        .start()
+        .await
+        .unwrap();
+    let (app, notifications) =
+        TestApp::task_api_with_notifications(&stack, Options::default()).await;
+    let mut client = app.client().await;
+    let redis = stack.redis().unwrap();
+    let complete = |id: &str, etag: &str| pb::UpdateTaskStatusRequest {
+        id: id.into(),
+        status: TaskStatus::Completed as i32,
+        etag: etag.into(),
+    };
+    let task = client
+        .create_task(pb::CreateTaskRequest {
+            title: "Kept by two programs".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let id = task.id.clone();
+    let mut etags = vec![task.etag.clone()];
+    let done = client
+        .update_task_status(complete(&id, &task.etag))
+        .await
+        .unwrap()
+        .into_inner();
+    etags.push(done.etag.clone());
+    let mut ids = Vec::new();
+    // One program at a time: task-api's events are out before the original writes.
+    for _ in 0..2 {
+        ids.push(probe.next(Duration::from_secs(30)).await.id);
+    }
+    for round in 0..2 {
+        let read_before = client
+            .get_task(pb::GetTaskRequest { id: id.clone() })
+            .await
+            .unwrap()
+            .into_inner()
+            .etag;
+        original_rewrites(redis, &id, "pending");
+        let stale = client
+            .update_task(pb::UpdateTaskRequest {
+                id: id.clone(),
+                title: Some("overwrites the rewrite".into()),
+                etag: read_before.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            stale.code(),
+            tonic::Code::Aborted,
+            "round {round}: {stale:?}"
+        );
+        let now = client
+            .get_task(pb::GetTaskRequest { id: id.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            now.status,
+            TaskStatus::Pending as i32,
+            "the rewrite is seen"
+        );
+        etags.push(now.etag.clone());
+        let done = client
+            .update_task_status(complete(&id, &now.etag))
+            .await
+            .unwrap()
+            .into_inner();
+        etags.push(done.etag.clone());
+        ids.push(probe.next(Duration::from_secs(30)).await.id);
+    }
+    let revisions: Vec<u64> = etags.iter().map(|e| e.parse().unwrap()).collect();
+    assert!(
+        revisions.windows(2).all(|w| w[0] < w[1]),
+        "revisions only grow: {revisions:?}"
+    );
+    // Every change task-api made is published once, under an id of its own.
+    let ours = [revisions[0], revisions[1], revisions[3], revisions[5]];
+    let mut expected: Vec<String> = ours.iter().map(|r| format!("{id}.{r}")).collect();
+    expected.sort();
+    ids.sort();
+    assert_eq!(ids, expected, "each change once, each id new");
+    probe.expect_none(Duration::from_secs(3)).await;
+    // Three completions, three notifications, three keys.
+    let received = crate::common::eventually(Duration::from_secs(30), || async {
+        let received = notifications
+            .notifications_client()
+            .await
+            .list_notifications(ListNotificationsRequest {
+                task_id: id.clone(),
+            })
+            .await
+            .ok()?
+            .into_inner()
+            .notifications;
+        (received.len() >= 3).then_some(received)
+    })
+    .await;
+    let keys: Vec<String> = received.iter().map(|n| n.id.clone()).collect();
+    let expected: Vec<String> = [1, 3, 5]
+        .iter()
+        .map(|i| format!("{id}.{}", revisions[*i]))
+        .collect();
+    assert_eq!(
+        keys, expected,
+        "each completion once, under a key never used before"
+    );
 }

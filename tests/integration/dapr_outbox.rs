@@ -20,6 +20,24 @@ use dapr::dapr::proto::{
 };
 use devstack::{ComponentSet, Stack};
 
+/// A Redis streams component with daprd's default delivery workers (10): what a Dapr user gets
+/// unless they raise `concurrency`, as task-api's own components do.
+fn default_pubsub(address: &str) -> String {
+    format!(
+        "apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata:
+  name: defaultpubsub
+spec:
+  type: pubsub.redis
+  version: v1
+  metadata:
+    - name: redisHost
+      value: \"{address}\"
+"
+    )
+}
+
 fn outbox_store(connection: &str) -> String {
     format!(
         "apiVersion: dapr.io/v1alpha1
@@ -35,7 +53,7 @@ spec:
     - name: tablePrefix
       value: outbox_
     - name: outboxPublishPubsub
-      value: pubsub
+      value: defaultpubsub
     - name: outboxPublishTopic
       value: outbox-events
     - name: outboxDiscardWhenMissingState
@@ -66,10 +84,12 @@ async fn upsert(dapr: &mut DaprClient<tonic::transport::Channel>, key: &str) {
 }
 
 /// Transactions that lose an ETag race leave internal messages whose marker never appears; each
-/// holds one of the broker's delivery workers (10 on Redis streams) for the whole marker search
-/// (1 s, then 10 s), and messages queued behind them past `processingTimeout` are handed out
-/// again: after a burst of 29 conflicts on one key, an unrelated change waits more than 30 s for
-/// its event. Conflicts are routine for task-api (every racing writer without an ETag).
+/// holds one of the broker's delivery workers (10 on Redis streams unless `concurrency` says
+/// otherwise) for the whole marker search (1 s, then 10 s), and messages queued behind them past
+/// `processingTimeout` are handed out again: after a burst of 29 conflicts on one key, an
+/// unrelated change waits more than 30 s for its event. More workers move the threshold (with
+/// 100, 29 conflicts no longer stall it), not the mechanism. Conflicts are routine for task-api
+/// (every racing writer without an ETag).
 #[tokio::test]
 async fn conflicts_hold_up_daprs_outbox() {
     let stack = Stack::builder()
@@ -83,7 +103,12 @@ async fn conflicts_hold_up_daprs_outbox() {
         outbox_store(&connection),
     )
     .unwrap();
-    let mut subscriber = EventProbe::start("pubsub", &["outbox-events"]).await;
+    std::fs::write(
+        stack.resources_dir().join("defaultpubsub.yaml"),
+        default_pubsub(&stack.broker().unwrap().address()),
+    )
+    .unwrap();
+    let mut subscriber = EventProbe::start("defaultpubsub", &["outbox-events"]).await;
     let _subscriber_sidecar = stack
         .sidecar("outbox-subscriber")
         .unwrap()

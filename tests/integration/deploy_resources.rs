@@ -3,7 +3,10 @@
 //! Components need a cluster: the `kubernetes` secret store and secret references. The
 //! self-hosted components in components/ are loaded by every other integration test.)
 
-use crate::common::kubernetes::{documents, render_overlay};
+use crate::common::{
+    Scrape,
+    kubernetes::{documents, render_overlay},
+};
 use devstack::Stack;
 
 #[tokio::test]
@@ -39,13 +42,26 @@ async fn the_kubernetes_configurations_and_resiliency_load_in_a_real_daprd() {
             .start()
             .await
             .unwrap_or_else(|e| panic!("daprd refused {name}: {e}"));
-        assert!(
-            sidecar.log_contains(&format!(
-                "Loading Resiliency configuration: {resiliency_name}"
-            )),
+        // daprd counts a Resiliency as loaded only once it has decoded every policy of it.
+        let loaded = Scrape::sidecar(&sidecar)
+            .await
+            .sum("dapr_resiliency_loaded", &[("name", resiliency_name)]);
+        assert_eq!(
+            loaded, 1.0,
             "{app_id}: the Resiliency is in scope and loaded"
         );
-        let errors = sidecar.process_log_lines("level=error");
-        assert!(errors.is_empty(), "{app_id}: {errors:#?}");
+        let metadata = sidecar.metadata().await.unwrap();
+        let mut components: Vec<&str> = metadata["components"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|component| component["name"].as_str())
+            .collect();
+        components.sort_unstable();
+        assert_eq!(
+            components,
+            ["pubsub", "secretstore", "statestore"],
+            "{app_id}: every component initialised: {metadata}"
+        );
     }
 }

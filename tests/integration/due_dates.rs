@@ -13,7 +13,6 @@ use chrono::{DateTime, Utc};
 use dapr::dapr::proto::runtime::v1::{self as rt, app_callback_client::AppCallbackClient};
 use devstack::{ComponentSet, Sidecar, Stack};
 use task_api::{
-    api::convert::timestamp,
     domain::time,
     proto::{
         notification::v1::ListNotificationsRequest,
@@ -22,6 +21,14 @@ use task_api::{
 };
 use tokio::task::JoinSet;
 use tonic::{Code, transport::Channel};
+
+/// A time as the proto carries it.
+fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: at.timestamp(),
+        nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
 
 /// Redis for state and broker, and the scheduler.
 async fn stack() -> Stack {

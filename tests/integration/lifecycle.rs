@@ -6,10 +6,10 @@ use std::{
         Arc,
         atomic::{AtomicUsize, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use crate::common::{Options, TestApp, WithHeader, create};
+use crate::common::{Options, TestApp, WithHeader, create, eventually};
 use devstack::{AppProcess, ComponentSet, Stack, free_port};
 use task_api::proto::task::v1::{self as pb, task_service_client::TaskServiceClient};
 use tokio_stream::StreamExt;
@@ -116,8 +116,8 @@ async fn readiness_waits_for_the_sidecar_and_liveness_does_not() {
 #[tokio::test]
 async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     const IN_FLIGHT: usize = 20;
-    // Redis, not the in-memory broker: in-memory pub/sub delivers inside the publish call, so a
-    // publish would wait on task-api's own closed subscription and time out.
+    // A broker that takes a publish without waiting for its subscribers, so no publish waits on
+    // task-api's own subscription, which closes at SIGTERM.
     let stack = Stack::builder()
         .components(ComponentSet::Redis)
         .start()
@@ -177,12 +177,12 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
             finished.fetch_add(1, Ordering::SeqCst);
         });
     }
-    // Polls the log, with a deadline, for the fact that every request reached the app.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while started(&process) - before < IN_FLIGHT {
-        assert!(Instant::now() < deadline, "{}", process.log_tail(20));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // The app's log, because nothing else tells a request in progress: its metrics count the
+    // calls that have ended.
+    eventually(Duration::from_secs(10), || async {
+        (started(&process) - before >= IN_FLIGHT).then_some(())
+    })
+    .await;
     process.signal(libc::SIGTERM);
     assert_eq!(
         finished.load(Ordering::SeqCst),
@@ -194,19 +194,14 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
         result.expect("an in-flight request was cut off");
     }
     assert_eq!(finished.load(Ordering::SeqCst), IN_FLIGHT);
-    // Polls for the exit, with a deadline.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(status) = process.exit_status() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "task-api did not exit after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = eventually(Duration::from_secs(15), || {
+        let status = process.exit_status();
+        async move { status }
+    })
+    .await;
     assert_eq!(status.code(), Some(0), "{}", process.log_tail(20));
+    // The binary's own word to its operator that it drained and stopped: the process is gone,
+    // so no API is left to ask.
     assert!(process.log_contains("shutting down"));
     assert!(process.log_contains("stopped"));
 }
@@ -368,12 +363,10 @@ fn shutdown_closes_readiness_for_good_and_ends_every_background_task() {
             .connect()
             .await
             .unwrap();
-        let started = Instant::now();
-        while health(channel.clone(), "").await.ok() != Some(1) {
-            assert!(started.elapsed() < Duration::from_secs(30), "never ready");
-            // Poll interval; the loop has a deadline.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        eventually(Duration::from_secs(30), || async {
+            (health(channel.clone(), "").await.ok() == Some(1)).then_some(())
+        })
+        .await;
 
         // A watch of readiness: a call in flight, which the drain waits for.
         let mut watch = HealthClient::new(channel.clone())
@@ -414,16 +407,11 @@ fn shutdown_closes_readiness_for_good_and_ends_every_background_task() {
             .unwrap();
         assert!(result.is_ok(), "{result:?}");
         let metrics = app_runtime.metrics();
-        let ended = Instant::now();
-        while metrics.num_alive_tasks() > 0 {
-            assert!(
-                ended.elapsed() < Duration::from_secs(3),
-                "{} tasks still alive after the app returned",
-                metrics.num_alive_tasks()
-            );
-            // Poll interval; the loop has a deadline.
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        // Every task the app started ends soon after it returned.
+        eventually(Duration::from_secs(3), || async {
+            (metrics.num_alive_tasks() == 0).then_some(())
+        })
+        .await;
     });
     app_runtime.shutdown_timeout(Duration::from_secs(1));
 }

@@ -9,32 +9,9 @@ use std::{
     },
 };
 
-use crate::common::{Client, Options, TestApp, create};
+use crate::common::{Options, TestApp, create, page_through, per_store};
 use devstack::{ComponentSet, Stack};
 use task_api::proto::task::v1::{self as pb, TaskStatus};
-
-/// Every page of a listing with `status` (all when unspecified), `page_size` at a time.
-async fn page_through(client: &mut Client, status: TaskStatus, page_size: i32) -> Vec<pb::Task> {
-    let mut tasks = Vec::new();
-    let mut token = String::new();
-    loop {
-        let page = client
-            .list_tasks(pb::ListTasksRequest {
-                status: status as i32,
-                page_size,
-                page_token: token,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        tasks.extend(page.tasks);
-        if page.next_page_token.is_empty() {
-            return tasks;
-        }
-        token = page.next_page_token;
-    }
-}
 
 /// Tasks that exist, unchanged, for the whole paging are each listed exactly once (and in order),
 /// while other tasks are created, change status and are deleted all along.
@@ -131,7 +108,12 @@ async fn paging_under_concurrent_changes(components: ComponentSet) {
             (TaskStatus::Pending, 9),
             (TaskStatus::InProgress, 4),
         ] {
-            let listed = page_through(&mut client, status, page_size).await;
+            let request = pb::ListTasksRequest {
+                status: status as i32,
+                page_size,
+                ..Default::default()
+            };
+            let (listed, _) = page_through(&mut client, request).await;
             let mut seen = BTreeSet::new();
             for task in &listed {
                 assert!(seen.insert(task.id.clone()), "{} listed twice", task.id);
@@ -164,17 +146,8 @@ async fn paging_under_concurrent_changes(components: ComponentSet) {
     }
 }
 
-#[tokio::test]
-async fn paging_under_concurrent_changes_in_memory() {
-    paging_under_concurrent_changes(ComponentSet::InMemory).await;
-}
-
-#[tokio::test]
-async fn paging_under_concurrent_changes_on_redis() {
-    paging_under_concurrent_changes(ComponentSet::Redis).await;
-}
-
-#[tokio::test]
-async fn paging_under_concurrent_changes_on_postgres() {
-    paging_under_concurrent_changes(ComponentSet::Postgres).await;
+per_store! {
+    paging_under_concurrent_changes:
+    paging_under_concurrent_changes_on_redis => Redis,
+    paging_under_concurrent_changes_on_postgres => Postgres,
 }

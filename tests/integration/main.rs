@@ -15,5 +15,8 @@ mod due_dates;
 mod faults;
 mod lifecycle;
 mod listing;
+mod observability;
 mod run_command;
+mod sidecar_calls;
+mod soak;
 mod task_service;

@@ -1,14 +1,11 @@
 //! The run command as a user runs it: `scripts/run`, then the README's grpcurl walkthrough with
 //! a real grpcurl, then Ctrl-C, after which none of its processes may be left.
 
-use std::{
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::{process::Command, time::Duration};
 
 use devstack::{LogSink, ManagedProcess, repo_root, walkthrough};
 
-use crate::common::grpcurl;
+use crate::common::{eventually, grpcurl};
 
 /// The first build of the release binaries may happen here.
 const READY_TIMEOUT: Duration = Duration::from_secs(900);
@@ -93,31 +90,23 @@ async fn the_readme_walkthrough_works_against_the_run_command() {
     );
 
     // A port already served by someone else: the run command stops at once and names it.
-    let squatter = loop {
-        match std::net::TcpListener::bind("127.0.0.1:50052") {
-            Ok(listener) => break listener,
-            // Held by a closing connection of an earlier test; it frees itself.
-            Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
-        }
-    };
+    // The port may still be held by a closing connection of an earlier test; it frees itself.
+    let squatter = eventually(Duration::from_secs(120), || async {
+        std::net::TcpListener::bind("127.0.0.1:50052").ok()
+    })
+    .await;
     let mut refused = Command::new(repo_root().join("scripts/run"));
     refused
         .current_dir(repo_root())
         .env_remove("TASK_API_COMPONENTS");
     let mut refused = ManagedProcess::spawn("scripts/run", refused, LogSink::Capture).unwrap();
-    let deadline = Instant::now() + READY_TIMEOUT;
-    let status = loop {
-        if let Some(status) = refused.exit_status() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "scripts/run did not fail on a taken port"
-        );
-        // Poll interval of a loop with a deadline, not synchronisation.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let status = eventually(READY_TIMEOUT, || {
+        let status = refused.exit_status();
+        async move { status }
+    })
+    .await;
     assert!(!status.success());
+    // What the run command tells its user is the behaviour under test.
     assert!(
         refused.log_contains("port 50052 is already in use"),
         "{}",
@@ -130,6 +119,8 @@ async fn the_readme_walkthrough_works_against_the_run_command() {
         .current_dir(repo_root())
         .env_remove("TASK_API_COMPONENTS");
     let mut stack_run = ManagedProcess::spawn("scripts/run", script, LogSink::Capture).unwrap();
+    // The ready line and the banner after it are what the run command shows its user (and the
+    // banner is where the walkthrough's API key comes from).
     stack_run
         .wait_for_log("==> ready:", READY_TIMEOUT)
         .await
@@ -204,24 +195,17 @@ async fn the_readme_walkthrough_works_against_the_run_command() {
     assert!(ok, "{out}");
     assert_eq!(json(&out)["status"], "TASK_STATUS_COMPLETED");
 
-    let started = Instant::now();
-    loop {
+    let (received, out) = eventually(Duration::from_secs(20), || async {
         let (ok, out) = sh(&notifications[0], &vars);
         assert!(ok, "{out}");
-        let received = json(&out);
-        if let Some(list) = received["notifications"].as_array() {
-            assert_eq!(list.len(), 1, "{out}");
-            assert_eq!(list[0]["taskId"], id.as_str());
-            assert_eq!(list[0]["type"], "task_completed");
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "no notification: {out}"
-        );
-        // Poll interval of a loop with a deadline, not synchronisation.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        let list = json(&out)["notifications"].as_array()?.clone();
+        Some((list, out))
+    })
+    .await;
+    assert_eq!(received.len(), 1, "{out}");
+    assert_eq!(received[0]["taskId"], id.as_str());
+    assert_eq!(received[0]["type"], "task_completed");
+    // The prefix is how the run command's user tells the apps' logs apart.
     assert!(
         stack_run.log_contains("[notification-service]"),
         "app logs are prefixed"
@@ -237,46 +221,29 @@ async fn the_readme_walkthrough_works_against_the_run_command() {
     );
     let due_id = due["id"].as_str().unwrap().to_string();
     let due_vars = [("DUE_ID", due_id.as_str())];
-    let started = Instant::now();
-    loop {
+    let (kinds, out) = eventually(Duration::from_secs(45), || async {
         let (ok, out) = sh(&notifications[1], &due_vars);
         assert!(ok, "{out}");
         let mut kinds: Vec<String> = json(&out)["notifications"]
-            .as_array()
-            .map(|list| {
-                list.iter()
-                    .map(|n| n["type"].as_str().unwrap_or("").to_string())
-                    .collect()
-            })
-            .unwrap_or_default();
+            .as_array()?
+            .iter()
+            .map(|n| n["type"].as_str().unwrap_or("").to_string())
+            .collect();
         kinds.sort();
-        if kinds.len() == 2 {
-            assert_eq!(kinds, ["task_due", "task_reminder"], "{out}");
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(45),
-            "due-date notifications missing: {out}"
-        );
-        // Poll interval of a loop with a deadline, not synchronisation.
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+        (kinds.len() == 2).then_some((kinds, out))
+    })
+    .await;
+    assert_eq!(kinds, ["task_due", "task_reminder"], "{out}");
 
     // Ctrl-C: everything stops, cleanly, and nothing is left behind.
     stack_run.signal(libc::SIGINT);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = stack_run.exit_status() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "scripts/run did not stop on SIGINT"
-        );
-        // Poll interval of a loop with a deadline, not synchronisation.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let status = eventually(Duration::from_secs(60), || {
+        let status = stack_run.exit_status();
+        async move { status }
+    })
+    .await;
     assert_eq!(status.code(), Some(0), "{}", stack_run.log_tail(30));
+    // The run command's last word to its user; the processes and ports are checked below.
     assert!(stack_run.log_contains("==> stopped"));
     let left = processes_using(&workdir);
     assert!(left.is_empty(), "processes left behind: {left:#?}");

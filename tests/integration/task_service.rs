@@ -1,10 +1,8 @@
-//! TaskService through a real daprd, on in-memory components and on Redis.
-
-use crate::common;
+//! TaskService through a real daprd, on Redis and on PostgreSQL.
 
 use std::{collections::HashSet, time::Duration};
 
-use crate::common::{EventProbe, Options, TestApp, create};
+use crate::common::{EventProbe, Options, TestApp, create, page_through, per_store};
 use devstack::{ComponentSet, Stack};
 use task_api::proto::task::v1::{self as pb, TaskStatus};
 use tonic::Code;
@@ -128,24 +126,11 @@ async fn crud(components: ComponentSet) {
     }
 }
 
-#[tokio::test]
-async fn crud_in_memory() {
-    crud(ComponentSet::InMemory).await;
-}
-
-#[tokio::test]
-async fn crud_on_redis() {
-    crud(ComponentSet::Redis).await;
-}
-
-#[tokio::test]
-async fn crud_on_postgres() {
-    crud(ComponentSet::Postgres).await;
-}
+per_store!(crud: crud_on_redis => Redis, crud_on_postgres => Postgres);
 
 #[tokio::test]
 async fn bad_input_is_invalid_argument_naming_field_and_rule() {
-    let stack = stack(ComponentSet::InMemory).await;
+    let stack = stack(ComponentSet::Redis).await;
     let app = TestApp::task_api(&stack, Options::default()).await;
     let mut client = app.client().await;
 
@@ -332,19 +317,10 @@ async fn stale_etag_is_aborted(components: ComponentSet) {
     assert_eq!(malformed.code(), Code::InvalidArgument, "{malformed:?}");
 }
 
-#[tokio::test]
-async fn stale_etag_is_aborted_in_memory() {
-    stale_etag_is_aborted(ComponentSet::InMemory).await;
-}
-
-#[tokio::test]
-async fn stale_etag_is_aborted_on_redis() {
-    stale_etag_is_aborted(ComponentSet::Redis).await;
-}
-
-#[tokio::test]
-async fn stale_etag_is_aborted_on_postgres() {
-    stale_etag_is_aborted(ComponentSet::Postgres).await;
+per_store! {
+    stale_etag_is_aborted:
+    stale_etag_is_aborted_on_redis => Redis,
+    stale_etag_is_aborted_on_postgres => Postgres,
 }
 
 /// Four writers per task change four different fields at the same moment, without ETags.
@@ -414,19 +390,10 @@ async fn concurrent_updates_lose_nothing(components: ComponentSet) {
     }
 }
 
-#[tokio::test]
-async fn concurrent_updates_lose_nothing_in_memory() {
-    concurrent_updates_lose_nothing(ComponentSet::InMemory).await;
-}
-
-#[tokio::test]
-async fn concurrent_updates_lose_nothing_on_redis() {
-    concurrent_updates_lose_nothing(ComponentSet::Redis).await;
-}
-
-#[tokio::test]
-async fn concurrent_updates_lose_nothing_on_postgres() {
-    concurrent_updates_lose_nothing(ComponentSet::Postgres).await;
+per_store! {
+    concurrent_updates_lose_nothing:
+    concurrent_updates_lose_nothing_on_redis => Redis,
+    concurrent_updates_lose_nothing_on_postgres => Postgres,
 }
 
 async fn list_filters_and_pages(components: ComponentSet) {
@@ -460,46 +427,15 @@ async fn list_filters_and_pages(components: ComponentSet) {
         all_ids.insert(id.unwrap());
     }
 
-    async fn page_through(
-        client: &mut common::Client,
-        status: TaskStatus,
-        page_size: i32,
-    ) -> (Vec<pb::Task>, usize) {
-        page_through_priority(client, status, None, page_size).await
-    }
-
-    async fn page_through_priority(
-        client: &mut common::Client,
-        status: TaskStatus,
-        priority: Option<i32>,
-        page_size: i32,
-    ) -> (Vec<pb::Task>, usize) {
-        let mut tasks = Vec::new();
-        let mut pages = 0;
-        let mut token = String::new();
-        loop {
-            let page = client
-                .list_tasks(pb::ListTasksRequest {
-                    status: status as i32,
-                    page_size,
-                    page_token: token.clone(),
-                    priority,
-                    overdue: false,
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            pages += 1;
-            assert!(page.tasks.len() <= page_size as usize);
-            tasks.extend(page.tasks);
-            if page.next_page_token.is_empty() {
-                return (tasks, pages);
-            }
-            token = page.next_page_token;
-        }
-    }
-
-    let (listed, pages) = page_through(&mut client, TaskStatus::Unspecified, 40).await;
+    let listing =
+        |status: TaskStatus, priority: Option<i32>, page_size: i32| pb::ListTasksRequest {
+            status: status as i32,
+            priority,
+            page_size,
+            ..Default::default()
+        };
+    let (listed, pages) =
+        page_through(&mut client, listing(TaskStatus::Unspecified, None, 40)).await;
     assert_eq!(pages, 8, "300 tasks in pages of 40");
     let listed_ids: HashSet<String> = listed.iter().map(|t| t.id.clone()).collect();
     assert_eq!(listed.len(), 300, "no task repeated");
@@ -515,25 +451,29 @@ async fn list_filters_and_pages(components: ComponentSet) {
     sorted.sort();
     assert_eq!(order, sorted, "oldest first, then by id");
 
-    let (completed, _) = page_through(&mut client, TaskStatus::Completed, 7).await;
+    let (completed, _) = page_through(&mut client, listing(TaskStatus::Completed, None, 7)).await;
     assert_eq!(completed.len(), 100);
     assert!(
         completed
             .iter()
             .all(|t| t.status == TaskStatus::Completed as i32)
     );
-    let (pending, _) = page_through(&mut client, TaskStatus::Pending, 100).await;
+    let (pending, _) = page_through(&mut client, listing(TaskStatus::Pending, None, 100)).await;
     assert_eq!(pending.len(), 200);
-    let (in_progress, _) = page_through(&mut client, TaskStatus::InProgress, 10).await;
+    let (in_progress, _) =
+        page_through(&mut client, listing(TaskStatus::InProgress, None, 10)).await;
     assert!(in_progress.is_empty());
     for priority in 1..=5 {
-        let (of_priority, _) =
-            page_through_priority(&mut client, TaskStatus::Unspecified, Some(priority), 13).await;
+        let (of_priority, _) = page_through(
+            &mut client,
+            listing(TaskStatus::Unspecified, Some(priority), 13),
+        )
+        .await;
         assert_eq!(of_priority.len(), 60, "priority {priority}");
         assert!(of_priority.iter().all(|t| t.priority == priority));
     }
     let (completed_urgent, _) =
-        page_through_priority(&mut client, TaskStatus::Completed, Some(5), 7).await;
+        page_through(&mut client, listing(TaskStatus::Completed, Some(5), 7)).await;
     assert_eq!(completed_urgent.len(), 20);
     let mismatched = client
         .list_tasks(pb::ListTasksRequest {
@@ -584,24 +524,15 @@ async fn list_filters_and_pages(components: ComponentSet) {
         .unwrap()
         .into_inner();
     let newcomer = create(&mut client, "newcomer", None).await;
-    let (rest, _) = {
-        let mut rest = Vec::new();
-        let mut token = first.next_page_token.clone();
-        while !token.is_empty() {
-            let page = client
-                .list_tasks(pb::ListTasksRequest {
-                    page_size: 100,
-                    page_token: token,
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            rest.extend(page.tasks);
-            token = page.next_page_token;
-        }
-        (rest, ())
-    };
+    let (rest, _) = page_through(
+        &mut client,
+        pb::ListTasksRequest {
+            page_size: 100,
+            page_token: first.next_page_token.clone(),
+            ..Default::default()
+        },
+    )
+    .await;
     assert_eq!(first.tasks.len() + rest.len(), 301);
     assert_eq!(rest.last().unwrap().id, newcomer.id);
 
@@ -613,23 +544,15 @@ async fn list_filters_and_pages(components: ComponentSet) {
         })
         .await
         .unwrap();
-    let (after_delete, _) = page_through(&mut client, TaskStatus::Unspecified, 100).await;
+    let (after_delete, _) =
+        page_through(&mut client, listing(TaskStatus::Unspecified, None, 100)).await;
     assert_eq!(after_delete.len(), 300);
 }
 
-#[tokio::test]
-async fn list_filters_and_pages_in_memory() {
-    list_filters_and_pages(ComponentSet::InMemory).await;
-}
-
-#[tokio::test]
-async fn list_filters_and_pages_on_redis() {
-    list_filters_and_pages(ComponentSet::Redis).await;
-}
-
-#[tokio::test]
-async fn list_filters_and_pages_on_postgres() {
-    list_filters_and_pages(ComponentSet::Postgres).await;
+per_store! {
+    list_filters_and_pages:
+    list_filters_and_pages_on_redis => Redis,
+    list_filters_and_pages_on_postgres => Postgres,
 }
 
 /// A second app subscribed to task-events (Redis streams: each app id is its own consumer
@@ -672,8 +595,15 @@ async fn events_have_the_originals_shape() {
             "title",
             "status",
             "timestamp",
-            "revision"
+            "revision",
+            "signature"
         ])
+    );
+    assert!(
+        created["signature"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("v1.")),
+        "signed by task-api: {created}"
     );
     assert_eq!(created["event_type"], "task.created");
     assert_eq!(created["revision"], 1);

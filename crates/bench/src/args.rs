@@ -3,12 +3,21 @@
 use std::{path::PathBuf, time::Duration};
 
 pub const USAGE: &str = "usage: task-api-bench [options]
+       task-api-bench sustained [--brokers LIST] [--rate N | --start-rate N --max-rate N --step-secs N] [--hold-secs N] [--out PATH] [--smoke]
        task-api-bench cost --baseline DIR [--label NAME] [--stores LIST] [--concurrency LIST] [--duration-secs N] [--smoke]
        task-api-bench list [--stores LIST] [--sizes LIST] [--duration-secs N] [--smoke]
        task-api-bench brokers [--brokers LIST] [--concurrency LIST] [--duration-secs N] [--smoke]
+       task-api-bench observe [--concurrency N] [--duration-secs N] [--warmup-secs X] [--rounds N] [--get-pool N] [--out PATH] [--smoke]
 
-Without a command: starts Redis, notification-service and task-api with their Dapr sidecars,
-then measures task-api against the Dapr calls it makes (the ceiling) at each concurrency level.
+Without a command: on each broker (tasks on Redis; events on Redis streams, then Kafka), starts
+the servers, notification-service and task-api with their Dapr sidecars, then measures every
+request type through task-api against the plain app (the calls a simple Dapr app makes for it,
+sent straight to task-api's daprd) at each concurrency level.
+
+sustained: open-loop CreateTask and UpdateTaskStatus(completed), half each: a ramp of rising
+rates finds the highest that task-api keeps up with (calls and events), then 80% of it is held
+(default 60 s) and every completion's notification is timed; the backlog left when the load
+stops is timed too (default brokers redis,kafka).
 
 cost: CreateTask, UpdateTaskStatus and DeleteTask through the task-api and notification-service
 binaries in DIR (an earlier build) and through this build, on each store (default
@@ -18,20 +27,33 @@ list: ListTasks' first page at 1,000, 10,000 and 100,000 tasks (--sizes), unfilt
 status 1% of tasks have, one caller and 8 at once, on each store.
 
 brokers: UpdateTaskStatus throughput and completion-to-notification latency (p50, p99, lost,
-duplicated) on each broker (default in-memory,redis,kafka; concurrency 1,16; 10 s per run).
+duplicated) on each broker (default redis,kafka; concurrency 1,16; 10 s per run).
 
+observe: what tracing and metrics cost. GetTask and CreateTask at 16 in flight (--concurrency),
+on Redis, in three configurations, each on a fresh system: off (no METRICS_PORT, no OTEL_*),
+metrics (METRICS_PORT, Prometheus scraping both apps and both daprd every second) and
+traces+metrics (also the apps' and both daprd's spans to Jaeger over OTLP/gRPC). The
+configurations take turns for --rounds rounds (default 3; 1 s warm-up + 10 s per request); the
+median rps, p50/p99 and the median of the per-round ratios to off are reported
+(target/bench/observe.json). Exit status 2 when an export did not arrive: Prometheus did not
+scrape every target or count every call, Jaeger holds no trace of a request with task-api's and
+its daprd's spans, or an app dropped spans. --smoke: one round, 0.5 s warm-up + 2 s per request.
+
+  --brokers LIST         redis, kafka or both, comma-separated (default redis,kafka; --broker NAME
+                         for one)
   --concurrency LIST     in-flight requests per level, comma-separated (default 1,16,64)
   --duration-secs N      measured seconds per scenario and level (default 10)
   --warmup-secs X        unmeasured seconds before each measurement (default 1)
   --get-pool N           tasks created up front for GetTask and the mix (default 1000)
   --max-pool N           most pending tasks prepared for one status-change run (default 100000)
   --out PATH             where the JSON results go (default target/bench/results.json)
-  --smoke                a few seconds in all: concurrency 1,4, 1 s per scenario, small pools
+  --smoke                a quick check: Redis only, concurrency 1,4, 1 s per scenario, small pools
   -h, --help             this text";
 
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct Args {
+    pub brokers: Vec<devstack::ComponentSet>,
     pub concurrency: Vec<usize>,
     pub duration: Duration,
     pub warmup: Duration,
@@ -49,12 +71,31 @@ pub enum Parsed {
     Cost(crate::cost::CostArgs),
     List(crate::listing::ListArgs),
     Brokers(crate::brokers::BrokerArgs),
+    Sustained(crate::sustained::SustainedArgs),
+    Observe(crate::observe::ObserveArgs),
     Help,
+}
+
+/// Why the command line was refused: said to the user, with the usage.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(String);
+
+impl From<String> for UsageError {
+    fn from(message: String) -> Self {
+        Self(message)
+    }
+}
+
+impl From<&str> for UsageError {
+    fn from(message: &str) -> Self {
+        Self(message.to_string())
+    }
 }
 
 /// Reads the command and its options; `--smoke` changes the defaults, explicit options still
 /// win.
-pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
+pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, UsageError> {
     let mut args = args.into_iter().peekable();
     match args.peek().map(String::as_str) {
         Some("cost") => {
@@ -69,14 +110,22 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
             args.next();
             parse_brokers(args)
         }
-        _ => parse_ceiling(args),
+        Some("sustained") => {
+            args.next();
+            crate::sustained::parse(options(args)?)
+        }
+        Some("observe") => {
+            args.next();
+            crate::observe::parse(options(args)?)
+        }
+        _ => parse_main(args),
     }
 }
 
 /// `--name value` or `--name=value` pairs, and bare flags.
-fn options(
+pub fn options(
     args: impl IntoIterator<Item = String>,
-) -> Result<Vec<(String, Option<String>)>, String> {
+) -> Result<Vec<(String, Option<String>)>, UsageError> {
     const FLAGS: [&str; 3] = ["--smoke", "-h", "--help"];
     let mut out = Vec::new();
     let mut args = args.into_iter();
@@ -85,7 +134,9 @@ fn options(
             Some((name, value)) => out.push((name.to_string(), Some(value.to_string()))),
             None if FLAGS.contains(&arg.as_str()) => out.push((arg, None)),
             None => {
-                let value = args.next().ok_or_else(|| format!("{arg} needs a value"))?;
+                let value = args
+                    .next()
+                    .ok_or_else(|| UsageError::from(format!("{arg} needs a value")))?;
                 out.push((arg, Some(value)));
             }
         }
@@ -93,17 +144,17 @@ fn options(
     Ok(out)
 }
 
-fn parse_stores(text: &str) -> Result<Vec<devstack::ComponentSet>, String> {
+fn parse_stores(text: &str) -> Result<Vec<devstack::ComponentSet>, UsageError> {
     text.split(',')
         .map(|store| match store.trim() {
             "redis" => Ok(devstack::ComponentSet::Redis),
             "postgresql" | "postgres" => Ok(devstack::ComponentSet::Postgres),
-            other => Err(format!("unknown store {other:?}: redis or postgresql")),
+            other => Err(format!("unknown store {other:?}: redis or postgresql").into()),
         })
         .collect()
 }
 
-fn parse_sizes(text: &str) -> Result<Vec<usize>, String> {
+fn parse_sizes(text: &str) -> Result<Vec<usize>, UsageError> {
     let mut sizes = text
         .split(',')
         .map(|s| number("--sizes", s.trim(), 20, 1_000_000))
@@ -113,7 +164,7 @@ fn parse_sizes(text: &str) -> Result<Vec<usize>, String> {
     Ok(sizes)
 }
 
-fn parse_cost(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
+fn parse_cost(args: impl IntoIterator<Item = String>) -> Result<Parsed, UsageError> {
     let options = options(args)?;
     let smoke = options.iter().any(|(n, _)| n == "--smoke");
     let mut cost = crate::cost::CostArgs {
@@ -139,7 +190,7 @@ fn parse_cost(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
             "--duration-secs" => {
                 cost.duration = Duration::from_secs(number(&name, &value, 1, 3600)? as u64)
             }
-            _ => return Err(format!("unknown option {name:?} for cost")),
+            _ => return Err(format!("unknown option {name:?} for cost").into()),
         }
     }
     if cost.baseline.as_os_str().is_empty() {
@@ -148,7 +199,7 @@ fn parse_cost(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
     Ok(Parsed::Cost(cost))
 }
 
-fn parse_list(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
+fn parse_list(args: impl IntoIterator<Item = String>) -> Result<Parsed, UsageError> {
     let options = options(args)?;
     let smoke = options.iter().any(|(n, _)| n == "--smoke");
     let mut list = crate::listing::ListArgs {
@@ -174,13 +225,32 @@ fn parse_list(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
             "--duration-secs" => {
                 list.duration = Duration::from_secs(number(&name, &value, 1, 3600)? as u64)
             }
-            _ => return Err(format!("unknown option {name:?} for list")),
+            _ => return Err(format!("unknown option {name:?} for list").into()),
         }
     }
     Ok(Parsed::List(list))
 }
 
-fn parse_brokers(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
+/// `redis`, `kafka` or both, comma-separated.
+pub fn parse_brokers_list(text: &str) -> Result<Vec<devstack::ComponentSet>, UsageError> {
+    let mut brokers = Vec::new();
+    for broker in text.split(',').map(str::trim).filter(|b| !b.is_empty()) {
+        let set = match broker {
+            "redis" => devstack::ComponentSet::Redis,
+            "kafka" => devstack::ComponentSet::Kafka,
+            other => return Err(format!("unknown broker {other:?}: redis or kafka").into()),
+        };
+        if !brokers.contains(&set) {
+            brokers.push(set);
+        }
+    }
+    if brokers.is_empty() {
+        return Err("--brokers needs at least one broker".into());
+    }
+    Ok(brokers)
+}
+
+fn parse_brokers(args: impl IntoIterator<Item = String>) -> Result<Parsed, UsageError> {
     let options = options(args)?;
     let smoke = options.iter().any(|(n, _)| n == "--smoke");
     let mut brokers = if smoke {
@@ -193,31 +263,20 @@ fn parse_brokers(args: impl IntoIterator<Item = String>) -> Result<Parsed, Strin
         match name.as_str() {
             "-h" | "--help" => return Ok(Parsed::Help),
             "--smoke" => {}
-            "--brokers" => {
-                brokers.brokers = value
-                    .split(',')
-                    .map(|broker| match broker.trim() {
-                        "in-memory" => Ok(devstack::ComponentSet::InMemory),
-                        "redis" => Ok(devstack::ComponentSet::Redis),
-                        "kafka" => Ok(devstack::ComponentSet::Kafka),
-                        other => Err(format!(
-                            "unknown broker {other:?}: in-memory, redis or kafka"
-                        )),
-                    })
-                    .collect::<Result<_, _>>()?
-            }
+            "--brokers" | "--broker" => brokers.brokers = parse_brokers_list(&value)?,
             "--concurrency" => brokers.concurrency = parse_levels(&value)?,
             "--duration-secs" => {
                 brokers.duration = Duration::from_secs(number(&name, &value, 1, 3600)? as u64)
             }
-            _ => return Err(format!("unknown option {name:?} for brokers")),
+            _ => return Err(format!("unknown option {name:?} for brokers").into()),
         }
     }
     Ok(Parsed::Brokers(brokers))
 }
 
-/// The ceiling benchmark's options.
-fn parse_ceiling(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
+/// The main benchmark's options.
+fn parse_main(args: impl IntoIterator<Item = String>) -> Result<Parsed, UsageError> {
+    let mut brokers = None;
     let mut concurrency = None;
     let mut duration = None;
     let mut warmup = None;
@@ -231,25 +290,35 @@ fn parse_ceiling(args: impl IntoIterator<Item = String>) -> Result<Parsed, Strin
             Some((name, value)) => (name.to_string(), Some(value.to_string())),
             None => (arg.clone(), None),
         };
-        let mut value = || -> Result<String, String> {
+        let mut value = || -> Result<String, UsageError> {
             match &inline {
                 Some(value) => Ok(value.clone()),
-                None => args.next().ok_or_else(|| format!("{name} needs a value")),
+                None => args
+                    .next()
+                    .ok_or_else(|| UsageError::from(format!("{name} needs a value"))),
             }
         };
         match name.as_str() {
             "-h" | "--help" => return Ok(Parsed::Help),
             "--smoke" => smoke = true,
+            "--brokers" | "--broker" => brokers = Some(parse_brokers_list(&value()?)?),
             "--concurrency" => concurrency = Some(parse_levels(&value()?)?),
             "--duration-secs" => duration = Some(number(&name, &value()?, 1, 3600)?),
             "--warmup-secs" => warmup = Some(seconds(&name, &value()?)?),
             "--get-pool" => get_pool = Some(number(&name, &value()?, 1, 100_000)?),
             "--max-pool" => max_pool = Some(number(&name, &value()?, 1, 1_000_000)?),
             "--out" => out = Some(PathBuf::from(value()?)),
-            _ => return Err(format!("unknown option {arg:?}")),
+            _ => return Err(format!("unknown option {arg:?}").into()),
         }
     }
     Ok(Parsed::Run(Args {
+        brokers: brokers.unwrap_or_else(|| {
+            if smoke {
+                vec![devstack::ComponentSet::Redis]
+            } else {
+                vec![devstack::ComponentSet::Redis, devstack::ComponentSet::Kafka]
+            }
+        }),
         concurrency: concurrency.unwrap_or_else(
             || {
                 if smoke { vec![1, 4] } else { vec![1, 16, 64] }
@@ -265,7 +334,7 @@ fn parse_ceiling(args: impl IntoIterator<Item = String>) -> Result<Parsed, Strin
     }))
 }
 
-fn parse_levels(text: &str) -> Result<Vec<usize>, String> {
+pub fn parse_levels(text: &str) -> Result<Vec<usize>, UsageError> {
     let mut levels = Vec::new();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let level = number("--concurrency", part, 1, 1024)?;
@@ -279,19 +348,17 @@ fn parse_levels(text: &str) -> Result<Vec<usize>, String> {
     Ok(levels)
 }
 
-fn number(name: &str, text: &str, min: usize, max: usize) -> Result<usize, String> {
+pub fn number(name: &str, text: &str, min: usize, max: usize) -> Result<usize, UsageError> {
     match text.parse::<usize>() {
         Ok(n) if (min..=max).contains(&n) => Ok(n),
-        _ => Err(format!(
-            "{name} must be a whole number from {min} to {max}, got {text:?}"
-        )),
+        _ => Err(format!("{name} must be a whole number from {min} to {max}, got {text:?}").into()),
     }
 }
 
-fn seconds(name: &str, text: &str) -> Result<Duration, String> {
+pub fn seconds(name: &str, text: &str) -> Result<Duration, UsageError> {
     match text.parse::<f64>() {
         Ok(s) if (0.0..=60.0).contains(&s) => Ok(Duration::from_secs_f64(s)),
-        _ => Err(format!("{name} must be 0 to 60 seconds, got {text:?}")),
+        _ => Err(format!("{name} must be 0 to 60 seconds, got {text:?}").into()),
     }
 }
 
@@ -299,10 +366,10 @@ fn seconds(name: &str, text: &str) -> Result<Duration, String> {
 mod tests {
     use super::*;
 
-    fn run(args: &[&str]) -> Result<Args, String> {
+    fn run(args: &[&str]) -> Result<Args, UsageError> {
         match parse(args.iter().map(|a| a.to_string()))? {
             Parsed::Run(args) => Ok(args),
-            _ => Err("not the ceiling benchmark".into()),
+            _ => Err("not the main benchmark".into()),
         }
     }
 
@@ -316,6 +383,11 @@ mod tests {
         assert_eq!(smoke.duration, Duration::from_secs(1));
         let both = run(&["--smoke", "--concurrency=2"]).unwrap();
         assert_eq!(both.concurrency, [2]);
+        use devstack::ComponentSet::{Kafka, Redis};
+        assert_eq!(normal.brokers, [Redis, Kafka]);
+        assert_eq!(smoke.brokers, [Redis]);
+        assert_eq!(run(&["--broker", "kafka"]).unwrap().brokers, [Kafka]);
+        assert!(run(&["--brokers", "in-memory"]).is_err());
     }
 
     #[test]
@@ -337,6 +409,10 @@ mod tests {
         };
         assert_eq!(list.sizes, [1000, 5000]);
         assert!(parse(["list", "--stores", "mongo"].map(String::from)).is_err());
+        let Ok(Parsed::Observe(observe)) = parse(["observe", "--smoke"].map(String::from)) else {
+            panic!("observe")
+        };
+        assert_eq!(observe.rounds, 1);
     }
 
     #[test]

@@ -1,10 +1,11 @@
-//! Whether every published task event has been handled, read from the Redis stream behind the
-//! topic.
+//! Whether every published task event has been handled: read from the Redis streams behind the
+//! topics (`XINFO`), or from the consumer groups' offsets on Kafka.
 //!
 //! Each scenario leaves work behind: task events are delivered to task-api after the calls that
 //! published them returned, and a completion goes on to notification-service. The next
-//! measurement must not pay for that, so the benchmark waits until every consumer group of the
-//! stream has been handed the newest entry and has acknowledged everything (`XINFO`).
+//! measurement must not pay for that, so the benchmark waits until every consumer group of each
+//! topic has been handed the newest entry and has acknowledged everything; the sustained mode
+//! times how long that takes once the load stops.
 
 use std::time::{Duration, Instant};
 
@@ -13,6 +14,10 @@ use tokio::{
     net::TcpStream,
 };
 
+use crate::{error::BacklogError, offsets, ops};
+
+/// How often a draining backlog is looked at.
+const POLL_EVERY: Duration = Duration::from_millis(100);
 /// Largest reply read; XINFO replies for a handful of groups are a few hundred bytes.
 const MAX_REPLY: usize = 1 << 20;
 
@@ -46,15 +51,16 @@ impl Reply {
 }
 
 /// Parses one reply from the front of `buf`: `Ok(None)` while it is incomplete.
-fn parse(buf: &[u8]) -> Result<Option<(Reply, usize)>, String> {
+fn parse(buf: &[u8]) -> Result<Option<(Reply, usize)>, BacklogError> {
     let Some(line_end) = buf.windows(2).position(|w| w == b"\r\n") else {
         return Ok(None);
     };
-    let line = std::str::from_utf8(&buf[1..line_end]).map_err(|e| e.to_string())?;
+    let line = std::str::from_utf8(&buf[1..line_end])
+        .map_err(|_| BacklogError::redis("a reply line that is not UTF-8"))?;
     let after = line_end + 2;
     let number = || {
         line.parse::<i64>()
-            .map_err(|_| format!("bad length {line:?}"))
+            .map_err(|_| BacklogError::redis(format!("bad length {line:?}")))
     };
     match buf.first() {
         Some(b'+') => Ok(Some((Reply::Text(line.to_string()), after))),
@@ -87,12 +93,15 @@ fn parse(buf: &[u8]) -> Result<Option<(Reply, usize)>, String> {
             }
             Ok(Some((Reply::Array(items), at)))
         }
-        Some(other) => Err(format!("unexpected reply type {:?}", *other as char)),
+        Some(other) => Err(BacklogError::redis(format!(
+            "unexpected reply type {:?}",
+            *other as char
+        ))),
         None => Ok(None),
     }
 }
 
-async fn command(redis: &mut TcpStream, args: &[&str]) -> Result<Reply, String> {
+async fn command(redis: &mut TcpStream, args: &[&str]) -> Result<Reply, BacklogError> {
     let mut request = format!("*{}\r\n", args.len());
     for arg in args {
         request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
@@ -100,84 +109,114 @@ async fn command(redis: &mut TcpStream, args: &[&str]) -> Result<Reply, String> 
     redis
         .write_all(request.as_bytes())
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(BacklogError::io("Redis"))?;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     while buf.len() < MAX_REPLY {
-        let read = redis.read(&mut chunk).await.map_err(|e| e.to_string())?;
+        let read = redis
+            .read(&mut chunk)
+            .await
+            .map_err(BacklogError::io("Redis"))?;
         if read == 0 {
-            return Err("Redis closed the connection".into());
+            return Err(BacklogError::redis("closed the connection"));
         }
         buf.extend_from_slice(&chunk[..read]);
         if let Some((reply, _)) = parse(&buf)? {
             return Ok(reply);
         }
     }
-    Err("Redis reply too large".into())
+    Err(BacklogError::redis("a reply too large"))
 }
 
-/// Whether every consumer group of `stream` has been handed its newest entry and acknowledged
-/// all it received. A stream that does not exist yet has nothing pending.
-async fn drained(address: &str, stream: &str) -> Result<bool, String> {
-    let mut redis = TcpStream::connect(address)
-        .await
-        .map_err(|e| e.to_string())?;
-    let info = command(&mut redis, &["XINFO", "STREAM", stream]).await?;
+/// Entries of `stream` its consumer groups have still to handle: delivered but not
+/// acknowledged, plus not yet delivered. A stream that does not exist yet has none.
+async fn stream_left(redis: &mut TcpStream, stream: &str) -> Result<u64, BacklogError> {
+    let info = command(redis, &["XINFO", "STREAM", stream]).await?;
     if let Reply::Error(message) = &info {
         return if message.contains("no such key") {
-            Ok(true)
+            Ok(0)
         } else {
-            Err(message.clone())
+            Err(BacklogError::redis(message.clone()))
         };
     }
     let newest = info
         .field("last-generated-id")
         .and_then(Reply::text)
-        .ok_or("XINFO STREAM without last-generated-id")?
+        .ok_or_else(|| BacklogError::redis("XINFO STREAM without last-generated-id"))?
         .to_string();
-    let Reply::Array(groups) = command(&mut redis, &["XINFO", "GROUPS", stream]).await? else {
-        return Err("XINFO GROUPS did not answer a list".into());
+    let Reply::Array(groups) = command(redis, &["XINFO", "GROUPS", stream]).await? else {
+        return Err(BacklogError::redis("XINFO GROUPS did not answer a list"));
     };
-    Ok(groups.iter().all(|group| {
-        group.field("pending") == Some(&Reply::Int(0))
-            && group.field("last-delivered-id").and_then(Reply::text) == Some(newest.as_str())
-    }))
+    let mut left = 0;
+    for group in &groups {
+        let pending = match group.field("pending") {
+            Some(Reply::Int(n)) => u64::try_from(*n).unwrap_or(0),
+            _ => 1,
+        };
+        // Redis reports no lag once entries were trimmed; then all that is known is whether
+        // the group was handed the newest entry.
+        let lag = match group.field("lag") {
+            Some(Reply::Int(n)) => u64::try_from(*n).unwrap_or(0),
+            _ => u64::from(group.field("last-delivered-id").and_then(Reply::text) != Some(&newest)),
+        };
+        left += pending + lag;
+    }
+    Ok(left)
 }
 
-/// Waits, for at most `timeout`, until `stream` is drained; returns how long that took, or
-/// `None` if it was not drained in time.
-pub async fn wait_drained(
-    address: &str,
-    stream: &str,
-    timeout: Duration,
-) -> Result<Option<Duration>, String> {
-    let started = Instant::now();
-    loop {
-        if drained(address, stream).await? {
-            return Ok(Some(started.elapsed()));
-        }
-        if started.elapsed() >= timeout {
-            return Ok(None);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+/// Where task-api's events wait: the broker behind its `outbox` and `pubsub` components.
+#[derive(Debug, Clone)]
+pub enum EventBroker {
+    /// Redis streams at this address: each topic a stream, each app a consumer group.
+    Redis(String),
+    /// A Kafka broker at this address: the outbox topics read by the group
+    /// `task-api-outbox`, task-events and its retry topic by `task-api`.
+    Kafka(String),
 }
 
-/// Like [`wait_drained`], for every stream in `streams` in turn (one deadline for all).
-pub async fn wait_all_drained(
-    address: &str,
-    streams: &[&str],
-    timeout: Duration,
-) -> Result<Option<Duration>, String> {
-    let started = Instant::now();
-    // Twice: relaying one stream publishes to another.
-    for stream in streams.iter().chain(streams) {
-        let left = timeout.saturating_sub(started.elapsed());
-        if wait_drained(address, stream, left).await?.is_none() {
-            return Ok(None);
+impl EventBroker {
+    /// Events task-api has still to handle on its four topics (see [`ops::TOPICS`]).
+    pub async fn left(&self) -> Result<u64, BacklogError> {
+        match self {
+            EventBroker::Redis(address) => {
+                let mut redis = TcpStream::connect(address)
+                    .await
+                    .map_err(BacklogError::io("Redis"))?;
+                let mut left = 0;
+                for stream in ops::TOPICS {
+                    left += stream_left(&mut redis, stream).await?;
+                }
+                Ok(left)
+            }
+            EventBroker::Kafka(address) => {
+                let partitions = devstack::KAFKA_PARTITIONS as i32;
+                let (outbox, events) = ops::TOPICS.split_at(2);
+                Ok(
+                    offsets::lag(address, "task-api-outbox", outbox, partitions).await?
+                        + offsets::lag(address, "task-api", events, partitions).await?,
+                )
+            }
         }
     }
-    Ok(Some(started.elapsed()))
+
+    /// Waits, for at most `timeout`, until nothing is left (twice in a row, 100 ms apart, as
+    /// an event moves from one topic to the next); how long that took, or `None` if it did not
+    /// happen in time.
+    pub async fn wait_drained(&self, timeout: Duration) -> Result<Option<Duration>, BacklogError> {
+        let started = Instant::now();
+        let mut empty_before = false;
+        loop {
+            let empty = self.left().await? == 0;
+            if empty && empty_before {
+                return Ok(Some(started.elapsed().saturating_sub(POLL_EVERY)));
+            }
+            empty_before = empty;
+            if started.elapsed() >= timeout {
+                return Ok(None);
+            }
+            tokio::time::sleep(POLL_EVERY).await;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,12 +1,12 @@
-//! `brokers`: the same system on each broker (in-memory, Redis streams, Kafka; tasks on Redis
-//! for the durable two): UpdateTaskStatus throughput, and how long after each sampled
+//! `brokers`: the same system on each broker (Redis streams, Kafka; tasks on Redis either way):
+//! UpdateTaskStatus throughput, and how long after each sampled
 //! completion returned its notification was recorded, with lost and duplicated counts.
 //!
 //! Each run completes pending tasks written straight to the state store (as the main benchmark
 //! does), so every call is a real pending-to-completed change that publishes `task.completed`
 //! and sends one notification.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use devstack::ComponentSet;
 use serde::Serialize;
@@ -14,9 +14,9 @@ use serde::Serialize;
 use crate::{
     error::{Result, setup},
     events::{self, DeliverySummary},
-    load::{self, Scenario, Shared, Target, Watched, Worker},
-    ops::{self, Ceiling},
-    report::Measurement,
+    load::{self, Pools, Scenario, Shared, Target, Watched, Worker},
+    ops::{self, Plain},
+    report::{Measurement, RunCpu},
     system::{self, System},
 };
 
@@ -40,11 +40,7 @@ pub struct BrokerArgs {
 impl Default for BrokerArgs {
     fn default() -> Self {
         Self {
-            brokers: vec![
-                ComponentSet::InMemory,
-                ComponentSet::Redis,
-                ComponentSet::Kafka,
-            ],
+            brokers: vec![ComponentSet::Redis, ComponentSet::Kafka],
             concurrency: vec![1, 16],
             duration: Duration::from_secs(10),
             warmup: Duration::from_secs(2),
@@ -76,7 +72,6 @@ pub struct BrokerRow {
 
 pub fn broker_name(set: ComponentSet) -> &'static str {
     match set {
-        ComponentSet::InMemory => "in-memory",
         ComponentSet::Redis | ComponentSet::Postgres => "redis streams",
         ComponentSet::Kafka => "kafka",
     }
@@ -107,47 +102,53 @@ pub async fn run(args: &BrokerArgs) -> Result<Vec<BrokerRow>> {
     Ok(rows)
 }
 
-async fn measure(
+/// `concurrency` workers completing pending tasks written straight to the state store.
+async fn status_changes(
     args: &BrokerArgs,
-    broker: ComponentSet,
     concurrency: usize,
     system: &mut System,
-) -> Result<BrokerRow> {
-    let api_key = system.stack.api_key().to_string();
-    let connections = concurrency.div_ceil(16);
-    let mut clients = Vec::with_capacity(connections);
-    for _ in 0..connections {
-        let channel = system::channel(system.task_api.port, "task-api").await?;
-        clients.push(ops::task_client(channel, &api_key)?);
-    }
+) -> Result<(load::RunResult, Arc<Shared>, RunCpu)> {
+    let clients = system.task_clients(concurrency.div_ceil(16)).await?;
     let sidecar = system::channel(system.task_api.sidecar.grpc_port(), "task-api's daprd").await?;
-    let mut writer = Ceiling::new(sidecar, ops::new_task()?);
+    let mut writer = Plain::new(sidecar, ops::new_task()?);
     say(&format!("writing {} pending tasks", args.pool));
-    let pool = writer.write_pending_tasks(args.pool).await?;
-    let shared = Shared::new(std::sync::Arc::new(Vec::new()), 0, pool, args.sample_cap);
+    let pools = Pools {
+        once: writer.write_pending_tasks(args.pool).await?,
+        ..Pools::default()
+    };
+    let shared = Shared::new(pools, args.sample_cap);
     let workers = (0..concurrency)
         .map(|i| {
-            Worker::new(
-                i,
-                concurrency,
-                Scenario::Status,
-                Target::TaskApi(clients[i / 16].clone()),
-                shared.clone(),
-            )
+            let target = Target::TaskApi(clients[i / 16].clone());
+            Worker::new(i, concurrency, Scenario::Status, target, shared.clone())
         })
         .collect();
     let watched = Watched {
         task_api: system.task_api.pid(),
         daprd: system.task_api.sidecar_pid(),
     };
+    let result = load::run(workers, shared.clone(), args.warmup, args.duration, watched).await;
+    let cpu = RunCpu {
+        seconds: watched.cpu_since(result.start_ticks),
+        drained_after_secs: None,
+    };
+    Ok((result, shared, cpu))
+}
+
+async fn measure(
+    args: &BrokerArgs,
+    broker: ComponentSet,
+    concurrency: usize,
+    system: &mut System,
+) -> Result<BrokerRow> {
     say(&format!(
         "{}: UpdateTaskStatus at {} for {} s",
         broker_name(broker),
         concurrency,
         args.duration.as_secs()
     ));
-    let result = load::run(workers, shared.clone(), args.warmup, args.duration, watched).await;
-    let status_changes = Measurement::of(&result, Scenario::Status);
+    let (result, shared, cpu) = status_changes(args, concurrency, system).await?;
+    let status_changes = Measurement::of(&result, Scenario::Status, cpu);
     let notifications_channel =
         system::channel(system.notifications.port, "notification-service").await?;
     let credential = ops::Credential::new("dapr-api-token", system.stack.app_token())?;

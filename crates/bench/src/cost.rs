@@ -13,12 +13,12 @@ use devstack::ComponentSet;
 use serde::Serialize;
 
 use crate::{
-    backlog,
+    backlog::EventBroker,
     drive::{Called, Figures, Pool, drive},
-    error::{Result, setup},
+    error::{CallError, Result, setup},
     ops::{self, TaskClient},
     procfs,
-    system::{self, System},
+    system::System,
 };
 
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -51,7 +51,6 @@ pub struct Memory {
 
 pub fn store_name(store: ComponentSet) -> &'static str {
     match store {
-        ComponentSet::InMemory => "in-memory",
         ComponentSet::Redis => "redis",
         ComponentSet::Postgres => "postgresql",
         ComponentSet::Kafka => "kafka",
@@ -89,6 +88,19 @@ pub async fn run(args: &CostArgs) -> Result<(Vec<Row>, Vec<Memory>)> {
     Ok((rows, memory))
 }
 
+/// `call` from `c` callers for the set time, each caller on its connection's client.
+async fn timed<F, Fut>(args: &CostArgs, clients: &[TaskClient], c: usize, call: F) -> Figures
+where
+    F: Fn(TaskClient) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = std::result::Result<Called, CallError>> + Send,
+{
+    let clients = clients.to_vec();
+    drive(c, args.warmup, args.duration, move |worker| {
+        call(clients[worker / 16].clone())
+    })
+    .await
+}
+
 async fn measure(
     args: &CostArgs,
     system: &mut System,
@@ -96,67 +108,47 @@ async fn measure(
     build: &str,
     rows: &mut Vec<Row>,
 ) -> Result<()> {
-    let broker = system.broker_address()?;
+    let broker = system.event_broker()?;
     let max = args.concurrency.iter().copied().max().unwrap_or(1);
-    let mut clients = Vec::new();
-    for _ in 0..max.div_ceil(16) {
-        let channel = system::channel(system.task_api.port, "task-api").await?;
-        clients.push(ops::task_client(channel, system.stack.api_key())?);
-    }
-    let client = move |clients: &Vec<TaskClient>, worker: usize| clients[worker / 16].clone();
+    let clients = system.task_clients(max.div_ceil(16)).await?;
     for &c in &args.concurrency {
-        let created = Pool::default();
-        let figures = drive(c, args.warmup, args.duration, {
-            let clients = clients.clone();
-            let created = created.clone();
-            move |worker| {
-                let mut client = client(&clients, worker);
-                let created = created.clone();
-                async move {
-                    let id = ops::create(&mut client).await?;
-                    created.put(id);
-                    Ok(Called::Done)
-                }
+        let (created, completed) = (Pool::default(), Pool::default());
+        let pool = created.clone();
+        let figures = timed(args, &clients, c, move |mut client| {
+            let created = pool.clone();
+            async move {
+                created.put(ops::create(&mut client).await?);
+                Ok(Called::Done)
             }
         })
         .await;
         record(rows, store, build, "CreateTask", c, figures);
         settle(&broker).await?;
 
-        let completed = Pool::default();
-        let figures = drive(c, args.warmup, args.duration, {
-            let clients = clients.clone();
-            let (created, completed) = (created.clone(), completed.clone());
-            move |worker| {
-                let mut client = client(&clients, worker);
-                let (created, completed) = (created.clone(), completed.clone());
-                async move {
-                    let Some(id) = created.take() else {
-                        return Ok(Called::Exhausted);
-                    };
-                    ops::complete(&mut client, &id).await?;
-                    completed.put(id);
-                    Ok(Called::Done)
-                }
+        let pools = (created.clone(), completed.clone());
+        let figures = timed(args, &clients, c, move |mut client| {
+            let (created, completed) = pools.clone();
+            async move {
+                let Some(id) = created.take() else {
+                    return Ok(Called::Exhausted);
+                };
+                ops::complete(&mut client, &id).await?;
+                completed.put(id);
+                Ok(Called::Done)
             }
         })
         .await;
         record(rows, store, build, "UpdateTaskStatus", c, figures);
         settle(&broker).await?;
 
-        let figures = drive(c, args.warmup, args.duration, {
-            let clients = clients.clone();
+        let figures = timed(args, &clients, c, move |mut client| {
             let completed = completed.clone();
-            move |worker| {
-                let mut client = client(&clients, worker);
-                let completed = completed.clone();
-                async move {
-                    let Some(id) = completed.take() else {
-                        return Ok(Called::Exhausted);
-                    };
-                    ops::delete(&mut client, &id).await?;
-                    Ok(Called::Done)
-                }
+            async move {
+                let Some(id) = completed.take() else {
+                    return Ok(Called::Exhausted);
+                };
+                ops::delete(&mut client, &id).await?;
+                Ok(Called::Done)
             }
         })
         .await;
@@ -192,13 +184,13 @@ fn record(
     });
 }
 
-async fn settle(broker: &str) -> Result<()> {
-    match backlog::wait_all_drained(broker, &ops::TOPICS, SETTLE_TIMEOUT).await {
+async fn settle(broker: &EventBroker) -> Result<()> {
+    match broker.wait_drained(SETTLE_TIMEOUT).await {
         Ok(Some(_)) => Ok(()),
         Ok(None) => Err(setup(format!(
             "events were still being handled after {SETTLE_TIMEOUT:?}"
         ))),
-        Err(e) => Err(setup(format!("reading the event streams: {e}"))),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -10,6 +10,8 @@ use std::{
 
 use serde::Serialize;
 
+use crate::error::CallError;
+
 /// A call that takes longer than this counts as an error (and keeps every loop bounded).
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -46,7 +48,7 @@ struct Tally {
 pub async fn drive<F, Fut>(callers: usize, warmup: Duration, duration: Duration, call: F) -> Figures
 where
     F: Fn(usize) -> Fut + Clone + Send + 'static,
-    Fut: Future<Output = Result<Called, String>> + Send,
+    Fut: Future<Output = Result<Called, CallError>> + Send,
 {
     let tally = Arc::new(Mutex::new(Tally::default()));
     let started = Instant::now();
@@ -66,8 +68,8 @@ where
                 let error = match outcome {
                     Ok(Ok(Called::Exhausted)) => return,
                     Ok(Ok(Called::Done)) => None,
-                    Ok(Err(message)) => Some(message),
-                    Err(_) => Some(format!("no answer within {CALL_TIMEOUT:?}")),
+                    Ok(Err(error)) => Some(error.to_string()),
+                    Err(_) => Some(CallError::Timeout(CALL_TIMEOUT).to_string()),
                 };
                 if !counted {
                     continue;

@@ -16,20 +16,16 @@ use task_api::{
     config::SidecarConfig,
     domain::{NewTask, Nonce, Priority, Task, TaskEventType, TaskId, TaskRecord, TaskStatus, time},
     proto::task::v1 as pb,
-    sidecar::{
-        Sidecar, StateStore,
-        index::{ListId, Position, TaskIndex},
-        tasks::encode,
-    },
+    stored::Loader,
 };
 
 use crate::{
     cost::{ms, store_name},
     drive::{Called, Figures, drive},
-    error::{Result, setup},
+    error::{CallError, Result, failed, setup},
     ops::{self, TaskClient},
     procfs,
-    system::{self, System},
+    system::System,
 };
 
 /// Tasks written per batch while filling.
@@ -82,68 +78,25 @@ async fn measure(
     store: ComponentSet,
     rows: &mut Vec<Row>,
 ) -> Result<()> {
-    let sidecar = Sidecar::connect_lazy(&SidecarConfig {
+    let sidecar = SidecarConfig {
         endpoint: format!("http://127.0.0.1:{}", system.task_api.sidecar.grpc_port()),
         api_token: None,
         wait: Duration::from_secs(30),
         call_timeout: Duration::from_secs(60),
-    })
-    .map_err(|e| setup(e.to_string()))?;
-    let state = StateStore::new(sidecar, ops::STATE_STORE);
-    let index = TaskIndex::new(state.clone());
+    };
+    let loader =
+        Loader::new(&sidecar, ops::STATE_STORE).map_err(failed("reaching the state store"))?;
     let template = ops::new_task()?;
-    let mut clients = Vec::new();
-    for _ in 0..2 {
-        let channel = system::channel(system.task_api.port, "task-api").await?;
-        clients.push(ops::task_client(channel, system.stack.api_key())?);
-    }
+    let clients = system.task_clients(2).await?;
 
     let mut filled = 0;
     for &size in &args.sizes {
         if size > filled {
             say(&format!("{}: filling to {size} tasks", store_name(store)));
-            fill(&state, &index, &template, filled, size).await?;
+            fill(&loader, &template, filled, size).await?;
             filled = size;
         }
-        let page = |status: TaskStatus| pb::ListTasksRequest {
-            status: match status {
-                TaskStatus::Completed => pb::TaskStatus::Completed as i32,
-                _ => pb::TaskStatus::Unspecified as i32,
-            },
-            page_size: 20,
-            ..Default::default()
-        };
-        let mut figures = Vec::new();
-        for (callers, status) in [
-            (1, TaskStatus::Pending),
-            (1, TaskStatus::Completed),
-            (8, TaskStatus::Pending),
-            (8, TaskStatus::Completed),
-        ] {
-            let request = page(status);
-            let clients = clients.clone();
-            figures.push(
-                drive(callers, args.warmup, args.duration, move |worker| {
-                    let mut client: TaskClient = clients[worker % clients.len()].clone();
-                    let request = request.clone();
-                    async move {
-                        let page = client
-                            .list_tasks(request)
-                            .await
-                            .map_err(|s| ops::describe(&s))?
-                            .into_inner();
-                        // 20, or all there are (1% of 1,000 tasks is 10).
-                        if page.tasks.is_empty() || page.tasks.len() > 20 {
-                            return Err(format!("a first page of {} tasks", page.tasks.len()));
-                        }
-                        Ok(Called::Done)
-                    }
-                })
-                .await,
-            );
-        }
-        let [unfiltered, filtered, unfiltered_8, filtered_8] =
-            <[Figures; 4]>::try_from(figures).map_err(|_| setup("four runs"))?;
+        let [unfiltered, filtered, unfiltered_8, filtered_8] = first_pages(args, &clients).await?;
         let row = Row {
             store: store_name(store),
             tasks: size,
@@ -168,14 +121,49 @@ async fn measure(
     Ok(())
 }
 
-/// Writes tasks `from..to`: records in bulk, list entries through task-api's index.
-async fn fill(
-    state: &StateStore,
-    index: &TaskIndex,
-    template: &NewTask,
-    from: usize,
-    to: usize,
-) -> Result<()> {
+/// First pages of 20, unfiltered and of completed tasks, by one caller and by eight at once.
+async fn first_pages(args: &ListArgs, clients: &[TaskClient]) -> Result<[Figures; 4]> {
+    let page = |status: TaskStatus| pb::ListTasksRequest {
+        status: match status {
+            TaskStatus::Completed => pb::TaskStatus::Completed as i32,
+            _ => pb::TaskStatus::Unspecified as i32,
+        },
+        page_size: 20,
+        ..Default::default()
+    };
+    let mut figures = Vec::new();
+    for (callers, status) in [
+        (1, TaskStatus::Pending),
+        (1, TaskStatus::Completed),
+        (8, TaskStatus::Pending),
+        (8, TaskStatus::Completed),
+    ] {
+        let request = page(status);
+        let clients = clients.to_vec();
+        figures.push(
+            drive(callers, args.warmup, args.duration, move |worker| {
+                let mut client: TaskClient = clients[worker % clients.len()].clone();
+                let request = request.clone();
+                async move {
+                    let page = client.list_tasks(request).await?.into_inner();
+                    // 20, or all there are (1% of 1,000 tasks is 10).
+                    if page.tasks.is_empty() || page.tasks.len() > 20 {
+                        return Err(CallError::Wrong(format!(
+                            "a first page of {} tasks",
+                            page.tasks.len()
+                        )));
+                    }
+                    Ok(Called::Done)
+                }
+            })
+            .await,
+        );
+    }
+    <[Figures; 4]>::try_from(figures).map_err(|_| setup("four runs"))
+}
+
+/// Writes tasks `from..to`, with their list entries, through task-api's own loader.
+async fn fill(loader: &Loader, template: &NewTask, from: usize, to: usize) -> Result<()> {
     let mut n = from;
     while n < to {
         let end = (n + FILL_BATCH).min(to);
@@ -199,36 +187,8 @@ async fn fill(
             }
             records.push(record);
         }
-        let mut entries = tokio::task::JoinSet::new();
-        for record in &records {
-            let task = record.live().ok_or_else(|| setup("not live"))?;
-            let list = ListId {
-                status: task.status,
-                priority: task.priority,
-            };
-            let position = Position {
-                micros: task.created_at.timestamp_micros(),
-                id: task.id.clone(),
-            };
-            let index = index.clone();
-            let revision = record.revision;
-            entries.spawn(async move { index.insert(list, position, revision).await });
-        }
-        while let Some(inserted) = entries.join_next().await {
-            inserted
-                .map_err(|e| setup(e.to_string()))?
-                .map_err(|e| setup(format!("writing list entries: {e}")))?;
-        }
         for chunk in records.chunks(500) {
-            state
-                .save_many(
-                    chunk
-                        .iter()
-                        .map(|r| (format!("task-{}", r.id()), encode(r)))
-                        .collect(),
-                )
-                .await
-                .map_err(|e| setup(format!("writing tasks: {e}")))?;
+            loader.load(chunk).await.map_err(failed("loading tasks"))?;
         }
         n = end;
     }

@@ -10,7 +10,8 @@ use std::{
 };
 
 use crate::{
-    ops::{self, Ceiling, TaskClient},
+    error::CallError,
+    ops::{self, Plain, TaskClient},
     procfs,
 };
 
@@ -25,23 +26,37 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 pub enum Scenario {
     Create,
     Get,
+    Update,
     Status,
+    Delete,
     Mixed,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 4] = [
+    /// In the order the table lists them.
+    pub const ALL: [Scenario; 6] = [
         Scenario::Create,
-        Scenario::Get,
+        Scenario::Update,
         Scenario::Status,
+        Scenario::Delete,
+        Scenario::Get,
         Scenario::Mixed,
+    ];
+    /// The writes, which the plain-baseline targets apply to.
+    pub const WRITES: [Scenario; 4] = [
+        Scenario::Create,
+        Scenario::Update,
+        Scenario::Status,
+        Scenario::Delete,
     ];
 
     pub fn name(self) -> &'static str {
         match self {
             Scenario::Create => "CreateTask",
             Scenario::Get => "GetTask",
+            Scenario::Update => "UpdateTask",
             Scenario::Status => "UpdateTaskStatus",
+            Scenario::Delete => "DeleteTask",
             Scenario::Mixed => "Mixed",
         }
     }
@@ -51,12 +66,24 @@ impl Scenario {
 pub enum Op {
     Create,
     Get,
+    Update,
     Complete,
+    Delete,
     List,
 }
 
+/// Request types.
+pub const OPS: usize = 6;
+
 impl Op {
-    pub const ALL: [Op; 4] = [Op::Create, Op::Get, Op::Complete, Op::List];
+    pub const ALL: [Op; OPS] = [
+        Op::Create,
+        Op::Get,
+        Op::Update,
+        Op::Complete,
+        Op::Delete,
+        Op::List,
+    ];
 
     fn index(self) -> usize {
         self as usize
@@ -66,7 +93,9 @@ impl Op {
         match self {
             Op::Create => "CreateTask",
             Op::Get => "GetTask",
+            Op::Update => "UpdateTask",
             Op::Complete => "UpdateTaskStatus",
+            Op::Delete => "DeleteTask",
             Op::List => "ListTasks",
         }
     }
@@ -82,11 +111,11 @@ impl Op {
     }
 }
 
-/// Who is measured: task-api, or the same Dapr calls sent straight to its daprd.
+/// Who is measured: task-api, or the plain app's calls sent straight to its daprd.
 #[derive(Clone)]
 pub enum Target {
     TaskApi(TaskClient),
-    Ceiling(Ceiling),
+    Plain(Plain),
 }
 
 /// A completed status change whose notification is timed later.
@@ -96,15 +125,29 @@ pub struct Sample {
     pub returned_at: SystemTime,
 }
 
+/// The tasks (task-api ids, or the plain app's keys) a run works on.
+#[derive(Default)]
+pub struct Pools {
+    /// Read by GetTask (task-api ids); the plain app reads `bench-plain-get-N` below this many.
+    pub get_ids: Arc<Vec<String>>,
+    pub plain_get_keys: usize,
+    /// Changed again and again by UpdateTask (and by the plain app's status changes): each
+    /// worker takes its own of them in turn, so no two writes ever race for one.
+    pub cycle: Arc<Vec<String>>,
+    /// Used once each: pending tasks for UpdateTaskStatus, tasks for DeleteTask.
+    pub once: Vec<String>,
+}
+
 /// What workers of one run share.
 pub struct Shared {
-    /// Ids of pooled tasks GetTask reads.
     get_ids: Arc<Vec<String>>,
-    /// Number of keys the ceiling reads and changes (`bench-ceiling-get-N`, `-update-N`).
-    ceiling_keys: usize,
-    /// Pending tasks for status changes: each is completed once, so every measured status
-    /// change is a real pending-to-completed change that publishes an event and notifies.
-    pending: Mutex<Vec<String>>,
+    plain_get_keys: usize,
+    cycle: Arc<Vec<String>>,
+    /// Each is taken once: every measured status change is a real pending-to-completed change
+    /// that publishes an event and notifies, every delete deletes a task.
+    once: Mutex<Vec<String>>,
+    /// Numbers the titles of UpdateTask, so each is a change.
+    edits: AtomicU64,
     stopped: AtomicBool,
     stopped_at: Mutex<Option<Instant>>,
     completions: AtomicU64,
@@ -113,16 +156,13 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(
-        get_ids: Arc<Vec<String>>,
-        ceiling_keys: usize,
-        pending: Vec<String>,
-        sample_cap: usize,
-    ) -> Arc<Self> {
+    pub fn new(pools: Pools, sample_cap: usize) -> Arc<Self> {
         Arc::new(Self {
-            get_ids,
-            ceiling_keys,
-            pending: Mutex::new(pending),
+            get_ids: pools.get_ids,
+            plain_get_keys: pools.plain_get_keys,
+            cycle: pools.cycle,
+            once: Mutex::new(pools.once),
+            edits: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
             stopped_at: Mutex::new(None),
             completions: AtomicU64::new(0),
@@ -131,20 +171,17 @@ impl Shared {
         })
     }
 
-    fn take_pending(&self) -> Option<String> {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner()).pop()
+    fn take_once(&self) -> Option<String> {
+        self.once.lock().unwrap_or_else(|e| e.into_inner()).pop()
     }
 
-    fn add_pending(&self, id: String) {
-        self.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(id);
+    fn add_once(&self, id: String) {
+        self.once.lock().unwrap_or_else(|e| e.into_inner()).push(id);
     }
 
-    /// Tasks still pending after the run.
-    pub fn drain_pending(&self) -> Vec<String> {
-        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))
+    /// Tasks not used by the run.
+    pub fn drain_once(&self) -> Vec<String> {
+        std::mem::take(&mut *self.once.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     pub fn samples(&self) -> Vec<Sample> {
@@ -154,7 +191,7 @@ impl Shared {
             .clone()
     }
 
-    /// Ends the run for every worker: the pool of pending tasks is used up.
+    /// Ends the run for every worker: a pool of tasks is used up.
     fn stop(&self, at: Instant) {
         let mut stopped_at = self.stopped_at.lock().unwrap_or_else(|e| e.into_inner());
         if stopped_at.is_none() {
@@ -183,9 +220,10 @@ impl Shared {
     }
 }
 
-enum CallError {
-    Failed(Op, String),
-    /// No pending task left for a status change.
+/// Why a worker's request did not count as done.
+enum OpError {
+    Failed(Op, CallError),
+    /// No task left in the pool of tasks used once.
     PoolEmpty,
 }
 
@@ -193,6 +231,16 @@ struct Done {
     op: Op,
     created: Option<String>,
     completed: Option<String>,
+}
+
+impl Done {
+    fn of(op: Op) -> Self {
+        Self {
+            op,
+            created: None,
+            completed: None,
+        }
+    }
 }
 
 /// One in-flight request slot.
@@ -203,9 +251,8 @@ pub struct Worker {
     target: Target,
     rng: fastrand::Rng,
     shared: Arc<Shared>,
-    /// The ceiling's next update key: workers take disjoint keys (index, index + stride, ...)
-    /// so their ETag-guarded writes never conflict, as task-api's status changes of distinct
-    /// tasks never do.
+    /// The next entry of the cycled pool: workers take disjoint ones (index, index + stride,
+    /// ...) so their writes never conflict, as task-api's changes of distinct tasks never do.
     cursor: usize,
 }
 
@@ -232,90 +279,134 @@ impl Worker {
         match self.scenario {
             Scenario::Create => Op::Create,
             Scenario::Get => Op::Get,
+            Scenario::Update => Op::Update,
             Scenario::Status => Op::Complete,
+            Scenario::Delete => Op::Delete,
             Scenario::Mixed => Op::mixed(&mut self.rng),
         }
     }
 
-    async fn call(&mut self, op: Op) -> Result<Done, CallError> {
-        let done = |op| Done {
-            op,
-            created: None,
-            completed: None,
-        };
-        match &mut self.target {
-            Target::TaskApi(client) => match op {
-                Op::Create => {
-                    let id = ops::create(client)
-                        .await
-                        .map_err(|e| CallError::Failed(op, e))?;
+    /// This worker's next entry of the cycled pool.
+    fn next_in_cycle(&mut self) -> Result<String, OpError> {
+        let cycle = self.shared.cycle.clone();
+        if cycle.is_empty() {
+            return Err(OpError::PoolEmpty);
+        }
+        let at = self.cursor % cycle.len();
+        self.cursor += self.stride;
+        if self.cursor >= cycle.len() {
+            self.cursor = self.index;
+        }
+        Ok(cycle[at].clone())
+    }
+
+    async fn call(&mut self, op: Op) -> Result<Done, OpError> {
+        match self.target.clone() {
+            Target::TaskApi(mut client) => self.call_task_api(&mut client, op).await,
+            Target::Plain(mut plain) => self.call_plain(&mut plain, op).await,
+        }
+    }
+
+    async fn call_task_api(&mut self, client: &mut TaskClient, op: Op) -> Result<Done, OpError> {
+        let failed = |e| OpError::Failed(op, e);
+        match op {
+            Op::Create => {
+                let id = ops::create(client).await.map_err(failed)?;
+                Ok(Done {
+                    created: Some(id),
+                    ..Done::of(op)
+                })
+            }
+            Op::Get => {
+                let ids = self.shared.get_ids.clone();
+                let id = &ids[self.rng.usize(0..ids.len())];
+                ops::get(client, id).await.map_err(failed)?;
+                Ok(Done::of(op))
+            }
+            Op::Update => {
+                let id = self.next_in_cycle()?;
+                let n = self.shared.edits.fetch_add(1, Ordering::Relaxed);
+                ops::update(client, &id, n).await.map_err(failed)?;
+                Ok(Done::of(op))
+            }
+            Op::Complete => match self.shared.take_once() {
+                Some(id) => {
+                    ops::complete(client, &id).await.map_err(failed)?;
                     Ok(Done {
-                        created: Some(id),
-                        ..done(op)
+                        completed: Some(id),
+                        ..Done::of(op)
                     })
                 }
-                Op::Get => {
-                    let ids = &self.shared.get_ids;
-                    let id = &ids[self.rng.usize(0..ids.len())];
-                    ops::get(client, id)
-                        .await
-                        .map_err(|e| CallError::Failed(op, e))?;
-                    Ok(done(op))
+                // In the mix, creates refill the pool as fast as status changes drain it;
+                // should it run dry anyway, this slot creates a task instead.
+                None if self.scenario == Scenario::Mixed => {
+                    Box::pin(self.call_task_api(client, Op::Create)).await
                 }
-                Op::Complete => match self.shared.take_pending() {
-                    Some(id) => {
-                        ops::complete(client, &id)
-                            .await
-                            .map_err(|e| CallError::Failed(op, e))?;
-                        Ok(Done {
-                            completed: Some(id),
-                            ..done(op)
-                        })
-                    }
-                    // In the mix, creates refill the pool as fast as status changes drain it;
-                    // should it run dry anyway, this slot creates a task instead.
-                    None if self.scenario == Scenario::Mixed => {
-                        let id = ops::create(client)
-                            .await
-                            .map_err(|e| CallError::Failed(Op::Create, e))?;
-                        Ok(Done {
-                            created: Some(id),
-                            ..done(Op::Create)
-                        })
-                    }
-                    None => Err(CallError::PoolEmpty),
-                },
-                Op::List => {
-                    ops::list(client)
-                        .await
-                        .map_err(|e| CallError::Failed(op, e))?;
-                    Ok(done(op))
-                }
+                None => Err(OpError::PoolEmpty),
             },
-            Target::Ceiling(ceiling) => {
-                let keys = self.shared.ceiling_keys;
-                let result = match op {
-                    Op::Create => ceiling.create().await,
-                    Op::Get => ceiling.get(self.rng.usize(0..keys)).await,
-                    Op::Complete => {
-                        let key = self.cursor;
-                        self.cursor += self.stride;
-                        if self.cursor >= keys {
-                            self.cursor = self.index;
-                        }
-                        ceiling.complete(key).await
-                    }
-                    Op::List => ceiling.list(self.rng.usize(0..keys), keys).await,
-                };
-                result.map_err(|e| CallError::Failed(op, e))?;
-                Ok(done(op))
+            Op::Delete => {
+                let id = self.shared.take_once().ok_or(OpError::PoolEmpty)?;
+                ops::delete(client, &id).await.map_err(failed)?;
+                Ok(Done::of(op))
             }
+            Op::List => {
+                ops::list(client).await.map_err(failed)?;
+                Ok(Done::of(op))
+            }
+        }
+    }
+
+    async fn call_plain(&mut self, plain: &mut Plain, op: Op) -> Result<Done, OpError> {
+        let failed = |e| OpError::Failed(op, e);
+        let keys = self.shared.plain_get_keys;
+        match op {
+            Op::Create => {
+                let key = plain.create().await.map_err(failed)?;
+                Ok(Done {
+                    created: Some(key),
+                    ..Done::of(op)
+                })
+            }
+            Op::Get => plain
+                .get(self.rng.usize(0..keys))
+                .await
+                .map_err(failed)
+                .map(|()| Done::of(op)),
+            Op::Update => {
+                let key = self.next_in_cycle()?;
+                let n = self.shared.edits.fetch_add(1, Ordering::Relaxed);
+                plain
+                    .update(&key, n)
+                    .await
+                    .map_err(failed)
+                    .map(|()| Done::of(op))
+            }
+            Op::Complete => {
+                let key = self.next_in_cycle()?;
+                plain
+                    .complete(&key)
+                    .await
+                    .map_err(failed)
+                    .map(|()| Done::of(op))
+            }
+            Op::Delete => {
+                let key = self.shared.take_once().ok_or(OpError::PoolEmpty)?;
+                plain
+                    .delete(&key)
+                    .await
+                    .map_err(failed)
+                    .map(|()| Done::of(op))
+            }
+            Op::List => plain
+                .list(self.rng.usize(0..keys), keys)
+                .await
+                .map_err(failed)
+                .map(|()| Done::of(op)),
         }
     }
 
     async fn run(mut self, window: Window) -> WorkerLog {
         let mut log = WorkerLog::default();
-        let is_task_api = matches!(self.target, Target::TaskApi(_));
         loop {
             let started = Instant::now();
             if started >= window.end || self.shared.is_stopped() {
@@ -324,38 +415,42 @@ impl Worker {
             let op = self.pick();
             let result = tokio::time::timeout(CALL_TIMEOUT, self.call(op)).await;
             let finished = Instant::now();
-            let returned_at = SystemTime::now();
             let measured = started >= window.measure_from;
             match result {
                 Err(_) => log.error(op, format!("no answer within {CALL_TIMEOUT:?}")),
-                Ok(Err(CallError::Failed(op, message))) => log.error(op, message),
-                Ok(Err(CallError::PoolEmpty)) => {
+                Ok(Err(OpError::Failed(op, error))) => log.error(op, error.to_string()),
+                Ok(Err(OpError::PoolEmpty)) => {
                     self.shared.stop(started);
                     break;
                 }
                 Ok(Ok(done)) => {
+                    log.succeeded += 1;
                     if measured {
                         let offset = started.duration_since(window.measure_from);
                         log.ops[done.op.index()].push((micros(offset), micros(finished - started)));
                     }
-                    if let Some(id) = done.created
-                        && is_task_api
-                    {
-                        if self.scenario == Scenario::Mixed {
-                            self.shared.add_pending(id.clone());
-                        }
-                        log.created.push(id);
-                    }
-                    if let Some(id) = done.completed
-                        && measured
-                        && self.scenario == Scenario::Status
-                    {
-                        self.shared.maybe_sample(&id, returned_at);
-                    }
+                    self.record(&mut log, done, measured);
                 }
             }
         }
         log
+    }
+
+    /// Keeps what a successful call created or completed.
+    fn record(&self, log: &mut WorkerLog, done: Done, measured: bool) {
+        let is_task_api = matches!(self.target, Target::TaskApi(_));
+        if let Some(id) = done.created {
+            if self.scenario == Scenario::Mixed && is_task_api {
+                self.shared.add_once(id.clone());
+            }
+            log.created.push(id);
+        }
+        if let Some(id) = done.completed
+            && measured
+            && self.scenario == Scenario::Status
+        {
+            self.shared.maybe_sample(&id, SystemTime::now());
+        }
     }
 }
 
@@ -372,8 +467,10 @@ struct Window {
 #[derive(Default)]
 struct WorkerLog {
     /// Per op: (start, in microseconds after the warm-up; latency in microseconds).
-    ops: [Vec<(u32, u32)>; 4],
-    errors: [u64; 4],
+    ops: [Vec<(u32, u32)>; OPS],
+    errors: [u64; OPS],
+    /// Successful calls, warm-up included.
+    succeeded: u64,
     messages: Vec<String>,
     created: Vec<String>,
 }
@@ -395,17 +492,36 @@ pub struct Watched {
     pub daprd: u32,
 }
 
+impl Watched {
+    /// CPU ticks so far of task-api, its daprd and this process (0 for one that is gone).
+    pub fn ticks(&self) -> [u64; 3] {
+        [self.task_api, self.daprd, std::process::id()]
+            .map(|pid| procfs::cpu_ticks(pid).unwrap_or(0))
+    }
+
+    /// CPU seconds each used since `start` (from [`Watched::ticks`]).
+    pub fn cpu_since(&self, start: [u64; 3]) -> [f64; 3] {
+        let now = self.ticks();
+        let per_second = procfs::clock_ticks_per_second();
+        [0, 1, 2].map(|i| now[i].saturating_sub(start[i]) as f64 / per_second)
+    }
+}
+
 /// What one run measured.
 #[derive(Debug, Default)]
 pub struct RunResult {
     /// Latencies (µs) of measured successful requests, per op.
-    pub latencies: [Vec<u32>; 4],
-    pub errors: [u64; 4],
+    pub latencies: [Vec<u32>; OPS],
+    pub errors: [u64; OPS],
     pub messages: Vec<String>,
+    /// Successful requests, warm-up included: what the CPU from the run's start is divided by.
+    pub succeeded: u64,
+    /// CPU ticks of task-api, its daprd and this process when the run (its warm-up) began.
+    pub start_ticks: [u64; 3],
     /// Seconds measured: the duration, or less if the pending pool ran out.
     pub measured_secs: f64,
     pub pool_exhausted: bool,
-    /// Ids task-api created (including during the warm-up).
+    /// Ids (keys, for the plain app) created, including during the warm-up.
     pub created: Vec<String>,
     /// CPU seconds used in the measured window.
     pub cpu_task_api: f64,
@@ -430,6 +546,7 @@ pub async fn run(
     duration: Duration,
     watched: Watched,
 ) -> RunResult {
+    let start_ticks = watched.ticks();
     let start = Instant::now();
     let window = Window {
         measure_from: start + warmup,
@@ -441,7 +558,10 @@ pub async fn run(
         .map(|worker| tokio::spawn(worker.run(window)))
         .collect();
     let mut logs = Vec::with_capacity(handles.len());
-    let mut result = RunResult::default();
+    let mut result = RunResult {
+        start_ticks,
+        ..RunResult::default()
+    };
     for handle in handles {
         match handle.await {
             Ok(log) => logs.push(log),
@@ -453,11 +573,31 @@ pub async fn run(
         Some(at) if at < window.end => at.max(window.measure_from),
         _ => window.end,
     };
-    let cutoff = micros(measured_end.duration_since(window.measure_from));
     result.measured_secs = measured_end
         .duration_since(window.measure_from)
         .as_secs_f64();
     result.pool_exhausted = stopped_at.is_some();
+    merge(
+        &mut result,
+        logs,
+        micros(measured_end.duration_since(window.measure_from)),
+    );
+    if let Ok(usage) = sampler.await {
+        result.cpu_task_api = usage.cpu[0];
+        result.cpu_daprd = usage.cpu[1];
+        result.cpu_client = usage.cpu[2];
+        result.rss_task_api = usage.rss_task_api;
+        result.rss_daprd = usage.rss_daprd;
+    }
+    for latencies in &mut result.latencies {
+        latencies.sort_unstable();
+    }
+    result
+}
+
+/// Adds the workers' logs to `result`, keeping the latencies of requests started before
+/// `cutoff` (µs after the warm-up).
+fn merge(result: &mut RunResult, logs: Vec<WorkerLog>, cutoff: u32) {
     for log in logs {
         for (i, op) in log.ops.into_iter().enumerate() {
             result.latencies[i].extend(
@@ -474,19 +614,9 @@ pub async fn run(
                 result.messages.push(message);
             }
         }
+        result.succeeded += log.succeeded;
         result.created.extend(log.created);
     }
-    if let Ok(usage) = sampler.await {
-        result.cpu_task_api = usage.cpu[0];
-        result.cpu_daprd = usage.cpu[1];
-        result.cpu_client = usage.cpu[2];
-        result.rss_task_api = usage.rss_task_api;
-        result.rss_daprd = usage.rss_daprd;
-    }
-    for latencies in &mut result.latencies {
-        latencies.sort_unstable();
-    }
-    result
 }
 
 struct Usage {
@@ -497,10 +627,8 @@ struct Usage {
 
 /// CPU time over the measured window, and memory sampled through it.
 async fn sample_usage(window: Window, shared: Arc<Shared>, watched: Watched) -> Usage {
-    let pids = [watched.task_api, watched.daprd, std::process::id()];
-    let ticks = || pids.map(|pid| procfs::cpu_ticks(pid).unwrap_or(0));
     tokio::time::sleep_until(window.measure_from.into()).await;
-    let before = ticks();
+    let before = watched.ticks();
     let mut usage = Usage {
         cpu: [0.0; 3],
         rss_task_api: Vec::new(),
@@ -516,7 +644,7 @@ async fn sample_usage(window: Window, shared: Arc<Shared>, watched: Watched) -> 
         let next = (Instant::now() + SAMPLE_EVERY).min(window.end);
         tokio::time::sleep_until(next.into()).await;
     }
-    let after = ticks();
+    let after = watched.ticks();
     let per_second = procfs::clock_ticks_per_second();
     for i in 0..3 {
         usage.cpu[i] = after[i].saturating_sub(before[i]) as f64 / per_second;
@@ -530,7 +658,7 @@ pub async fn delete_tasks(
     clients: &[TaskClient],
     ids: Vec<String>,
     concurrency: usize,
-) -> Result<(), String> {
+) -> Result<(), CallError> {
     let ids = Arc::new(ids);
     let next = Arc::new(AtomicU64::new(0));
     let mut handles = Vec::new();
@@ -543,9 +671,13 @@ pub async fn delete_tasks(
             while let Some(id) = ids.get(next.fetch_add(1, Ordering::Relaxed) as usize) {
                 let outcome = tokio::time::timeout(CALL_TIMEOUT, ops::delete(&mut client, id))
                     .await
-                    .unwrap_or_else(|_| Err(format!("no answer within {CALL_TIMEOUT:?}")));
+                    .unwrap_or(Err(CallError::Timeout(CALL_TIMEOUT)));
                 if let Err(e) = outcome {
-                    first_error.get_or_insert(format!("DeleteTask({id}): {e}"));
+                    first_error.get_or_insert(CallError::About {
+                        call: "DeleteTask",
+                        id: id.clone(),
+                        source: Box::new(e),
+                    });
                 }
             }
             first_error
@@ -553,7 +685,7 @@ pub async fn delete_tasks(
     }
     let mut first_error = None;
     for handle in handles {
-        let outcome = handle.await.map_err(|e| e.to_string())?;
+        let outcome = handle.await?;
         if first_error.is_none() {
             first_error = outcome;
         }
@@ -566,7 +698,7 @@ pub async fn create_tasks(
     clients: &[TaskClient],
     count: usize,
     concurrency: usize,
-) -> Result<Vec<String>, String> {
+) -> Result<Vec<String>, CallError> {
     let remaining = Arc::new(AtomicU64::new(count as u64));
     let mut handles = Vec::new();
     for i in 0..concurrency.clamp(1, count.max(1)) {
@@ -581,15 +713,15 @@ pub async fn create_tasks(
             {
                 let created = tokio::time::timeout(CALL_TIMEOUT, ops::create(&mut client))
                     .await
-                    .map_err(|_| format!("CreateTask gave no answer within {CALL_TIMEOUT:?}"))?;
+                    .map_err(|_| CallError::Timeout(CALL_TIMEOUT))?;
                 ids.push(created?);
             }
-            Ok::<_, String>(ids)
+            Ok::<_, CallError>(ids)
         }));
     }
     let mut ids = Vec::with_capacity(count);
     for handle in handles {
-        ids.extend(handle.await.map_err(|e| e.to_string())??);
+        ids.extend(handle.await??);
     }
     Ok(ids)
 }

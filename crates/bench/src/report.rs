@@ -18,10 +18,6 @@ fn percentile_ms(sorted: &[u32], q: f64) -> Option<f64> {
     Some(f64::from(sorted[rank - 1]) / 1_000.0)
 }
 
-fn per_thousand(cpu_seconds: f64, requests: usize) -> Option<f64> {
-    (requests > 0).then(|| cpu_seconds * 1_000.0 / requests as f64)
-}
-
 fn kib_to_mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
@@ -35,7 +31,20 @@ pub struct OpSummary {
     pub errors: u64,
 }
 
-/// One side (task-api or ceiling) of one scenario at one concurrency.
+/// CPU a run used, from the start of its warm-up until task-api had handled every event it
+/// published: task-api, its daprd, the load client (seconds).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunCpu {
+    pub seconds: [f64; 3],
+    /// How long after the load ended the events took to be handled (task-api's runs).
+    pub drained_after_secs: Option<f64>,
+}
+
+fn per_request_ms(cpu_seconds: f64, requests: u64) -> Option<f64> {
+    (requests > 0).then(|| cpu_seconds * 1_000.0 / requests as f64)
+}
+
+/// One side (task-api or the plain app) of one scenario at one concurrency.
 #[derive(Debug, Clone, Serialize)]
 pub struct Measurement {
     pub requests: usize,
@@ -48,12 +57,18 @@ pub struct Measurement {
     pub errors: u64,
     pub error_messages: Vec<String>,
     pub measured_secs: f64,
-    /// The pool of pending tasks ran out before the duration; fewer seconds were measured.
+    /// A pool of tasks ran out before the duration; fewer seconds were measured.
     pub pool_exhausted: bool,
-    /// CPU seconds per 1,000 measured requests: task-api, its daprd, the load client.
-    pub task_api_cpu_s_per_1k: Option<f64>,
-    pub daprd_cpu_s_per_1k: Option<f64>,
-    pub client_cpu_s_per_1k: Option<f64>,
+    /// CPU milliseconds per successful request (warm-up included), from the run's start until
+    /// its events were handled: task-api, task-api's daprd, the load client.
+    pub task_api_cpu_ms_per_req: Option<f64>,
+    pub daprd_cpu_ms_per_req: Option<f64>,
+    pub client_cpu_ms_per_req: Option<f64>,
+    /// The same over the measured window alone, per measured request.
+    pub task_api_cpu_ms_per_req_in_window: Option<f64>,
+    pub daprd_cpu_ms_per_req_in_window: Option<f64>,
+    /// Seconds from the end of the load until task-api had handled every event of the run.
+    pub events_drained_after_secs: Option<f64>,
     /// Highest VmRSS sampled during the measured window.
     pub task_api_rss_max_mib: Option<f64>,
     pub daprd_rss_max_mib: Option<f64>,
@@ -62,33 +77,32 @@ pub struct Measurement {
     pub ops: BTreeMap<&'static str, OpSummary>,
 }
 
+fn op_summaries(run: &RunResult, secs: f64) -> BTreeMap<&'static str, OpSummary> {
+    Op::ALL
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !run.latencies[*i].is_empty() || run.errors[*i] > 0)
+        .map(|(i, op)| {
+            let latencies = &run.latencies[i];
+            let summary = OpSummary {
+                requests: latencies.len(),
+                rps: latencies.len() as f64 / secs,
+                p50_ms: percentile_ms(latencies, 0.50),
+                p99_ms: percentile_ms(latencies, 0.99),
+                errors: run.errors[i],
+            };
+            (op.name(), summary)
+        })
+        .collect()
+}
+
 impl Measurement {
-    pub fn of(run: &RunResult, scenario: Scenario) -> Self {
+    pub fn of(run: &RunResult, scenario: Scenario, cpu: RunCpu) -> Self {
         let mut all: Vec<u32> = run.latencies.iter().flatten().copied().collect();
         all.sort_unstable();
         let requests = all.len();
         let secs = run.measured_secs.max(f64::EPSILON);
-        let ops = if scenario == Scenario::Mixed {
-            Op::ALL
-                .iter()
-                .enumerate()
-                .map(|(i, op)| {
-                    let latencies = &run.latencies[i];
-                    (
-                        op.name(),
-                        OpSummary {
-                            requests: latencies.len(),
-                            rps: latencies.len() as f64 / secs,
-                            p50_ms: percentile_ms(latencies, 0.50),
-                            p99_ms: percentile_ms(latencies, 0.99),
-                            errors: run.errors[i],
-                        },
-                    )
-                })
-                .collect()
-        } else {
-            BTreeMap::new()
-        };
+        let in_window = |seconds| per_request_ms(seconds, requests as u64);
         Self {
             requests,
             rps: if run.measured_secs > 0.0 {
@@ -104,13 +118,27 @@ impl Measurement {
             error_messages: run.messages.clone(),
             measured_secs: run.measured_secs,
             pool_exhausted: run.pool_exhausted,
-            task_api_cpu_s_per_1k: per_thousand(run.cpu_task_api, requests),
-            daprd_cpu_s_per_1k: per_thousand(run.cpu_daprd, requests),
-            client_cpu_s_per_1k: per_thousand(run.cpu_client, requests),
+            task_api_cpu_ms_per_req: per_request_ms(cpu.seconds[0], run.succeeded),
+            daprd_cpu_ms_per_req: per_request_ms(cpu.seconds[1], run.succeeded),
+            client_cpu_ms_per_req: per_request_ms(cpu.seconds[2], run.succeeded),
+            task_api_cpu_ms_per_req_in_window: in_window(run.cpu_task_api),
+            daprd_cpu_ms_per_req_in_window: in_window(run.cpu_daprd),
+            events_drained_after_secs: cpu.drained_after_secs,
             task_api_rss_max_mib: run.rss_task_api.iter().max().map(|kib| kib_to_mib(*kib)),
             daprd_rss_max_mib: run.rss_daprd.iter().max().map(|kib| kib_to_mib(*kib)),
-            ops,
+            ops: if scenario == Scenario::Mixed {
+                op_summaries(run, secs)
+            } else {
+                BTreeMap::new()
+            },
         }
+    }
+}
+
+fn quotient(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
     }
 }
 
@@ -119,11 +147,14 @@ pub struct ScenarioResult {
     pub scenario: &'static str,
     pub concurrency: usize,
     pub task_api: Measurement,
-    pub ceiling: Measurement,
-    /// task-api's requests/s over the ceiling's.
+    pub plain: Measurement,
+    /// task-api's figure over the plain app's.
     pub rps_ratio: Option<f64>,
-    /// task-api's p99 over the ceiling's.
+    pub p50_ratio: Option<f64>,
+    pub p90_ratio: Option<f64>,
     pub p99_ratio: Option<f64>,
+    /// task-api's daprd CPU per request over the same daprd's per plain request.
+    pub daprd_cpu_ratio: Option<f64>,
 }
 
 impl ScenarioResult {
@@ -131,20 +162,18 @@ impl ScenarioResult {
         scenario: Scenario,
         concurrency: usize,
         task_api: Measurement,
-        ceiling: Measurement,
+        plain: Measurement,
     ) -> Self {
-        let rps_ratio = (ceiling.rps > 0.0).then(|| task_api.rps / ceiling.rps);
-        let p99_ratio = match (task_api.p99_ms, ceiling.p99_ms) {
-            (Some(api), Some(ceiling)) if ceiling > 0.0 => Some(api / ceiling),
-            _ => None,
-        };
         Self {
             scenario: scenario.name(),
             concurrency,
+            rps_ratio: quotient(Some(task_api.rps), Some(plain.rps)),
+            p50_ratio: quotient(task_api.p50_ms, plain.p50_ms),
+            p90_ratio: quotient(task_api.p90_ms, plain.p90_ms),
+            p99_ratio: quotient(task_api.p99_ms, plain.p99_ms),
+            daprd_cpu_ratio: quotient(task_api.daprd_cpu_ms_per_req, plain.daprd_cpu_ms_per_req),
             task_api,
-            ceiling,
-            rps_ratio,
-            p99_ratio,
+            plain,
         }
     }
 }
@@ -204,34 +233,97 @@ pub struct Target {
     pub pass: Option<bool>,
 }
 
+/// A target on a ratio of task-api's figure to the plain app's.
+fn ratio_target(
+    results: &[ScenarioResult],
+    scenario: Scenario,
+    concurrency: usize,
+    (what, requirement): (&str, &str),
+    figure: impl Fn(&ScenarioResult) -> Option<f64>,
+    pass: impl Fn(f64) -> bool,
+) -> Target {
+    let actual = results
+        .iter()
+        .find(|r| r.scenario == scenario.name() && r.concurrency == concurrency)
+        .and_then(figure);
+    Target {
+        name: format!("{} {what} at {concurrency}", scenario.name()),
+        requirement: requirement.into(),
+        actual,
+        pass: actual.map(pass),
+    }
+}
+
+/// The plain-baseline targets: writes at 16 and 64 in flight reach 80% of the plain app's
+/// throughput, at 1 in flight their p50 is at most 1.5 times its, at 16 their daprd CPU per
+/// request at most 1.5 times its; GetTask keeps 90% of its throughput with a p99 within 1.2
+/// times its at 16 and 64.
+fn baseline_targets(results: &[ScenarioResult]) -> Vec<Target> {
+    let mut targets = Vec::new();
+    for scenario in Scenario::WRITES {
+        for c in [16, 64] {
+            let what = ("throughput", "task-api rps >= 0.8 x plain rps");
+            targets.push(ratio_target(
+                results,
+                scenario,
+                c,
+                what,
+                |r| r.rps_ratio,
+                |x| x >= 0.8,
+            ));
+        }
+        let what = ("p50", "task-api p50 <= 1.5 x plain p50");
+        targets.push(ratio_target(
+            results,
+            scenario,
+            1,
+            what,
+            |r| r.p50_ratio,
+            |x| x <= 1.5,
+        ));
+        let what = (
+            "daprd CPU per request",
+            "task-api's daprd CPU per request <= 1.5 x the plain app's",
+        );
+        targets.push(ratio_target(
+            results,
+            scenario,
+            16,
+            what,
+            |r| r.daprd_cpu_ratio,
+            |x| x <= 1.5,
+        ));
+    }
+    for c in [16, 64] {
+        let what = ("throughput", "task-api rps >= 0.9 x plain rps");
+        targets.push(ratio_target(
+            results,
+            Scenario::Get,
+            c,
+            what,
+            |r| r.rps_ratio,
+            |x| x >= 0.9,
+        ));
+        let what = ("p99", "task-api p99 <= 1.2 x plain p99");
+        targets.push(ratio_target(
+            results,
+            Scenario::Get,
+            c,
+            what,
+            |r| r.p99_ratio,
+            |x| x <= 1.2,
+        ));
+    }
+    targets
+}
+
 pub fn targets(
     results: &[ScenarioResult],
     memory: &Memory,
     events: &Events,
     total_errors: u64,
 ) -> Vec<Target> {
-    let mut targets = Vec::new();
-    for scenario in [Scenario::Create, Scenario::Get] {
-        for concurrency in [16, 64] {
-            let found = results
-                .iter()
-                .find(|r| r.scenario == scenario.name() && r.concurrency == concurrency);
-            let rps = found.and_then(|r| r.rps_ratio);
-            targets.push(Target {
-                name: format!("{} throughput at {concurrency}", scenario.name()),
-                requirement: "task-api rps >= 0.9 x ceiling rps".into(),
-                actual: rps,
-                pass: rps.map(|r| r >= 0.9),
-            });
-            let p99 = found.and_then(|r| r.p99_ratio);
-            targets.push(Target {
-                name: format!("{} p99 at {concurrency}", scenario.name()),
-                requirement: "task-api p99 <= 1.2 x ceiling p99".into(),
-                actual: p99,
-                pass: p99.map(|r| r <= 1.2),
-            });
-        }
-    }
+    let mut targets = baseline_targets(results);
     let rss = (memory.sampled_concurrency == 64)
         .then_some(memory.task_api_rss_max_mib)
         .flatten();
@@ -279,37 +371,51 @@ fn mib(value: Option<f64>) -> String {
     value.map_or_else(|| "-".into(), |v| format!("{v:.1} MiB"))
 }
 
+fn cpu(value: Option<f64>) -> String {
+    value.map_or_else(|| "-".into(), |v| format!("{v:.3}"))
+}
+
 /// The results table, in markdown.
 pub fn table(results: &[ScenarioResult]) -> String {
     let mut out = String::from(
-        "| scenario | concurrency | task-api rps | ceiling rps | ratio | p50 ms (task-api / ceiling) | p90 ms (task-api / ceiling) | p99 ms (task-api / ceiling) | p99 ratio | errors (task-api / ceiling) | CPU s/1k req |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| scenario | in flight | task-api rps | plain rps | ratio | p50 ms (task-api / plain) | p50 ratio | p90 ms (task-api / plain) | p90 ratio | p99 ms (task-api / plain) | p99 ratio | daprd CPU ms/req (task-api / plain) | daprd CPU ratio | task-api CPU ms/req | events handled after (s) | errors (task-api / plain) |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in results {
-        let exhausted = if r.task_api.pool_exhausted {
-            format!(" ({:.1} s: pool used up)", r.task_api.measured_secs)
-        } else {
-            String::new()
+        let (a, p) = (&r.task_api, &r.plain);
+        let exhausted = |m: &Measurement, who: &str| {
+            if m.pool_exhausted {
+                format!(" ({who}: {:.1} s, pool used up)", m.measured_secs)
+            } else {
+                String::new()
+            }
         };
         out.push_str(&format!(
-            "| {}{exhausted} | {} | {:.0} | {:.0} | {} | {} / {} | {} / {} | {} / {} | {} | {} / {} | {} |\n",
+            "| {}{}{} | {} | {:.0} | {:.0} | {} | {} / {} | {} | {} / {} | {} | {} / {} | {} | {} / {} | {} | {} | {} | {} / {} |\n",
             r.scenario,
+            exhausted(a, "task-api"),
+            exhausted(p, "plain"),
             r.concurrency,
-            r.task_api.rps,
-            r.ceiling.rps,
+            a.rps,
+            p.rps,
             percent(r.rps_ratio),
-            ms(r.task_api.p50_ms),
-            ms(r.ceiling.p50_ms),
-            ms(r.task_api.p90_ms),
-            ms(r.ceiling.p90_ms),
-            ms(r.task_api.p99_ms),
-            ms(r.ceiling.p99_ms),
+            ms(a.p50_ms),
+            ms(p.p50_ms),
+            ratio(r.p50_ratio),
+            ms(a.p90_ms),
+            ms(p.p90_ms),
+            ratio(r.p90_ratio),
+            ms(a.p99_ms),
+            ms(p.p99_ms),
             ratio(r.p99_ratio),
-            r.task_api.errors,
-            r.ceiling.errors,
-            r.task_api
-                .task_api_cpu_s_per_1k
-                .map_or_else(|| "-".into(), |v| format!("{v:.3}")),
+            cpu(a.daprd_cpu_ms_per_req),
+            cpu(p.daprd_cpu_ms_per_req),
+            ratio(r.daprd_cpu_ratio),
+            cpu(a.task_api_cpu_ms_per_req),
+            a.events_drained_after_secs
+                .map_or_else(|| "-".into(), |s| format!("{s:.1}")),
+            a.errors,
+            p.errors,
         ));
     }
     out
@@ -374,29 +480,41 @@ mod tests {
     }
 
     #[test]
-    fn ratios_and_missing_levels() {
+    fn ratios_targets_and_missing_levels() {
         let mut run = RunResult {
             measured_secs: 2.0,
+            succeeded: 200,
             ..Default::default()
         };
         run.latencies[0] = vec![1_000; 200];
-        let api = Measurement::of(&run, Scenario::Create);
+        let cpu = |daprd| RunCpu {
+            seconds: [0.1, daprd, 0.1],
+            drained_after_secs: None,
+        };
+        let api = Measurement::of(&run, Scenario::Create, cpu(0.4));
         run.latencies[0] = vec![1_000; 400];
-        let ceiling = Measurement::of(&run, Scenario::Create);
-        let result = ScenarioResult::new(Scenario::Create, 16, api, ceiling);
+        let plain = Measurement::of(&run, Scenario::Create, cpu(0.2));
+        assert_eq!(api.daprd_cpu_ms_per_req, Some(2.0));
+        let result = ScenarioResult::new(Scenario::Create, 16, api, plain);
         assert_eq!(result.rps_ratio, Some(0.5));
         assert_eq!(result.p99_ratio, Some(1.0));
+        assert_eq!(result.daprd_cpu_ratio, Some(2.0));
         let events = Events {
             overall: DeliverySummary::default(),
             per_concurrency: BTreeMap::new(),
         };
         let targets = targets(&[result], &Memory::default(), &events, 0);
-        let create16 = &targets[0];
-        assert_eq!(create16.pass, Some(false));
-        assert!(
-            targets
-                .iter()
-                .any(|t| t.name.contains("at 64") && t.pass.is_none())
+        let find = |name: &str| targets.iter().find(|t| t.name == name).unwrap();
+        assert_eq!(find("CreateTask throughput at 16").pass, Some(false));
+        assert_eq!(
+            find("CreateTask daprd CPU per request at 16").pass,
+            Some(false)
         );
+        assert_eq!(
+            find("CreateTask throughput at 64").pass,
+            None,
+            "not measured"
+        );
+        assert_eq!(find("CreateTask p50 at 1").pass, None, "not measured");
     }
 }

@@ -13,15 +13,40 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
-use crate::error::{BenchError, Result, setup};
+use crate::{
+    backlog::EventBroker,
+    error::{BenchError, Result, failed, setup},
+    ops::{self, TaskClient},
+};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// What the apps and their sidecars export beyond what every mode runs them with: by default
+/// nothing (no METRICS_PORT, no OTEL_* variables, daprd exporting no spans).
+#[derive(Debug, Clone, Default)]
+pub struct Telemetry {
+    /// Each app serves Prometheus metrics on a free port, passed to it as METRICS_PORT.
+    pub metrics: bool,
+    /// Spans of both apps and both sidecars go to this OTLP/gRPC receiver.
+    pub otlp: Option<Otlp>,
+}
+
+/// One OTLP/gRPC receiver, in the two spellings its users want.
+#[derive(Debug, Clone)]
+pub struct Otlp {
+    /// `http://host:port`, the apps' OTEL_EXPORTER_OTLP_ENDPOINT.
+    pub endpoint: String,
+    /// `host:port`, daprd's `otel.endpointAddress`.
+    pub address: String,
+}
 
 /// One app and its sidecar.
 pub struct App {
     pub name: &'static str,
     pub port: u16,
+    /// Where the app serves `/metrics`, when it was given METRICS_PORT.
+    pub metrics_port: Option<u16>,
     pub process: ManagedProcess,
     pub sidecar: Sidecar,
 }
@@ -69,26 +94,50 @@ pub struct System {
 }
 
 impl System {
+    /// `connections` TaskService clients of task-api presenting its API key, each on a
+    /// connection of its own.
+    pub async fn task_clients(&self, connections: usize) -> Result<Vec<TaskClient>> {
+        let mut clients = Vec::with_capacity(connections);
+        for _ in 0..connections {
+            let channel = channel(self.task_api.port, "task-api").await?;
+            clients.push(ops::task_client(channel, self.stack.api_key())?);
+        }
+        Ok(clients)
+    }
+
     /// Starts the servers of `components`, then notification-service (task-api invokes it),
     /// then task-api, both from `binaries` (the ones built next to the benchmark when `None`).
     pub async fn start(components: ComponentSet, binaries: Option<&Path>) -> Result<Self> {
+        Self::start_with(components, binaries, &Telemetry::default()).await
+    }
+
+    /// [`System::start`] with the apps and sidecars exporting what `telemetry` says.
+    pub async fn start_with(
+        components: ComponentSet,
+        binaries: Option<&Path>,
+        telemetry: &Telemetry,
+    ) -> Result<Self> {
         let binaries = match binaries {
             Some(dir) => dir.to_path_buf(),
             None => app_binaries()?,
         };
-        let stack = Stack::builder()
+        let mut builder = Stack::builder()
             .components(components)
             .scheduler(false)
-            .log_sink(LogSink::Capture)
-            .start()
-            .await?;
+            .log_sink(LogSink::Capture);
+        if let Some(otlp) = &telemetry.otlp {
+            builder = builder.otlp_endpoint(&otlp.address);
+        }
+        let stack = builder.start().await?;
+        let binary = |name: &str| binaries.join(name);
         let notifications = start_app(
             &stack,
             "notification-service",
-            &binaries.join("notification-service"),
+            &binary("notification-service"),
+            telemetry,
         )
         .await?;
-        let task_api = start_app(&stack, "task-api", &binaries.join("task-api")).await?;
+        let task_api = start_app(&stack, "task-api", &binary("task-api"), telemetry).await?;
         Ok(Self {
             task_api,
             notifications,
@@ -96,13 +145,16 @@ impl System {
         })
     }
 
-    /// The broker's Redis, whose streams say when every event has been handled.
-    pub fn broker_address(&self) -> Result<String> {
+    /// The broker task-api's events wait on, which says when every event has been handled.
+    pub fn event_broker(&self) -> Result<EventBroker> {
+        if let Some(kafka) = self.stack.kafka() {
+            return Ok(EventBroker::Kafka(kafka.address()));
+        }
         self.stack
             .broker()
             .or(self.stack.redis())
-            .map(|redis| redis.address())
-            .ok_or_else(|| setup("the stack runs without a Redis broker"))
+            .map(|redis| EventBroker::Redis(redis.address()))
+            .ok_or_else(|| setup("the stack runs without a broker"))
     }
 
     /// The last `lines` log lines of every app and sidecar, for a failed run.
@@ -133,8 +185,8 @@ impl System {
 
 /// The app binaries are built next to this one (`cargo build --release -p task-api -p bench`).
 fn app_binaries() -> Result<PathBuf> {
-    let exe = std::env::current_exe()
-        .map_err(|e| setup(format!("cannot tell where the benchmark runs from: {e}")))?;
+    let exe =
+        std::env::current_exe().map_err(failed("cannot tell where the benchmark runs from"))?;
     let dir = exe
         .parent()
         .ok_or_else(|| setup("cannot tell where the benchmark runs from"))?;
@@ -151,7 +203,12 @@ fn app_binaries() -> Result<PathBuf> {
 
 /// Starts an app as users run it: its sidecar's gRPC port is known before either starts, the
 /// app comes first, daprd waits for its port, and the app is ready once its health says so.
-async fn start_app(stack: &Stack, name: &'static str, binary: &Path) -> Result<App> {
+async fn start_app(
+    stack: &Stack,
+    name: &'static str,
+    binary: &Path,
+    telemetry: &Telemetry,
+) -> Result<App> {
     let port = free_port()?;
     let sidecar = stack.sidecar(name)?.app_port(port).log_level("warn");
     let mut command = Command::new(binary);
@@ -171,6 +228,7 @@ async fn start_app(stack: &Stack, name: &'static str, binary: &Path) -> Result<A
             command.env(knob, value);
         }
     }
+    let metrics_port = export(&mut command, name, telemetry)?;
     let mut process = stack.spawn_app(AppProcess {
         name: name.to_string(),
         command,
@@ -188,9 +246,29 @@ async fn start_app(stack: &Stack, name: &'static str, binary: &Path) -> Result<A
     Ok(App {
         name,
         port,
+        metrics_port,
         process,
         sidecar,
     })
+}
+
+/// The telemetry settings of an app, as `scripts/run --observe` passes them; the metrics port
+/// chosen, if any.
+fn export(command: &mut Command, name: &str, telemetry: &Telemetry) -> Result<Option<u16>> {
+    let metrics_port = if telemetry.metrics {
+        let port = free_port()?;
+        command.env("METRICS_PORT", port.to_string());
+        Some(port)
+    } else {
+        None
+    };
+    if let Some(otlp) = &telemetry.otlp {
+        command
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", &otlp.endpoint)
+            .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+            .env("OTEL_SERVICE_NAME", name);
+    }
+    Ok(metrics_port)
 }
 
 async fn wait_serving(name: &str, port: u16, process: &mut ManagedProcess) -> Result<()> {
@@ -225,9 +303,9 @@ fn endpoint(port: u16, what: &str) -> Result<Endpoint> {
                 .connect_timeout(Duration::from_secs(3))
                 .http2_max_header_list_size(1 << 20)
         })
-        .map_err(|e| BenchError::Connect {
+        .map_err(|source| BenchError::Connect {
             what: what.to_string(),
-            detail: e.to_string(),
+            source,
         })
 }
 
@@ -240,8 +318,8 @@ pub async fn channel(port: u16, what: &str) -> Result<Channel> {
     endpoint(port, what)?
         .connect()
         .await
-        .map_err(|e| BenchError::Connect {
+        .map_err(|source| BenchError::Connect {
             what: what.to_string(),
-            detail: e.to_string(),
+            source,
         })
 }

@@ -27,6 +27,7 @@ impl<A> Clone for Callbacks<A> {
 }
 
 impl<A: App> Callbacks<A> {
+    /// The callbacks of `app`.
     pub fn new(app: A) -> Self {
         Self(Arc::new(app))
     }
@@ -49,18 +50,29 @@ impl<A: App> Callbacks<A> {
             .add_service(AppCallbackHealthCheckServer::new(self))
     }
 
-    /// Each entry handled like a single event, in order, answered by its entry id (daprd
-    /// redelivers an entry left without an answer).
+    /// The entries handed to the app together, answered by entry id (daprd redelivers an entry
+    /// left without an answer, so a missing status is answered RETRY).
     async fn bulk(&self, request: rt::TopicEventBulkRequest) -> rt::TopicEventBulkResponse {
-        let mut statuses = Vec::with_capacity(request.entries.len());
-        for (entry_id, event) in bulk_entries(request) {
-            let status = self.0.on_topic_event(event).await;
-            statuses.push(rt::TopicEventBulkResponseEntry {
+        let (entry_ids, events): (Vec<String>, Vec<_>) = bulk_entries(request).unzip();
+        let mut statuses = self.0.on_topic_events(events).await.into_iter();
+        let statuses = entry_ids
+            .into_iter()
+            .map(|entry_id| rt::TopicEventBulkResponseEntry {
                 entry_id,
-                status: TopicEventResponseStatus::from(status) as i32,
-            });
-        }
+                status: TopicEventResponseStatus::from(
+                    statuses.next().unwrap_or(crate::EventStatus::Retry),
+                ) as i32,
+            })
+            .collect();
         rt::TopicEventBulkResponse { statuses }
+    }
+}
+
+/// The three services, as routes of their own, so that [`serve`](crate::serve) takes the
+/// callbacks as they are.
+impl<A: App> From<Callbacks<A>> for Routes {
+    fn from(callbacks: Callbacks<A>) -> Self {
+        callbacks.into_routes()
     }
 }
 
@@ -279,7 +291,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn single_events_invocations_and_jobs_reach_the_app() {
+    async fn single_events_and_subscriptions_reach_the_app() {
         let callbacks = Callbacks::new(Recorder::default());
         let event = rt::TopicEventRequest {
             id: "1".into(),
@@ -299,7 +311,11 @@ mod tests {
             .unwrap()
             .into_inner();
         assert_eq!(subscriptions.subscriptions[0].topic, "t");
+    }
 
+    #[tokio::test]
+    async fn invocations_and_jobs_reach_the_app() {
+        let callbacks = Callbacks::new(Recorder::default());
         let invoke = |method: &str, verb| InvokeRequest {
             method: method.into(),
             http_extension: Some(dapr::dapr::proto::common::v1::HttpExtension {

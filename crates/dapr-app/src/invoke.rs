@@ -1,7 +1,10 @@
 //! Service invocation as an app sees it: an HTTP route with its verb, or a gRPC-style method.
 
 use dapr::dapr::proto::common::v1::{InvokeRequest, InvokeResponse, http_extension};
+use serde::de::DeserializeOwned;
 use tonic::metadata::MetadataMap;
+
+use crate::payload::{self, JsonError};
 
 /// The most characters of a caller's input a default answer repeats.
 const QUOTE_MAX_CHARS: usize = 64;
@@ -17,14 +20,23 @@ pub(crate) fn quoted(text: &str) -> String {
 /// The HTTP verb of an invocation made through daprd's HTTP API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verb {
+    /// `GET`
     Get,
+    /// `HEAD`
     Head,
+    /// `POST`
     Post,
+    /// `PUT`
     Put,
+    /// `DELETE`
     Delete,
+    /// `CONNECT`
     Connect,
+    /// `OPTIONS`
     Options,
+    /// `TRACE`
     Trace,
+    /// `PATCH`
     Patch,
 }
 
@@ -45,6 +57,7 @@ impl Verb {
         })
     }
 
+    /// The verb as HTTP writes it: `GET`, `POST`, ...
     pub fn as_str(self) -> &'static str {
         match self {
             Verb::Get => "GET",
@@ -73,12 +86,14 @@ pub struct Invocation {
     pub data: Vec<u8>,
     /// The `Any`'s type URL: set by gRPC-style callers that send a protobuf message.
     pub type_url: String,
+    /// The content type the caller declared for [`Invocation::data`].
     pub content_type: String,
     /// The call's metadata: the caller's headers, `dapr-caller-app-id`, `traceparent`, ...
     pub metadata: MetadataMap,
 }
 
 impl Invocation {
+    /// The invocation daprd made: `request` with the call's `metadata`.
     pub fn from_request(metadata: MetadataMap, request: InvokeRequest) -> Self {
         let (verb, query) = match request.http_extension {
             Some(extension) => (Verb::from_proto(extension.verb), extension.querystring),
@@ -105,6 +120,13 @@ impl Invocation {
         self.method.trim_matches('/').split('/').collect()
     }
 
+    /// The body decoded from JSON into `T`.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, JsonError> {
+        payload::decode(&self.data, &self.content_type, || {
+            format!("invocation of {}", quoted(&self.method))
+        })
+    }
+
     /// A metadata value as text.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.metadata
@@ -120,7 +142,8 @@ impl Invocation {
             .or_else(|| self.header(name))
     }
 
-    /// The app id of the caller, as daprd reports it.
+    /// The app id of the caller, as daprd reports it. daprd names the caller on calls that come
+    /// from another sidecar; a call an app makes to itself through its own sidecar has none.
     pub fn caller(&self) -> Option<&str> {
         self.header("dapr-caller-app-id")
     }
@@ -159,6 +182,7 @@ impl Reply {
         })
     }
 
+    /// The message daprd receives.
     pub fn into_response(self) -> InvokeResponse {
         self.0
     }

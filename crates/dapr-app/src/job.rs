@@ -11,6 +11,7 @@ pub struct Job {
     pub name: String,
     /// The data it was scheduled with (the `Any`'s value).
     pub data: Vec<u8>,
+    /// The type URL of the `Any` it was scheduled with (`""` for raw bytes).
     pub type_url: String,
 }
 
@@ -31,8 +32,11 @@ impl From<JobEventRequest> for Job {
 /// An event from an input binding.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct BindingEvent {
+    /// The name of the binding component.
     pub name: String,
+    /// What the binding delivered (empty for a cron binding).
     pub data: Vec<u8>,
+    /// What the binding adds about it (headers, keys, ...), by component type.
     pub metadata: HashMap<String, String>,
 }
 

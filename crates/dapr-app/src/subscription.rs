@@ -10,6 +10,8 @@ use dapr::dapr::proto::runtime::v1::{
 pub struct Subscription(TopicSubscription);
 
 impl Subscription {
+    /// A subscription to `topic` of the pub/sub component `pubsub`, with no routes yet: daprd
+    /// then delivers every event with an empty path.
     pub fn new(pubsub: &str, topic: &str) -> Self {
         Self(TopicSubscription {
             pubsub_name: pubsub.into(),
@@ -54,6 +56,14 @@ impl Subscription {
         self
     }
 
+    /// A metadata entry for the component, such as `rawPayload: "true"` for payloads published
+    /// without a CloudEvent envelope.
+    pub fn metadata(mut self, key: &str, value: &str) -> Self {
+        self.0.metadata.insert(key.into(), value.into());
+        self
+    }
+
+    /// The subscription as daprd receives it.
     pub fn build(self) -> TopicSubscription {
         self.0
     }
@@ -70,12 +80,14 @@ mod tests {
             .route("/orders")
             .dead_letter_topic("orders-dead")
             .bulk(10, 100)
+            .metadata("rawPayload", "true")
             .build();
         let routes = built.routes.unwrap();
         assert_eq!(routes.default, "/orders");
         assert_eq!(routes.rules[0].path, "/orders/big");
         assert_eq!(built.dead_letter_topic, "orders-dead");
         assert_eq!(built.bulk_subscribe.unwrap().max_messages_count, 10);
+        assert_eq!(built.metadata["rawPayload"], "true");
         let plain = Subscription::new("pubsub", "t").build();
         assert!(plain.routes.is_none() && plain.bulk_subscribe.is_none());
     }

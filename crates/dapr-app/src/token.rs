@@ -4,20 +4,32 @@
 //! `APP_API_TOKEN`, except three: `ListTopicSubscriptions`, `ListInputBindings` and
 //! `HealthCheck`, which it makes without one (and which read nothing). Every other callback
 //! changes or reads the app's data or hands it an event, so whoever can reach the app's port
-//! could forge them; an app checks the token on exactly those. [`AppTokenLayer`] does so for
-//! a server, leaving the app's own services to the app.
+//! could forge them; an app checks the token on exactly those, before any handler runs (in a
+//! tower layer in front of its server, which sees each call's path):
+//!
+//! ```
+//! use dapr_app::token::{self, Access};
+//! use http::HeaderMap;
+//! use tonic::Status;
+//!
+//! fn check(path: &str, headers: &HeaderMap, app_token: &str) -> Result<(), Status> {
+//!     let needs_token = token::access(path) == Some(Access::AppToken);
+//!     if needs_token && !token::presented(headers, app_token.as_bytes()) {
+//!         return Err(token::refused());
+//!     }
+//!     Ok(())
+//! }
+//!
+//! let mut headers = HeaderMap::new();
+//! let topic_event = "/dapr.proto.runtime.v1.AppCallback/OnTopicEvent";
+//! assert!(check(topic_event, &headers, "s3cret").is_err());
+//! headers.insert(token::METADATA_KEY, "s3cret".parse().unwrap());
+//! assert!(check(topic_event, &headers, "s3cret").is_ok());
+//! ```
 
-use std::{
-    future::Future,
-    pin::Pin,
-    sync::Arc,
-    task::{Context, Poll},
-};
-
-use http::{HeaderMap, Request, Response};
+use http::HeaderMap;
 use subtle::ConstantTimeEq;
 use tonic::Status;
-use tower::{Layer, Service};
 
 /// The metadata key daprd sends the token under.
 pub const METADATA_KEY: &str = "dapr-api-token";
@@ -67,65 +79,6 @@ pub fn refused() -> Status {
     Status::unauthenticated(
         "missing or wrong dapr-api-token: this callback is only for the app's Dapr sidecar",
     )
-}
-
-/// Requires the token on the callbacks that need it; other paths pass untouched.
-#[derive(Clone)]
-pub struct AppTokenLayer {
-    token: Arc<[u8]>,
-}
-
-impl AppTokenLayer {
-    pub fn new(token: &str) -> Self {
-        Self {
-            token: token.as_bytes().into(),
-        }
-    }
-}
-
-impl std::fmt::Debug for AppTokenLayer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("AppTokenLayer([redacted])")
-    }
-}
-
-impl<S> Layer<S> for AppTokenLayer {
-    type Service = AppTokenCheck<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        AppTokenCheck {
-            inner,
-            token: self.token.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct AppTokenCheck<S> {
-    inner: S,
-    token: Arc<[u8]>,
-}
-
-impl<S, B, R> Service<Request<B>> for AppTokenCheck<S>
-where
-    S: Service<Request<B>, Response = Response<R>>,
-    S::Future: Send + 'static,
-    R: Default,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        let needs_token = access(request.uri().path()) == Some(Access::AppToken);
-        if needs_token && !presented(request.headers(), &self.token) {
-            return Box::pin(async { Ok(refused().into_http()) });
-        }
-        Box::pin(self.inner.call(request))
-    }
 }
 
 #[cfg(test)]

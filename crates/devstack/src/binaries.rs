@@ -20,6 +20,36 @@ pub fn install_command() -> String {
     "tools/dapr/install.sh".to_string()
 }
 
+/// Asks an install script of `tools/` (which returns at once when its build is there) where
+/// its build is. `what` and `install` name the tool and the install command in the error.
+pub(crate) fn ask_install_script(
+    script: &str,
+    args: &[&str],
+    what: &'static str,
+    install: &str,
+) -> Result<PathBuf, Error> {
+    let script = repo_root().join(script);
+    let output = Command::new(&script)
+        .args(args)
+        .output()
+        .map_err(|source| Error::NotRunnable {
+            what,
+            program: script.clone(),
+            install: install.to_string(),
+            source,
+        })?;
+    if !output.status.success() {
+        return Err(Error::Missing {
+            what,
+            detail: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+            install: install.to_string(),
+        });
+    }
+    Ok(PathBuf::from(
+        String::from_utf8_lossy(&output.stdout).trim(),
+    ))
+}
+
 impl Binaries {
     /// Finds the binaries: `DAPR_BIN_DIR` (holding daprd, scheduler and sentry) when set, else the
     /// build made by `tools/dapr/install.sh` (which is asked, not rebuilt: a missing or stale
@@ -28,23 +58,12 @@ impl Binaries {
         if let Some(dir) = std::env::var_os("DAPR_BIN_DIR") {
             return Self::locate_in(&PathBuf::from(dir));
         }
-        let script = repo_root().join("tools/dapr/install.sh");
-        let output = Command::new(&script)
-            .arg("--print")
-            .output()
-            .map_err(|e| Error::Missing {
-                what: "daprd 1.18.3",
-                detail: format!("could not run {}: {e}", script.display()),
-                install: install_command(),
-            })?;
-        if !output.status.success() {
-            return Err(Error::Missing {
-                what: "daprd 1.18.3",
-                detail: String::from_utf8_lossy(&output.stderr).trim().to_string(),
-                install: install_command(),
-            });
-        }
-        let bin_dir = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+        let bin_dir = ask_install_script(
+            "tools/dapr/install.sh",
+            &["--print"],
+            "daprd 1.18.3",
+            &install_command(),
+        )?;
         Self::locate_in(&bin_dir)
     }
 

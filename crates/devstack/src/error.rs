@@ -9,6 +9,16 @@ pub enum Error {
         detail: String,
         install: String,
     },
+    #[error(
+        "{what} is not installed: could not run {}: {source}. Install it with: {install}",
+        program.display()
+    )]
+    NotRunnable {
+        what: &'static str,
+        program: PathBuf,
+        install: String,
+        source: io::Error,
+    },
     #[error("could not start {name} ({program}): {source}")]
     Spawn {
         name: String,
@@ -32,8 +42,31 @@ pub enum Error {
     PortInUse { port: u16, what: String },
     #[error("could not prepare {what}: {source}")]
     Io { what: String, source: io::Error },
-    #[error("could not connect a Dapr client to {address}: {detail}")]
-    Client { address: String, detail: String },
+    #[error("kubectl {args} failed: {detail}")]
+    Kubectl { args: String, detail: String },
+    #[error("kubectl {args} failed {what}: {source}")]
+    KubectlIo {
+        args: String,
+        what: &'static str,
+        source: io::Error,
+    },
+    #[error("kubectl {args} answered unreadable JSON: {source}")]
+    KubectlJson {
+        args: String,
+        source: serde_json::Error,
+    },
+    #[error("could not connect a Dapr client to {address}: {source}")]
+    Client {
+        address: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("{what} did not answer: {source}")]
+    Http { what: String, source: io::Error },
+    #[error("{what} answered with something other than JSON: {source}")]
+    Json {
+        what: String,
+        source: serde_json::Error,
+    },
 }
 
 impl Error {

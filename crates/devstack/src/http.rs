@@ -62,6 +62,17 @@ pub async fn answers(port: u16, path: &str, status: u16) -> Option<()> {
         .map(|_| ())
 }
 
+/// GET without headers or body, on a connection already made to `port` (e.g. from inside a
+/// pod's network namespace).
+pub async fn get_on(stream: TcpStream, port: u16, path: &str) -> std::io::Result<Response> {
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        exchange(stream, port, "GET", path, &[], &[]),
+    )
+    .await
+    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "HTTP request timed out"))?
+}
+
 async fn send(
     port: u16,
     method: &str,
@@ -69,7 +80,18 @@ async fn send(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> std::io::Result<Response> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
+    let stream = TcpStream::connect(("127.0.0.1", port)).await?;
+    exchange(stream, port, method, path, headers, body).await
+}
+
+async fn exchange(
+    mut stream: TcpStream,
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Response> {
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()

@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use crate::{Error, LogSink, ManagedProcess, free_port, resources::repo_root};
+use crate::{Error, LogSink, ManagedProcess, binaries::ask_install_script, free_port};
 
 /// Partitions of every topic the apps create: enough that consumers work in parallel and that
 /// one task's events can arrive out of order, as they can on a real cluster.
@@ -151,6 +151,26 @@ group.initial.rebalance.delay.ms=0
     }
 }
 
+impl Kafka {
+    /// Every message on `topic`, as written (read from the start by a consumer of its own, until
+    /// nothing more arrives for a few seconds): what was published, however often it was
+    /// delivered.
+    pub fn read_topic(&self, topic: &str) -> Result<Vec<String>, Error> {
+        let output = java(&self.libs)
+            .arg("org.apache.kafka.tools.consumer.ConsoleConsumer")
+            .arg("--bootstrap-server")
+            .arg(self.address())
+            .args(["--topic", topic, "--from-beginning", "--timeout-ms", "5000"])
+            .output()
+            .map_err(Error::io("the Kafka console consumer"))?;
+        Ok(String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter(|line| !line.trim().is_empty())
+            .map(str::to_string)
+            .collect())
+    }
+}
+
 /// A consumer group's standing on one topic.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TopicOffsets {
@@ -173,20 +193,5 @@ fn java(libs: &Path) -> Command {
 
 /// The jars, resolved by `tools/kafka/install.sh` (which returns at once when they are there).
 fn libs() -> Result<PathBuf, Error> {
-    let script = repo_root().join("tools/kafka/install.sh");
-    let output = Command::new(&script).output().map_err(|e| Error::Missing {
-        what: "Apache Kafka",
-        detail: format!("could not run {}: {e}", script.display()),
-        install: INSTALL.into(),
-    })?;
-    if !output.status.success() {
-        return Err(Error::Missing {
-            what: "Apache Kafka",
-            detail: String::from_utf8_lossy(&output.stderr).trim().to_string(),
-            install: INSTALL.into(),
-        });
-    }
-    Ok(PathBuf::from(
-        String::from_utf8_lossy(&output.stdout).trim().to_string(),
-    ))
+    ask_install_script("tools/kafka/install.sh", &[], "Apache Kafka", INSTALL)
 }

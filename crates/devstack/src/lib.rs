@@ -2,12 +2,13 @@
 //!
 //! One place knows how to start Redis, PostgreSQL, Kafka, the Dapr scheduler and a daprd per app, and how
 //! to stop them again: the integration tests, the run command (`devstack up`) and the benchmark
-//! all use this crate.
+//! all use this crate. [`kubernetes`] starts a local Kubernetes control plane with Dapr's;
+//! Jaeger and Prometheus ([`jaeger`], [`prometheus`]) observe them.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), devstack::Error> {
 //! use devstack::{ComponentSet, Stack};
-//! let stack = Stack::builder().components(ComponentSet::InMemory).start().await?;
+//! let stack = Stack::builder().components(ComponentSet::Redis).start().await?;
 //! let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
 //! // ... serve the app on `listener` ...
 //! let port = listener.local_addr().unwrap().port();
@@ -23,10 +24,14 @@
 mod binaries;
 mod error;
 pub mod http;
+pub mod jaeger;
 mod kafka;
+pub mod kubernetes;
+mod observability;
 mod ports;
 mod postgres;
 mod process;
+pub mod prometheus;
 mod redis;
 mod resources;
 mod scheduler;
@@ -38,10 +43,13 @@ pub mod walkthrough;
 
 pub use binaries::{Binaries, install_command};
 pub use error::Error;
+pub use jaeger::Jaeger;
 pub use kafka::{Kafka, PARTITIONS as KAFKA_PARTITIONS, TopicOffsets};
+pub use observability::{ObservabilityBinaries, QueryError};
 pub use ports::{ensure_free, free_port};
 pub use postgres::Postgres;
 pub use process::{LogSink, ManagedProcess};
+pub use prometheus::{Prometheus, ScrapeTarget};
 pub use redis::{GroupBacklog, Redis, ping as redis_answers};
 pub use resources::{ComponentSet, cache_dir, repo_root};
 pub use scheduler::Scheduler;

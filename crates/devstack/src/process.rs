@@ -5,7 +5,10 @@ use std::{
     io::{BufRead, BufReader, Read, Write},
     os::unix::process::CommandExt,
     process::{Child, Command, ExitStatus, Stdio},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -35,6 +38,8 @@ pub struct ManagedProcess {
     name: String,
     child: Child,
     log: Log,
+    /// Bytes of output so far (the log keeps only the last lines).
+    written: Arc<AtomicU64>,
     exited: Option<ExitStatus>,
 }
 
@@ -59,16 +64,18 @@ impl ManagedProcess {
             source,
         })?;
         let log: Log = Arc::default();
+        let written = Arc::new(AtomicU64::new(0));
         if let Some(stdout) = child.stdout.take() {
-            pump(name, stdout, log.clone(), sink.clone());
+            pump(name, stdout, (log.clone(), written.clone()), sink.clone());
         }
         if let Some(stderr) = child.stderr.take() {
-            pump(name, stderr, log.clone(), sink);
+            pump(name, stderr, (log.clone(), written.clone()), sink);
         }
         Ok(Self {
             name: name.to_string(),
             child,
             log,
+            written,
             exited: None,
         })
     }
@@ -79,6 +86,11 @@ impl ManagedProcess {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Bytes the process has written to stdout and stderr so far.
+    pub fn output_bytes(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
     }
 
     /// The exit status once the process has ended.
@@ -206,10 +218,15 @@ impl ManagedProcess {
 impl Drop for ManagedProcess {
     fn drop(&mut self) {
         if thread::panicking() {
+            // DEVSTACK_LOG_TAIL: how many lines to print (more to diagnose a failure).
+            let lines = std::env::var("DEVSTACK_LOG_TAIL")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(200);
             eprintln!(
-                "----- log of {} (last 200 lines) -----\n{}\n----- end of {} -----",
+                "----- log of {} (last {lines} lines) -----\n{}\n----- end of {} -----",
                 self.name,
-                self.log_tail(200),
+                self.log_tail(lines),
                 self.name
             );
         }
@@ -217,7 +234,12 @@ impl Drop for ManagedProcess {
     }
 }
 
-fn pump(name: &str, stream: impl Read + Send + 'static, log: Log, sink: LogSink) {
+fn pump(
+    name: &str,
+    stream: impl Read + Send + 'static,
+    (log, written): (Log, Arc<AtomicU64>),
+    sink: LogSink,
+) {
     let prefix = format!("[{name}] ");
     thread::spawn(move || {
         let mut reader = BufReader::new(stream);
@@ -226,7 +248,9 @@ fn pump(name: &str, stream: impl Read + Send + 'static, log: Log, sink: LogSink)
             buf.clear();
             match reader.read_until(b'\n', &mut buf) {
                 Ok(0) | Err(_) => break,
-                Ok(_) => {}
+                Ok(n) => {
+                    written.fetch_add(n as u64, Ordering::Relaxed);
+                }
             }
             let line = String::from_utf8_lossy(&buf).trim_end().to_string();
             if matches!(sink, LogSink::Echo) {

@@ -163,6 +163,18 @@ impl Redis {
         Ok(None)
     }
 
+    /// The `data` field of every entry of a stream (a Dapr topic on `pubsub.redis`), oldest
+    /// first: what was published, however often it was delivered.
+    pub fn stream_data(&self, stream: &str) -> Result<Vec<String>, Error> {
+        let output = self.cli(&["XRANGE", stream, "-", "+"])?;
+        let lines: Vec<&str> = output.lines().collect();
+        Ok(lines
+            .windows(2)
+            .filter(|pair| pair[0] == "data")
+            .map(|pair| pair[1].to_string())
+            .collect())
+    }
+
     /// The number of entries in a stream (0 for none).
     pub fn stream_length(&self, stream: &str) -> Result<u64, Error> {
         Ok(self.cli(&["XLEN", stream])?.trim().parse().unwrap_or(0))

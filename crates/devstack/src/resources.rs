@@ -4,7 +4,8 @@
 //! store from `components/state/<store>` and one broker from `components/pubsub/<broker>`.
 //! Rendering replaces only what differs per stack: the Redis addresses (`localhost:6379` in the
 //! files), the PostgreSQL connection (`host=localhost port=5432`), the local secrets file
-//! (`.dev/secrets.json`) and the name-resolution database (`.dev/nameresolution.db`).
+//! (`.dev/secrets.json`), the name-resolution database (`.dev/nameresolution.db`) and, when a
+//! collector runs, the empty OTLP address of the Configuration's tracing (`endpointAddress: ""`).
 
 use std::path::{Path, PathBuf};
 
@@ -34,10 +35,8 @@ pub fn cache_dir() -> PathBuf {
 /// Which state store and broker the apps get.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ComponentSet {
-    /// `state.in-memory` and `pubsub.in-memory`: needs no server, keeps nothing.
-    InMemory,
-    /// `state.redis` and `pubsub.redis`, each on its own private `redis-server`, so the broker
-    /// can fail while the store works.
+    /// `state.redis` and `pubsub.redis` (task-events and the outbox), each on its own private
+    /// `redis-server`, so the broker can fail while the store works.
     Redis,
     /// `state.postgresql` (v2) on a private PostgreSQL, with `pubsub.redis` as the broker.
     Postgres,
@@ -47,8 +46,7 @@ pub enum ComponentSet {
 
 impl ComponentSet {
     /// Every set, for tests that run on each.
-    pub const ALL: [ComponentSet; 4] = [
-        ComponentSet::InMemory,
+    pub const ALL: [ComponentSet; 3] = [
         ComponentSet::Redis,
         ComponentSet::Postgres,
         ComponentSet::Kafka,
@@ -57,7 +55,6 @@ impl ComponentSet {
     /// The directory under `components/state`.
     pub fn state_store(self) -> &'static str {
         match self {
-            ComponentSet::InMemory => "in-memory",
             ComponentSet::Redis | ComponentSet::Kafka => "redis",
             ComponentSet::Postgres => "postgresql",
         }
@@ -66,16 +63,9 @@ impl ComponentSet {
     /// The directory under `components/pubsub`.
     pub fn broker(self) -> &'static str {
         match self {
-            ComponentSet::InMemory => "in-memory",
             ComponentSet::Redis | ComponentSet::Postgres => "redis",
             ComponentSet::Kafka => "kafka",
         }
-    }
-
-    /// Whether the broker keeps messages across a sidecar restart and redelivers them (a
-    /// dead-letter topic then works as a retry topic).
-    pub fn durable_broker(self) -> bool {
-        self.broker() != "in-memory"
     }
 
     pub(crate) fn needs_state_redis(self) -> bool {
@@ -95,6 +85,10 @@ pub(crate) struct Substitutions {
     pub kafka: Option<String>,
     pub secrets_file: PathBuf,
     pub name_resolution_db: PathBuf,
+    /// `host:port` of an OTLP/gRPC receiver for daprd's spans; `None` leaves export off.
+    pub otlp_endpoint: Option<String>,
+    /// Replaces every broker component's `maxLenApprox`.
+    pub stream_max_len: Option<u64>,
 }
 
 /// Which placeholders a file may take, by the directory it comes from.
@@ -124,6 +118,15 @@ impl Substitutions {
         if let (Some(brokers), Source::Broker) = (&self.kafka, source) {
             out = out.replace("localhost:9092", brokers);
         }
+        if let (Some(endpoint), Source::Common) = (&self.otlp_endpoint, source) {
+            out = out.replace(
+                r#"endpointAddress: """#,
+                &format!(r#"endpointAddress: "{endpoint}""#),
+            );
+        }
+        if let (Some(events), Source::Broker) = (self.stream_max_len, source) {
+            out = with_max_len(&out, events);
+        }
         if let Some(connection) = &self.postgres {
             out = out.replace(
                 "host=localhost port=5432 user=postgres dbname=postgres sslmode=disable",
@@ -132,6 +135,23 @@ impl Substitutions {
         }
         out
     }
+}
+
+/// `yaml` with the value of its `maxLenApprox` metadata item replaced by `events`.
+fn with_max_len(yaml: &str, events: u64) -> String {
+    let mut out = Vec::new();
+    let mut next_is_value = false;
+    for line in yaml.lines() {
+        if next_is_value && line.trim_start().starts_with("value:") {
+            let indent = &line[..line.len() - line.trim_start().len()];
+            out.push(format!("{indent}value: \"{events}\""));
+            next_is_value = false;
+            continue;
+        }
+        next_is_value = line.trim() == "- name: maxLenApprox";
+        out.push(line.to_string());
+    }
+    out.join("\n") + "\n"
 }
 
 /// Renders `components/common`, the set's state store and broker into `target`, and
@@ -183,4 +203,51 @@ pub(crate) fn render(
     std::fs::write(config_path, substitutions.apply(&config, Source::Common))
         .map_err(Error::io("the rendered configuration"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn substitutions(otlp_endpoint: Option<&str>) -> Substitutions {
+        Substitutions {
+            state_redis: None,
+            broker_redis: None,
+            postgres: None,
+            kafka: None,
+            secrets_file: PathBuf::from("/stack/secrets.json"),
+            name_resolution_db: PathBuf::from("/stack/nameresolution.db"),
+            otlp_endpoint: otlp_endpoint.map(str::to_string),
+            stream_max_len: None,
+        }
+    }
+
+    #[test]
+    fn a_stream_bound_replaces_every_broker_components_max_len() {
+        let pubsub =
+            std::fs::read_to_string(repo_root().join("components/pubsub/redis/pubsub.yaml"))
+                .unwrap();
+        let mut bounded = substitutions(None);
+        bounded.stream_max_len = Some(500);
+        let out = bounded.apply(&pubsub, Source::Broker);
+        assert!(
+            out.contains("- name: maxLenApprox\n      value: \"500\""),
+            "{out}"
+        );
+        assert!(!out.contains("100000"), "{out}");
+        assert_eq!(substitutions(None).apply(&pubsub, Source::Broker), pubsub);
+    }
+
+    #[test]
+    fn the_configuration_exports_spans_only_to_a_named_collector() {
+        let config = std::fs::read_to_string(repo_root().join("components/config.yaml")).unwrap();
+        let off = substitutions(None).apply(&config, Source::Common);
+        assert!(off.contains(r#"endpointAddress: """#), "{off}");
+        let on = substitutions(Some("127.0.0.1:4317")).apply(&config, Source::Common);
+        assert!(on.contains(r#"endpointAddress: "127.0.0.1:4317""#), "{on}");
+        assert!(
+            on.contains("protocol: grpc") && on.contains("isSecure: false"),
+            "{on}"
+        );
+    }
 }

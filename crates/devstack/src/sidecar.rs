@@ -115,6 +115,26 @@ impl<'a> SidecarBuilder<'a> {
     /// Starts daprd and waits until `/v1.0/healthz` answers 204 (components loaded, the app's
     /// port reachable, subscriptions read).
     pub async fn start(self) -> Result<Sidecar, Error> {
+        let command = self.command();
+        let name = format!("daprd {}", self.app_id);
+        let recipe = Recipe::of(&command);
+        let process = ManagedProcess::spawn(&name, command, self.sink.clone())?;
+        let mut sidecar = Sidecar {
+            process,
+            recipe,
+            sink: self.sink,
+            app_id: self.app_id,
+            grpc_port: self.grpc_port,
+            http_port: self.http_port,
+            metrics_port: self.metrics_port,
+            dapr_api_token: self.dapr_api_token,
+        };
+        sidecar.wait_until_healthy().await?;
+        Ok(sidecar)
+    }
+
+    /// daprd's command line and environment, as built so far.
+    fn command(&self) -> Command {
         let stack = self.stack;
         let mut command = Command::new(&stack.binaries().daprd);
         command
@@ -170,21 +190,7 @@ impl<'a> SidecarBuilder<'a> {
         if let Some(token) = &self.dapr_api_token {
             command.env("DAPR_API_TOKEN", token);
         }
-        let name = format!("daprd {}", self.app_id);
-        let recipe = Recipe::of(&command);
-        let process = ManagedProcess::spawn(&name, command, self.sink.clone())?;
-        let mut sidecar = Sidecar {
-            process,
-            recipe,
-            sink: self.sink,
-            app_id: self.app_id,
-            grpc_port: self.grpc_port,
-            http_port: self.http_port,
-            metrics_port: self.metrics_port,
-            dapr_api_token: self.dapr_api_token,
-        };
-        sidecar.wait_until_healthy().await?;
-        Ok(sidecar)
+        command
     }
 }
 
@@ -286,7 +292,7 @@ impl Sidecar {
             .await
             .map_err(|e| Error::Client {
                 address: self.grpc_endpoint(),
-                detail: e.to_string(),
+                source: Box::new(e),
             })
     }
 
@@ -295,14 +301,20 @@ impl Sidecar {
         tonic::transport::Endpoint::from_shared(self.grpc_endpoint())
             .map_err(|e| Error::Client {
                 address: self.grpc_endpoint(),
-                detail: e.to_string(),
+                source: Box::new(e),
             })?
             .connect()
             .await
             .map_err(|e| Error::Client {
                 address: self.grpc_endpoint(),
-                detail: e.to_string(),
+                source: Box::new(e),
             })
+    }
+
+    /// daprd's metadata API (`GET /v1.0/metadata`): its components, its app's topic
+    /// subscriptions, its app connection.
+    pub async fn metadata(&self) -> Result<serde_json::Value, Error> {
+        metadata(self.http_port).await
     }
 
     /// Waits until daprd reports topic subscriptions for its app (it reads them once the app is
@@ -311,11 +323,7 @@ impl Sidecar {
         let http_port = self.http_port;
         self.process
             .wait_until(timeout, "no topic subscriptions reported", || async move {
-                let metadata = http::get(http_port, "/v1.0/metadata")
-                    .await
-                    .ok()?
-                    .json()
-                    .ok()?;
+                let metadata = metadata(http_port).await.ok()?;
                 let subscriptions = metadata["subscriptions"].as_array()?;
                 (!subscriptions.is_empty()).then_some(())
             })
@@ -349,4 +357,19 @@ impl Sidecar {
             })
             .await
     }
+}
+
+async fn metadata(http_port: u16) -> Result<serde_json::Value, Error> {
+    let what = || format!("daprd's metadata API on port {http_port}");
+    http::get(http_port, "/v1.0/metadata")
+        .await
+        .map_err(|source| Error::Http {
+            what: what(),
+            source,
+        })?
+        .json()
+        .map_err(|source| Error::Json {
+            what: what(),
+            source,
+        })
 }

@@ -24,6 +24,8 @@ pub struct StackBuilder {
     redis_port: Option<u16>,
     external_redis: Option<String>,
     extra_resources: Vec<(String, String)>,
+    otlp_endpoint: Option<String>,
+    stream_max_len: Option<u64>,
 }
 
 impl StackBuilder {
@@ -76,84 +78,54 @@ impl StackBuilder {
         self
     }
 
+    /// Every sidecar exports its spans to this OTLP/gRPC receiver (`host:port`, e.g.
+    /// [`crate::Jaeger::otlp_grpc_address`]); without one, none are exported.
+    pub fn otlp_endpoint(mut self, address: &str) -> Self {
+        self.otlp_endpoint = Some(address.to_string());
+        self
+    }
+
+    /// Redis streams keep about `events` each instead of the components' bound, so a test can
+    /// reach the bound (and show that it holds) in seconds.
+    pub fn stream_max_len(mut self, events: u64) -> Self {
+        self.stream_max_len = Some(events);
+        self
+    }
+
     pub async fn start(self) -> Result<Stack, Error> {
         let binaries = Binaries::locate()?;
         let dir = tempfile::Builder::new()
             .prefix("task-api-stack-")
             .tempdir()
             .map_err(Error::io("the stack directory"))?;
-        let shared_redis = match (&self.external_redis, self.redis_port) {
-            (Some(address), _) => Some(SharedRedis::External(address.clone())),
-            (None, Some(port)) => Some(SharedRedis::Owned(
-                Redis::start_on(dir.path(), port, self.sink.clone()).await?,
-            )),
-            (None, None) => None,
-        };
-        let (redis, broker, external) = match shared_redis {
-            // One server for both, as `scripts/run --redis` and Kubernetes' docker-desktop
-            // overlay have it.
-            Some(SharedRedis::External(address)) => (None, None, Some(address)),
-            Some(SharedRedis::Owned(redis)) => (Some(redis), None, None),
-            None => {
-                let state = if self.components.needs_state_redis() {
-                    Some(Redis::start(&dir.path().join("state"), self.sink.clone()).await?)
-                } else {
-                    None
-                };
-                let broker = if self.components.needs_broker_redis() {
-                    Some(Redis::start(&dir.path().join("broker"), self.sink.clone()).await?)
-                } else {
-                    None
-                };
-                (state, broker, None)
-            }
-        };
-        let postgres = if self.components == ComponentSet::Postgres {
-            Some(Postgres::start(self.sink.clone()).await?)
-        } else {
-            None
-        };
-        let kafka = if self.components == ComponentSet::Kafka {
-            Some(Kafka::start(&dir.path().join("kafka"), self.sink.clone()).await?)
-        } else {
-            None
-        };
-        let scheduler = if self.scheduler {
-            Some(Scheduler::start(&binaries, dir.path(), self.sink.clone()).await?)
-        } else {
-            None
-        };
-
-        let sentry = if self.sentry {
-            Some(Sentry::start(&binaries, dir.path(), self.sink.clone()).await?)
-        } else {
-            None
-        };
-
+        let servers = self.start_servers(&binaries, dir.path()).await?;
         let api_key = match self.api_key {
             Some(key) => key,
             None => random_hex(16)?,
         };
         // What each sidecar sends its app as `dapr-api-token` (apps refuse to start without).
         let app_token = random_hex(16)?;
-        let secrets_file = dir.path().join("secrets.json");
-        let secrets = serde_json::json!({ DEV_API_KEY_SECRET: { DEV_API_KEY_FIELD: api_key } });
-        std::fs::write(&secrets_file, secrets.to_string())
-            .map_err(Error::io("the local secrets file"))?;
-
+        let secrets_file = write_secrets(dir.path(), &api_key)?;
         let resources_dir = dir.path().join("resources");
         let config_path = dir.path().join("config.yaml");
-        let state_redis = redis.as_ref().map(Redis::address).or(external.clone());
+        let state_redis = servers
+            .redis
+            .as_ref()
+            .map(Redis::address)
+            .or(servers.external.clone());
         let substitutions = Substitutions {
-            broker_redis: broker
+            broker_redis: servers
+                .broker
                 .as_ref()
                 .map(Redis::address)
                 .or_else(|| state_redis.clone()),
             state_redis,
-            postgres: postgres.as_ref().map(Postgres::connection_string),
-            kafka: kafka.as_ref().map(Kafka::address),
+            postgres: servers.postgres.as_ref().map(Postgres::connection_string),
+            kafka: servers.kafka.as_ref().map(Kafka::address),
             secrets_file,
             name_resolution_db: dir.path().join("nameresolution.db"),
+            otlp_endpoint: self.otlp_endpoint,
+            stream_max_len: self.stream_max_len,
         };
         resources::render(
             self.components,
@@ -171,15 +143,105 @@ impl StackBuilder {
             app_token,
             resources_dir,
             config_path,
-            scheduler,
-            sentry,
-            redis,
-            broker,
-            postgres,
-            kafka,
+            scheduler: servers.scheduler,
+            sentry: servers.sentry,
+            redis: servers.redis,
+            broker: servers.broker,
+            postgres: servers.postgres,
+            kafka: servers.kafka,
             dir,
         })
     }
+
+    /// Starts the servers this stack asks for, keeping their files under `dir`.
+    async fn start_servers(&self, binaries: &Binaries, dir: &Path) -> Result<Servers, Error> {
+        let sink = || self.sink.clone();
+        let (redis, broker, external) = self.start_redis(dir).await?;
+        let postgres = if self.components == ComponentSet::Postgres {
+            Some(Postgres::start(sink()).await?)
+        } else {
+            None
+        };
+        let kafka = if self.components == ComponentSet::Kafka {
+            Some(Kafka::start(&dir.join("kafka"), sink()).await?)
+        } else {
+            None
+        };
+        let scheduler = if self.scheduler {
+            Some(Scheduler::start(binaries, dir, sink()).await?)
+        } else {
+            None
+        };
+        let sentry = if self.sentry {
+            Some(Sentry::start(binaries, dir, sink()).await?)
+        } else {
+            None
+        };
+        Ok(Servers {
+            redis,
+            broker,
+            external,
+            postgres,
+            kafka,
+            scheduler,
+            sentry,
+        })
+    }
+
+    /// The Redis servers: the state store's, the broker's (when it has one of its own), or the
+    /// address of one shared by both that runs elsewhere.
+    async fn start_redis(
+        &self,
+        dir: &Path,
+    ) -> Result<(Option<Redis>, Option<Redis>, Option<String>), Error> {
+        let shared_redis = match (&self.external_redis, self.redis_port) {
+            (Some(address), _) => Some(SharedRedis::External(address.clone())),
+            (None, Some(port)) => Some(SharedRedis::Owned(
+                Redis::start_on(dir, port, self.sink.clone()).await?,
+            )),
+            (None, None) => None,
+        };
+        Ok(match shared_redis {
+            // One server for both, as `scripts/run --redis` and Kubernetes' docker-desktop
+            // overlay have it.
+            Some(SharedRedis::External(address)) => (None, None, Some(address)),
+            Some(SharedRedis::Owned(redis)) => (Some(redis), None, None),
+            None => {
+                let state = if self.components.needs_state_redis() {
+                    Some(Redis::start(&dir.join("state"), self.sink.clone()).await?)
+                } else {
+                    None
+                };
+                let broker = if self.components.needs_broker_redis() {
+                    Some(Redis::start(&dir.join("broker"), self.sink.clone()).await?)
+                } else {
+                    None
+                };
+                (state, broker, None)
+            }
+        })
+    }
+}
+
+/// The local secret store's file, holding `api_key` where task-api reads its API key.
+fn write_secrets(dir: &Path, api_key: &str) -> Result<PathBuf, Error> {
+    let secrets_file = dir.join("secrets.json");
+    let secrets = serde_json::json!({ DEV_API_KEY_SECRET: { DEV_API_KEY_FIELD: api_key } });
+    std::fs::write(&secrets_file, secrets.to_string())
+        .map_err(Error::io("the local secrets file"))?;
+    Ok(secrets_file)
+}
+
+/// The servers a stack started beside daprd (or, for Redis, found running).
+struct Servers {
+    redis: Option<Redis>,
+    broker: Option<Redis>,
+    /// A Redis shared by state and broker that this stack did not start.
+    external: Option<String>,
+    postgres: Option<Postgres>,
+    kafka: Option<Kafka>,
+    scheduler: Option<Scheduler>,
+    sentry: Option<Sentry>,
 }
 
 enum SharedRedis {
@@ -216,7 +278,7 @@ pub struct AppProcess {
 impl Stack {
     pub fn builder() -> StackBuilder {
         StackBuilder {
-            components: ComponentSet::InMemory,
+            components: ComponentSet::Redis,
             scheduler: false,
             sentry: false,
             sink: LogSink::Capture,
@@ -224,6 +286,8 @@ impl Stack {
             redis_port: None,
             external_redis: None,
             extra_resources: Vec::new(),
+            otlp_endpoint: None,
+            stream_max_len: None,
         }
     }
 

@@ -1,5 +1,5 @@
 //! The real Dapr runtime under the harness: state, ETags, pub/sub delivery, service invocation
-//! between two sidecars and a job from the scheduler, on in-memory components and on Redis.
+//! between two sidecars and a job from the scheduler, on Redis.
 //!
 //! The app under each sidecar is a minimal `dapr-app` app defined here, so these tests show
 //! what daprd does, independent of task-api.
@@ -14,7 +14,7 @@ use dapr::dapr::proto::{
     },
 };
 use dapr_app::{App, Callbacks, EventStatus, Invocation, Job, Reply, Subscription, TopicEvent};
-use devstack::{ComponentSet, Stack};
+use devstack::{ComponentSet, Sidecar, Stack};
 use tokio::sync::mpsc;
 use tonic::{Code, Status, transport::Channel};
 
@@ -77,6 +77,23 @@ async fn start_minimal_app() -> (u16, mpsc::UnboundedReceiver<Seen>) {
     (port, receiver)
 }
 
+/// The minimal app behind a sidecar named `smoke`, a client of that sidecar, and what the app
+/// sees.
+async fn smoke_sidecar(
+    stack: &Stack,
+) -> (Sidecar, DaprClient<Channel>, mpsc::UnboundedReceiver<Seen>) {
+    let (port, seen) = start_minimal_app().await;
+    let sidecar = stack
+        .sidecar("smoke")
+        .unwrap()
+        .app_port(port)
+        .start()
+        .await
+        .unwrap();
+    let dapr = DaprClient::new(sidecar.channel().await.unwrap());
+    (sidecar, dapr, seen)
+}
+
 async fn next_seen(receiver: &mut mpsc::UnboundedReceiver<Seen>, within: Duration) -> Seen {
     tokio::time::timeout(within, receiver.recv())
         .await
@@ -124,15 +141,7 @@ async fn state_round_trip(components: ComponentSet) {
         .start()
         .await
         .unwrap();
-    let (port, _seen) = start_minimal_app().await;
-    let sidecar = stack
-        .sidecar("smoke")
-        .unwrap()
-        .app_port(port)
-        .start()
-        .await
-        .unwrap();
-    let mut dapr = DaprClient::new(sidecar.channel().await.unwrap());
+    let (_sidecar, mut dapr, _seen) = smoke_sidecar(&stack).await;
 
     save(&mut dapr, "k", r#"{"n":1}"#, None).await.unwrap();
     let (value, first_etag) = get(&mut dapr, "k").await;
@@ -179,25 +188,31 @@ async fn state_round_trip(components: ComponentSet) {
     );
 
     if components == ComponentSet::Redis {
-        let redis = stack.redis().unwrap();
-        save(&mut dapr, "seen-in-redis", "v", None).await.unwrap();
-        assert_eq!(
-            redis
-                .cli(&["HGET", "smoke||seen-in-redis", "data"])
-                .unwrap(),
-            "v"
-        );
-        assert_eq!(
-            redis
-                .cli(&["HGET", "smoke||seen-in-redis", "version"])
-                .unwrap(),
-            "1"
-        );
-        let malformed = save(&mut dapr, "seen-in-redis", "w", Some("not-a-number"))
-            .await
-            .unwrap_err();
-        assert_eq!(malformed.code(), Code::InvalidArgument, "{malformed:?}");
+        redis_keeps_data_and_version(&stack, &mut dapr).await;
     }
+}
+
+/// On Redis, a saved key is a hash of its data and its version, and an ETag that is not a
+/// version is refused.
+async fn redis_keeps_data_and_version(stack: &Stack, dapr: &mut DaprClient<Channel>) {
+    let redis = stack.redis().unwrap();
+    save(dapr, "seen-in-redis", "v", None).await.unwrap();
+    assert_eq!(
+        redis
+            .cli(&["HGET", "smoke||seen-in-redis", "data"])
+            .unwrap(),
+        "v"
+    );
+    assert_eq!(
+        redis
+            .cli(&["HGET", "smoke||seen-in-redis", "version"])
+            .unwrap(),
+        "1"
+    );
+    let malformed = save(dapr, "seen-in-redis", "w", Some("not-a-number"))
+        .await
+        .unwrap_err();
+    assert_eq!(malformed.code(), Code::InvalidArgument, "{malformed:?}");
 }
 
 async fn publish_reaches_subscriber(components: ComponentSet) {
@@ -206,15 +221,7 @@ async fn publish_reaches_subscriber(components: ComponentSet) {
         .start()
         .await
         .unwrap();
-    let (port, mut seen) = start_minimal_app().await;
-    let sidecar = stack
-        .sidecar("smoke")
-        .unwrap()
-        .app_port(port)
-        .start()
-        .await
-        .unwrap();
-    let mut dapr = DaprClient::new(sidecar.channel().await.unwrap());
+    let (_sidecar, mut dapr, mut seen) = smoke_sidecar(&stack).await;
     dapr.publish_event(PublishEventRequest {
         pubsub_name: "pubsub".into(),
         topic: "smoke".into(),
@@ -276,15 +283,7 @@ async fn job_fires_on_job_event(components: ComponentSet) {
         .start()
         .await
         .unwrap();
-    let (port, mut seen) = start_minimal_app().await;
-    let sidecar = stack
-        .sidecar("smoke")
-        .unwrap()
-        .app_port(port)
-        .start()
-        .await
-        .unwrap();
-    let mut dapr = DaprClient::new(sidecar.channel().await.unwrap());
+    let (_sidecar, mut dapr, mut seen) = smoke_sidecar(&stack).await;
     dapr.schedule_job(ScheduleJobRequest {
         job: Some(rt::Job {
             name: "smoke-job".into(),
@@ -309,18 +308,8 @@ async fn job_fires_on_job_event(components: ComponentSet) {
 }
 
 #[tokio::test]
-async fn in_memory_state_round_trip_and_etags() {
-    state_round_trip(ComponentSet::InMemory).await;
-}
-
-#[tokio::test]
 async fn redis_state_round_trip_and_etags() {
     state_round_trip(ComponentSet::Redis).await;
-}
-
-#[tokio::test]
-async fn in_memory_publish_reaches_the_app() {
-    publish_reaches_subscriber(ComponentSet::InMemory).await;
 }
 
 #[tokio::test]
@@ -329,18 +318,8 @@ async fn redis_publish_reaches_the_app() {
 }
 
 #[tokio::test]
-async fn in_memory_invocation_between_two_sidecars() {
-    invoke_between_two_sidecars(ComponentSet::InMemory).await;
-}
-
-#[tokio::test]
 async fn redis_invocation_between_two_sidecars() {
     invoke_between_two_sidecars(ComponentSet::Redis).await;
-}
-
-#[tokio::test]
-async fn in_memory_job_fires_on_job_event() {
-    job_fires_on_job_event(ComponentSet::InMemory).await;
 }
 
 #[tokio::test]

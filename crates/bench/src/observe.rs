@@ -1,0 +1,390 @@
+//! `observe`: what tracing and metrics cost. GetTask and CreateTask through task-api (16 in
+//! flight by default), on Redis for state and broker, in three configurations, each measured on a
+//! freshly started system:
+//!
+//! - `off`: the apps without METRICS_PORT and without OTEL_* variables, daprd exporting no
+//!   spans (as every other mode runs them);
+//! - `metrics`: METRICS_PORT set, and a Prometheus scraping both apps and both sidecars every
+//!   second;
+//! - `traces+metrics`: also both apps' spans over OTLP/gRPC to a Jaeger, and both sidecars' spans
+//!   to the same Jaeger, as `scripts/run --observe` runs them.
+//!
+//! The configurations take turns, round after round, and each round starts one configuration
+//! further on, so the machine's noise shows in the spread between rounds instead of landing on
+//! one configuration. A configuration's cost is the median of its per-round ratios to `off`.
+//! What was exported is checked to have arrived ([`crate::exports`]).
+
+use std::{
+    path::PathBuf,
+    process::ExitCode,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use devstack::{ComponentSet, Jaeger, LogSink};
+
+use crate::{
+    args::{Parsed, UsageError, number, seconds},
+    backlog::EventBroker,
+    bench::WORKERS_PER_CONNECTION,
+    error::{Result, setup},
+    exports::{self, Backends, Observed},
+    load::{self, Pools, Scenario, Shared, Target, Watched, Worker},
+    observe_report::{self, ConfigRun, RequestRun},
+    ops::TaskClient,
+    procfs,
+    report::{Measurement, RunCpu},
+    system::{Otlp, System, Telemetry},
+};
+
+/// The requests measured, in this order on each system.
+pub const REQUESTS: [Scenario; 2] = [Scenario::Get, Scenario::Create];
+/// Callers creating the GetTask pool (not measured).
+const POOL_CONCURRENCY: usize = 16;
+/// Longest wait for a run's events to be handled before the next run starts.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// What Prometheus scrapes: both apps and both sidecars.
+const SCRAPE_TARGETS: usize = 4;
+
+fn say(line: &str) {
+    eprintln!("==> {line}");
+}
+
+#[derive(Debug, Clone)]
+pub struct ObserveArgs {
+    pub concurrency: usize,
+    pub warmup: Duration,
+    pub duration: Duration,
+    pub rounds: usize,
+    /// Tasks created up front for GetTask to read.
+    pub get_pool: usize,
+    pub out: PathBuf,
+    pub smoke: bool,
+}
+
+impl ObserveArgs {
+    fn new(smoke: bool) -> Self {
+        Self {
+            concurrency: 16,
+            warmup: Duration::from_millis(if smoke { 500 } else { 1000 }),
+            duration: Duration::from_secs(if smoke { 2 } else { 10 }),
+            rounds: if smoke { 1 } else { 3 },
+            get_pool: if smoke { 100 } else { 1000 },
+            out: PathBuf::from("target/bench/observe.json"),
+            smoke,
+        }
+    }
+}
+
+/// The options of `observe`; `--smoke` changes the defaults, explicit options still win.
+pub fn parse(options: Vec<(String, Option<String>)>) -> std::result::Result<Parsed, UsageError> {
+    let smoke = options.iter().any(|(n, _)| n == "--smoke");
+    let mut args = ObserveArgs::new(smoke);
+    for (name, value) in options {
+        let value = value.unwrap_or_default();
+        match name.as_str() {
+            "-h" | "--help" => return Ok(Parsed::Help),
+            "--smoke" => {}
+            "--concurrency" => args.concurrency = number(&name, &value, 1, 1024)?,
+            "--duration-secs" => {
+                args.duration = Duration::from_secs(number(&name, &value, 1, 3600)? as u64)
+            }
+            "--warmup-secs" => args.warmup = seconds(&name, &value)?,
+            "--rounds" => args.rounds = number(&name, &value, 1, 20)?,
+            "--get-pool" => args.get_pool = number(&name, &value, 1, 100_000)?,
+            "--out" => args.out = PathBuf::from(value),
+            _ => return Err(format!("unknown option {name:?} for observe").into()),
+        }
+    }
+    Ok(Parsed::Observe(args))
+}
+
+/// What the apps and their sidecars export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Config {
+    Off,
+    Metrics,
+    TracesAndMetrics,
+}
+
+impl Config {
+    /// The first round's order; `off` is the reference the others are divided by.
+    pub const ALL: [Config; 3] = [Config::Off, Config::Metrics, Config::TracesAndMetrics];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Config::Off => "off",
+            Config::Metrics => "metrics",
+            Config::TracesAndMetrics => "traces+metrics",
+        }
+    }
+
+    fn metrics(self) -> bool {
+        self != Config::Off
+    }
+
+    fn traces(self) -> bool {
+        self == Config::TracesAndMetrics
+    }
+}
+
+/// Round `round`'s order (from 0): the configurations in turn, starting one further each
+/// round, so that none always runs first or last.
+pub fn order(round: usize) -> [Config; 3] {
+    let mut order = Config::ALL;
+    order.rotate_left(round % Config::ALL.len());
+    order
+}
+
+/// A configuration's system: Jaeger first (daprd is told where it is when the stack starts),
+/// then the servers and both apps, then Prometheus (told the apps' and sidecars' metrics ports).
+async fn start(config: Config) -> Result<(System, Backends)> {
+    let mut backends = Backends::default();
+    if config.traces() {
+        backends.jaeger = Some(Jaeger::start(LogSink::Capture).await?);
+    }
+    let telemetry = Telemetry {
+        metrics: config.metrics(),
+        otlp: backends.jaeger.as_ref().map(|jaeger| Otlp {
+            endpoint: jaeger.otlp_grpc_endpoint(),
+            address: jaeger.otlp_grpc_address(),
+        }),
+    };
+    let system = System::start_with(ComponentSet::Redis, None, &telemetry).await?;
+    if config.metrics() {
+        backends.scrape(&system).await?;
+    }
+    Ok((system, backends))
+}
+
+/// The running system, as a configuration's runs use it.
+struct Context<'a> {
+    args: &'a ObserveArgs,
+    clients: Vec<TaskClient>,
+    broker: EventBroker,
+    watched: Watched,
+    get_ids: Arc<Vec<String>>,
+    /// Calls task-api answered successfully so far: what its scraped request count must reach.
+    served: u64,
+}
+
+impl<'a> Context<'a> {
+    /// Connects to task-api and creates the tasks GetTask reads.
+    async fn prepare(args: &'a ObserveArgs, system: &mut System) -> Result<Self> {
+        let connections = args.concurrency.div_ceil(WORKERS_PER_CONNECTION);
+        let clients = system.task_clients(connections).await?;
+        let get_ids = load::create_tasks(&clients, args.get_pool, POOL_CONCURRENCY)
+            .await
+            .map_err(|e| setup(format!("creating the GetTask pool: {e}")))?;
+        if get_ids.is_empty() {
+            return Err(setup("the GetTask pool is empty"));
+        }
+        let context = Self {
+            args,
+            clients,
+            broker: system.event_broker()?,
+            watched: Watched {
+                task_api: system.task_api.pid(),
+                daprd: system.task_api.sidecar_pid(),
+            },
+            served: get_ids.len() as u64,
+            get_ids: Arc::new(get_ids),
+        };
+        context.settle().await?;
+        Ok(context)
+    }
+
+    /// Waits until task-api has handled every event published so far; how long that took.
+    async fn settle(&self) -> Result<Duration> {
+        self.broker
+            .wait_drained(SETTLE_TIMEOUT)
+            .await?
+            .ok_or_else(|| {
+                setup(format!(
+                    "task events were still being handled after {SETTLE_TIMEOUT:?}"
+                ))
+            })
+    }
+
+    /// One run of `scenario`; the CPU (task-api's, its daprd's, the backends') counts from its
+    /// start until its events were handled, so the spans and metrics of that work count too.
+    async fn run(&mut self, scenario: Scenario, backends: &[u32]) -> Result<RequestRun> {
+        let c = self.args.concurrency;
+        let pools = Pools {
+            get_ids: self.get_ids.clone(),
+            ..Pools::default()
+        };
+        let shared = Shared::new(pools, 0);
+        let workers = (0..c)
+            .map(|i| {
+                let target = Target::TaskApi(self.clients[i / WORKERS_PER_CONNECTION].clone());
+                Worker::new(i, c, scenario, target, shared.clone())
+            })
+            .collect();
+        let backends_before = ticks(backends);
+        let (warmup, duration) = (self.args.warmup, self.args.duration);
+        let result = load::run(workers, shared, warmup, duration, self.watched).await;
+        let drained = self.settle().await?;
+        let backends_cpu = cpu_since(backends, &backends_before);
+        let cpu = RunCpu {
+            seconds: self.watched.cpu_since(result.start_ticks),
+            drained_after_secs: Some(drained.as_secs_f64()),
+        };
+        self.served += result.succeeded;
+        Ok(RequestRun {
+            request: scenario.name(),
+            backends_cpu_ms_per_req: (!backends.is_empty() && result.succeeded > 0)
+                .then(|| backends_cpu * 1_000.0 / result.succeeded as f64),
+            figures: Measurement::of(&result, scenario, cpu),
+        })
+    }
+}
+
+/// CPU ticks of each of `pids` so far; 0 for one that cannot be read (it has exited, which
+/// the checks after the runs report).
+fn ticks(pids: &[u32]) -> Vec<u64> {
+    pids.iter()
+        .map(|pid| procfs::cpu_ticks(*pid).unwrap_or(0))
+        .collect()
+}
+
+/// CPU seconds `pids` used together since `before` (from [`ticks`]).
+fn cpu_since(pids: &[u32], before: &[u64]) -> f64 {
+    let after = ticks(pids);
+    let used: u64 = after
+        .iter()
+        .zip(before)
+        .map(|(a, b)| a.saturating_sub(*b))
+        .sum();
+    used as f64 / procfs::clock_ticks_per_second()
+}
+
+/// Both requests on a started system, then the proof that what was exported arrived.
+async fn measure(
+    args: &ObserveArgs,
+    config: Config,
+    system: &mut System,
+    backends: &mut Backends,
+) -> Result<(Vec<RequestRun>, Observed)> {
+    let mut observed = Observed::default();
+    if let Some(prometheus) = &backends.prometheus {
+        // Scraping is under way before the load starts, so every run pays for it.
+        exports::scraping(prometheus, SCRAPE_TARGETS, &mut observed).await?;
+    }
+    let mut context = Context::prepare(args, system).await?;
+    let pids = backends.pids();
+    let mut runs = Vec::new();
+    for scenario in REQUESTS {
+        let run = context.run(scenario, &pids).await?;
+        say(&observe_report::run_line(config, &run));
+        runs.push(run);
+    }
+    system.check_running()?;
+    if let Some(prometheus) = &backends.prometheus {
+        exports::scraping(prometheus, SCRAPE_TARGETS, &mut observed).await?;
+        exports::counted(prometheus, &REQUESTS, context.served, &mut observed).await?;
+    }
+    if let Some(jaeger) = &backends.jaeger {
+        exports::traced(jaeger, &REQUESTS, &mut observed).await?;
+        exports::none_dropped(system)?;
+    }
+    Ok((runs, observed))
+}
+
+/// One configuration in one round (`position` within it), on a system of its own.
+async fn config_run(
+    args: &ObserveArgs,
+    config: Config,
+    round: usize,
+    position: usize,
+) -> Result<ConfigRun> {
+    say(&format!(
+        "round {} of {}, {}: starting a fresh system",
+        round + 1,
+        args.rounds,
+        config.name()
+    ));
+    let (mut system, mut backends) = start(config).await?;
+    let outcome = measure(args, config, &mut system, &mut backends).await;
+    if outcome.is_err() {
+        eprint!("{}{}", system.log_tails(30), backends.log_tails(30));
+    }
+    system.stop();
+    // The backends go after the apps, which send their last spans on the way out.
+    drop(backends);
+    let (requests, observed) = outcome?;
+    Ok(ConfigRun {
+        configuration: config.name(),
+        round: round + 1,
+        position: position + 1,
+        requests,
+        observed,
+    })
+}
+
+/// `observe`: every round, every configuration; the table, the targets and the JSON.
+pub async fn main(args: &ObserveArgs) -> ExitCode {
+    let started = Instant::now();
+    let started_at_unix = crate::bench::unix_now();
+    let mut runs = Vec::new();
+    for round in 0..args.rounds {
+        for (position, config) in order(round).into_iter().enumerate() {
+            match config_run(args, config, round, position).await {
+                Ok(run) => runs.push(run),
+                Err(e) => {
+                    eprintln!("task-api-bench: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+    }
+    let report = observe_report::Report::of(args, runs, started_at_unix, started.elapsed());
+    report.print(args);
+    if let Err(e) = crate::write_json(&args.out, &report) {
+        eprintln!("task-api-bench: {e}");
+        return ExitCode::from(2);
+    }
+    println!(
+        "\n{} cores, shared by the load client, task-api, notification-service, both daprd, the servers, Jaeger and Prometheus. Results: {}",
+        procfs::cores(),
+        args.out.display()
+    );
+    if report.errors() > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_round_starts_one_configuration_further() {
+        use Config::*;
+        assert_eq!(order(0), [Off, Metrics, TracesAndMetrics]);
+        assert_eq!(order(1), [Metrics, TracesAndMetrics, Off]);
+        assert_eq!(order(2), [TracesAndMetrics, Off, Metrics]);
+        assert_eq!(order(3), order(0));
+    }
+
+    #[test]
+    fn options_and_smoke() {
+        let parse = |args: &[&str]| {
+            let options = crate::args::options(args.iter().map(|a| a.to_string()))?;
+            match parse(options)? {
+                Parsed::Observe(args) => Ok(args),
+                _ => Err(UsageError::from("not observe")),
+            }
+        };
+        let full = parse(&[]).unwrap();
+        assert_eq!((full.concurrency, full.rounds), (16, 3));
+        assert_eq!(full.duration, Duration::from_secs(10));
+        let smoke = parse(&["--smoke", "--rounds=2"]).unwrap();
+        assert_eq!((smoke.rounds, smoke.concurrency), (2, 16));
+        assert!(smoke.duration < full.duration);
+        assert!(parse(&["--rounds", "0"]).is_err());
+        assert!(parse(&["--brokers", "kafka"]).is_err());
+    }
+}

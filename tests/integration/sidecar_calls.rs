@@ -1,0 +1,196 @@
+//! What each request costs the sidecar: the calls task-api's daprd serves, and the state and
+//! pub/sub operations it makes, per request, counted by daprd's own metrics over 200 requests
+//! made one at a time (so nothing is shared between requests by batching). A plain Dapr app
+//! makes 2 calls for a create (save, publish) and 3 for a change (get, save, publish); the
+//! bounds below hold task-api to what its guarantees need, so that a change that adds a call
+//! to every write fails here.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use task_api::proto::task::v1 as pb;
+
+use crate::common::{BinaryApp, Client, WithHeader};
+
+const REQUESTS: usize = 200;
+
+/// daprd's counters of calls served and component operations, by their full series name.
+async fn counters(sidecar: &devstack::Sidecar) -> BTreeMap<String, f64> {
+    let response = devstack::http::get(sidecar.metrics_port(), "/")
+        .await
+        .unwrap();
+    String::from_utf8_lossy(&response.body)
+        .lines()
+        .filter(|l| {
+            l.starts_with("dapr_grpc_io_server_completed_rpcs")
+                || l.starts_with("dapr_grpc_io_client_completed_rpcs")
+                || l.starts_with("dapr_component_state_count")
+                || l.starts_with("dapr_component_pubsub_egress_count")
+        })
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Per request, by a short name: `api:<method>` (calls task-api made), `app:<callback>` (calls
+/// daprd made to task-api), `state:<operation>`, `publish:<topic>`.
+fn per_request(
+    before: &BTreeMap<String, f64>,
+    after: &BTreeMap<String, f64>,
+) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for (series, value) in after {
+        let delta = value - before.get(series).copied().unwrap_or(0.0);
+        if delta <= 0.0 {
+            continue;
+        }
+        let label = |name: &str| {
+            let start = series.find(&format!("{name}=\""))? + name.len() + 2;
+            let end = series[start..].find('"')? + start;
+            Some(series[start..end].to_string())
+        };
+        let short = if series.starts_with("dapr_grpc_io_server") {
+            label("grpc_server_method")
+                .map(|m| format!("api:{}", m.rsplit('/').next().unwrap_or("")))
+        } else if series.starts_with("dapr_grpc_io_client") {
+            label("grpc_client_method")
+                .map(|m| format!("app:{}", m.rsplit('/').next().unwrap_or("")))
+        } else if series.starts_with("dapr_component_state") {
+            label("operation").map(|o| format!("state:{o}"))
+        } else {
+            label("topic").map(|t| format!("publish:{t}"))
+        };
+        if let Some(short) = short {
+            *out.entry(short).or_insert(0.0) += delta / REQUESTS as f64;
+        }
+    }
+    out
+}
+
+fn total(costs: &BTreeMap<String, f64>, prefix: &str) -> f64 {
+    costs
+        .iter()
+        .filter(|(name, _)| name.starts_with(prefix))
+        .map(|(_, n)| n)
+        .sum()
+}
+
+async fn create(client: &mut Client, n: usize) -> String {
+    client
+        .create_task(pb::CreateTaskRequest {
+            title: format!("task {n}"),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .id
+}
+
+/// Lets the events of the requests made be delivered and handled.
+async fn settle() {
+    tokio::time::sleep(Duration::from_secs(3)).await;
+}
+
+/// Creates [`REQUESTS`] tasks: their ids, and what a create costs.
+async fn creates(
+    client: &mut Client,
+    sidecar: &devstack::Sidecar,
+) -> (Vec<String>, BTreeMap<String, f64>) {
+    let mut ids = Vec::new();
+    let before = counters(sidecar).await;
+    for n in 0..REQUESTS {
+        ids.push(create(client, n).await);
+    }
+    settle().await;
+    (ids, per_request(&before, &counters(sidecar).await))
+}
+
+/// Completes each of `ids`: what a completion costs.
+async fn completions(
+    client: &mut Client,
+    sidecar: &devstack::Sidecar,
+    ids: &[String],
+) -> BTreeMap<String, f64> {
+    let before = counters(sidecar).await;
+    for id in ids {
+        let request = pb::UpdateTaskStatusRequest {
+            id: id.clone(),
+            status: pb::TaskStatus::Completed as i32,
+            etag: String::new(),
+        };
+        client.update_task_status(request).await.unwrap();
+    }
+    settle().await;
+    per_request(&before, &counters(sidecar).await)
+}
+
+/// Reads each of `ids`: what a read costs.
+async fn gets(
+    client: &mut Client,
+    sidecar: &devstack::Sidecar,
+    ids: &[String],
+) -> BTreeMap<String, f64> {
+    let before = counters(sidecar).await;
+    for id in ids {
+        client
+            .get_task(pb::GetTaskRequest { id: id.clone() })
+            .await
+            .unwrap();
+    }
+    per_request(&before, &counters(sidecar).await)
+}
+
+/// One table row per request kind: its totals by kind of call, then every call it made.
+fn print_costs(rows: [(&str, &BTreeMap<String, f64>); 3]) {
+    for (what, costs) in rows {
+        let line: Vec<String> = costs.iter().map(|(k, v)| format!("{k} {v:.2}")).collect();
+        eprintln!(
+            "| {what} | {:.2} | {:.2} | {:.2} | {:.2} | {} |",
+            total(costs, "api:"),
+            total(costs, "app:"),
+            total(costs, "state:"),
+            total(costs, "publish:"),
+            line.join(", ")
+        );
+    }
+}
+
+#[tokio::test]
+async fn each_write_costs_the_sidecar_what_its_guarantees_need_and_no_more() {
+    let stack = devstack::Stack::builder().start().await.unwrap();
+    let _notifications = BinaryApp::start(&stack, "notification-service", &[]).await;
+    let app = BinaryApp::start(&stack, "task-api", &[]).await;
+    let mut client: Client = pb::task_service_client::TaskServiceClient::with_interceptor(
+        app.channel().await,
+        WithHeader("x-api-key", stack.api_key().to_string()),
+    );
+    settle().await;
+    let (ids, creates) = creates(&mut client, &app.sidecar).await;
+    let completions = completions(&mut client, &app.sidecar, &ids).await;
+    let gets = gets(&mut client, &app.sidecar, &ids).await;
+    print_costs([
+        ("CreateTask", &creates),
+        ("UpdateTaskStatus", &completions),
+        ("GetTask", &gets),
+    ]);
+    // A create: stage, write, list entry (with the leaf read ahead), publish, ledger; the staged
+    // copy and the event delivered back.
+    assert!(total(&creates, "api:") <= 6.6, "{creates:?}");
+    assert!(total(&creates, "state:") <= 4.4, "{creates:?}");
+    assert!(
+        (total(&creates, "publish:") - 2.0).abs() < 0.1,
+        "{creates:?}"
+    );
+    // A completion: read, stage, write, enter one list and leave another, publish, ledger, notify.
+    assert!(total(&completions, "api:") <= 12.8, "{completions:?}");
+    assert!(total(&completions, "state:") <= 9.5, "{completions:?}");
+    assert!(
+        (total(&completions, "publish:") - 2.0).abs() < 0.1,
+        "{completions:?}"
+    );
+    // A read is one read.
+    assert!((total(&gets, "api:") - 1.0).abs() < 0.1, "{gets:?}");
+    assert!((total(&gets, "state:") - 1.0).abs() < 0.1, "{gets:?}");
+}

@@ -286,7 +286,8 @@ impl<P: Ports> Publisher<P> {
         let message = Message {
             id: Some(event_id(&event.task_id, staged.revision())),
             data: event.to_json(),
-            traceparent: spans::traceparent_of(&span),
+            // Unsampled, the change's own is passed on, so subscribers follow its decision.
+            traceparent: spans::traceparent_of(&span).or_else(|| staged.traceparent.clone()),
         };
         (span, message)
     }

@@ -37,7 +37,7 @@ use crate::{
         Alarm, NewTask, Nonce, Planned, RequestId, Task, TaskChanges, TaskEvent, TaskEventType,
         TaskId, TaskRecord, TaskStatus, Versioned, Violations, time,
     },
-    telemetry::{metrics::METRICS, spans},
+    telemetry::{self, metrics::METRICS, spans},
 };
 
 /// A record's unpublished changes are checked against its ledger once they are this many.
@@ -338,6 +338,28 @@ impl<P: Ports> Tasks<P> {
             .map(|_| ())
     }
 
+    /// The stored record of live task `id`, the task and its revision, if the caller's ETag
+    /// (when given) is still that revision.
+    async fn read_live(
+        &self,
+        id: &TaskId,
+        expected_etag: Option<&str>,
+    ) -> Result<(Versioned<TaskRecord>, Task, String), Error> {
+        let Some(current) = self.read(id).await? else {
+            return Err(Error::NotFound(id.clone()));
+        };
+        let Some(task) = current.value.live().cloned() else {
+            return Err(Error::NotFound(id.clone()));
+        };
+        let revision = current.value.etag();
+        if let Some(expected) = expected_etag
+            && expected != revision
+        {
+            return Err(stale(&task, &revision));
+        }
+        Ok((current, task, revision))
+    }
+
     /// Optimistic read-modify-write: `plan` decides from the current task what to write, and
     /// the write is guarded by the ETag read. With the caller's ETag, a conflict is the caller's
     /// to resolve (ABORTED). Without one, the plan is made again on a fresh read, a bounded
@@ -356,18 +378,7 @@ impl<P: Ports> Tasks<P> {
     {
         check_etag_form(expected_etag)?;
         for attempt in 1..=MAX_ATTEMPTS {
-            let Some(mut current) = self.read(id).await? else {
-                return Err(Error::NotFound(id.clone()));
-            };
-            let Some(task) = current.value.live().cloned() else {
-                return Err(Error::NotFound(id.clone()));
-            };
-            let revision = current.value.etag();
-            if let Some(expected) = expected_etag
-                && expected != revision
-            {
-                return Err(stale(&task, &revision));
-            }
+            let (mut current, task, revision) = self.read_live(id, expected_etag).await?;
             let now = time::now();
             let nonce = Nonce::random();
             let changed = match plan(&task, now) {
@@ -535,8 +546,8 @@ impl<P: Ports> Tasks<P> {
             attempt: 0,
             not_before: None,
             grace_until: None,
-            // The relay's publish continues it.
-            traceparent: spans::current_traceparent(),
+            // The relay's publish continues it (or, unsampled, passes it on).
+            traceparent: spans::current_traceparent().or_else(telemetry::request_traceparent),
         };
         self.outbox
             .stage(staged.clone())

@@ -48,6 +48,12 @@ pub(crate) fn current_traceparent() -> Option<HeaderValue> {
     TRACEPARENT.try_with(Clone::clone).ok().flatten()
 }
 
+/// The `traceparent` of the request being served, as text: what work done for it carries when
+/// it has no span of its own (spans not exported, or the trace not sampled).
+pub(crate) fn request_traceparent() -> Option<String> {
+    current_traceparent()?.to_str().ok().map(str::to_string)
+}
+
 /// The `traceparent` to send with a call to the sidecar: the current span's when spans are
 /// exported, else the request's.
 pub(crate) fn outbound_traceparent() -> Option<HeaderValue> {
@@ -130,7 +136,12 @@ pub(crate) fn init_with_traces(format: LogFormat, app: &str) -> Traces {
     if let Some(problem) = problem {
         tracing::error!("{}", crate::service::chain(&problem));
     } else if installed && traces.tracer().is_some() {
-        tracing::info!("exporting spans over OTLP/gRPC");
+        let (sampler, argument) = traces::sampler();
+        tracing::info!(
+            sampler,
+            sampler.argument = argument.as_deref().unwrap_or("-"),
+            "exporting spans over OTLP/gRPC"
+        );
     }
     traces
 }

@@ -14,6 +14,14 @@
 //! Every span here has target [`SPANS`], which only the OpenTelemetry layer enables: log lines
 //! keep the request span's fields, and without that layer (no OTLP endpoint) these call sites
 //! are disabled once and cost a cached check each, with nothing recorded.
+//!
+//! Spans are made for sampled traces only. With the default sampler (and any `parentbased_*`
+//! one) a span continuing a trace its caller did not sample is dropped at its end; making it
+//! anyway would cost a request most of what tracing every request costs. So a trace that
+//! arrives unsampled (daprd's `samplingRate` below 1) gets no span here: its `traceparent` is
+//! passed on as it came, to the sidecar and in the events, and the spans that would have been
+//! its children (sidecar calls, staging, verification) are not made either; nor is a batch none
+//! of whose origins was sampled.
 
 use opentelemetry::{
     Context, KeyValue,
@@ -27,9 +35,25 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 /// The target of every span meant for the trace backend only.
 pub(crate) const SPANS: &str = "task_api::spans";
 
+/// Whether a span continuing `traceparent` would be dropped: the caller did not sample it.
+fn unsampled(traceparent: Option<&str>) -> bool {
+    super::traces::follows_the_caller()
+        && traceparent.and_then(parse).is_some_and(|c| !c.is_sampled())
+}
+
+/// Whether the current span is part of no sampled trace, so its children would be dropped (or
+/// would start traces of their own for work done for an unsampled one).
+fn outside_a_sampled_trace() -> bool {
+    super::traces::follows_the_caller()
+        && !Span::current().context().span().span_context().is_sampled()
+}
+
 /// The server span of one gRPC call (`path` is `/<service>/<method>`), continuing `parent` (the
 /// incoming `traceparent`) or starting a trace.
 pub(crate) fn server(path: &str, parent: Option<&str>) -> Span {
+    if unsampled(parent) {
+        return Span::none();
+    }
     let name = path.trim_start_matches('/');
     let (service, method) = name.split_once('/').unwrap_or(("", name));
     let span = tracing::info_span!(
@@ -60,6 +84,9 @@ pub(crate) fn record_server_code(span: &Span, code: tonic::Code) {
 /// The client span of one call to the sidecar: `dapr.state GetBulkState`,
 /// `dapr.pubsub BulkPublishEvent outbox/task-events-outbox`, `dapr.invoke notification-service/notify`.
 pub(crate) fn sidecar(block: &str, method: &str, target: Option<(&str, &str)>) -> Span {
+    if outside_a_sampled_trace() {
+        return Span::none();
+    }
     tracing::info_span!(
         target: SPANS, "dapr.call",
         otel.name = %SidecarName { block, method, target },
@@ -111,6 +138,9 @@ pub(crate) fn end_each(spans: Vec<Span>, succeeded: impl Iterator<Item = bool>) 
 
 /// A change staging its event: its context travels in the staged event.
 pub(crate) fn stage(event_type: &str) -> Span {
+    if outside_a_sampled_trace() {
+        return Span::none();
+    }
     tracing::info_span!(
         target: SPANS, "stage",
         otel.name = %format_args!("stage {event_type}"), otel.kind = "producer",
@@ -120,6 +150,9 @@ pub(crate) fn stage(event_type: &str) -> Span {
 
 /// One event published to task-events, continuing the change that staged it (`staged`).
 pub(crate) fn publish(event_type: &str, staged: Option<&str>) -> Span {
+    if unsampled(staged) {
+        return Span::none();
+    }
     let span = tracing::info_span!(
         target: SPANS, "publish",
         otel.name = %format_args!("publish {event_type}"), otel.kind = "producer",
@@ -133,6 +166,9 @@ pub(crate) fn publish(event_type: &str, staged: Option<&str>) -> Span {
 
 /// One delivered event handled on `route`, continuing the trace it was published in.
 pub(crate) fn handle(route: &str, traceparent: Option<&str>) -> Span {
+    if unsampled(traceparent) {
+        return Span::none();
+    }
     let span = tracing::info_span!(
         target: SPANS, "handle",
         otel.name = %format_args!("handle {route}"), otel.kind = "consumer",
@@ -152,6 +188,9 @@ pub(crate) fn readiness_probe() -> Span {
 
 /// Checking that an event is real: its signature, or the stored task for the original's shape.
 pub(crate) fn verify() -> Span {
+    if outside_a_sampled_trace() {
+        return Span::none();
+    }
     tracing::info_span!(target: SPANS, "verify", otel.kind = "internal")
 }
 
@@ -162,6 +201,11 @@ pub(crate) fn batch<'a>(
     name: &'static str,
     origins: impl IntoIterator<Item = Option<&'a str>>,
 ) -> Span {
+    let contexts: Vec<SpanContext> = origins.into_iter().flatten().filter_map(parse).collect();
+    let none_sampled = !contexts.is_empty() && contexts.iter().all(|c| !c.is_sampled());
+    if none_sampled && super::traces::follows_the_caller() {
+        return Span::none();
+    }
     let span = tracing::info_span!(
         target: SPANS, "batch",
         otel.name = name, otel.kind = "internal", batch.origins = Empty,
@@ -169,7 +213,6 @@ pub(crate) fn batch<'a>(
     if span.is_disabled() {
         return span;
     }
-    let contexts: Vec<SpanContext> = origins.into_iter().flatten().filter_map(parse).collect();
     let (parent, links) = parent_and_links(contexts);
     span.record("batch.origins", links.len());
     if let Some(parent) = &parent {

@@ -13,7 +13,7 @@
 //! reaches everything through its sidecar), so another `OTEL_EXPORTER_OTLP_PROTOCOL` turns export
 //! off with an error in the log rather than sending to a receiver that cannot answer.
 
-use std::time::Duration;
+use std::{sync::OnceLock, time::Duration};
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
@@ -57,6 +57,29 @@ pub(crate) fn wanted(var: impl Fn(&str) -> Option<String>) -> Result<bool, Trace
         }
     }
     Ok(true)
+}
+
+/// The sampler the SDK builds from the environment, and its argument, as an operator would
+/// spell them: (`OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG`).
+pub(crate) fn sampler() -> (String, Option<String>) {
+    let set = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    (
+        set("OTEL_TRACES_SAMPLER").unwrap_or_else(|| "parentbased_always_on".into()),
+        set("OTEL_TRACES_SAMPLER_ARG"),
+    )
+}
+
+/// Whether the sampler follows the caller's decision (the default `parentbased_always_on`, and
+/// every `parentbased_*` sampler): then a span continuing an unsampled trace would be dropped,
+/// and [`super::spans`] does not make it.
+pub(crate) fn follows_the_caller() -> bool {
+    static FOLLOWS: OnceLock<bool> = OnceLock::new();
+    *FOLLOWS.get_or_init(|| sampler().0.starts_with("parentbased_"))
 }
 
 /// The span export of the process; [`Traces::shutdown`] sends what is still buffered.

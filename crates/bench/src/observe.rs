@@ -7,7 +7,9 @@
 //! - `metrics`: METRICS_PORT set, and a Prometheus scraping both apps and both sidecars every
 //!   second;
 //! - `traces+metrics`: also both apps' spans over OTLP/gRPC to a Jaeger, and both sidecars' spans
-//!   to the same Jaeger, as `scripts/run --observe` runs them.
+//!   to the same Jaeger, every request traced, as `scripts/run --observe` runs them;
+//! - `traces 10%+metrics`: the same with the sidecars sampling one request in ten
+//!   ([`SAMPLING_RATE`], the production overlay's `samplingRate`); the apps follow daprd's decision.
 //!
 //! The configurations take turns, round after round, and each round starts one configuration
 //! further on, so the machine's noise shows in the spread between rounds instead of landing on
@@ -105,17 +107,28 @@ pub enum Config {
     Off,
     Metrics,
     TracesAndMetrics,
+    SampledTracesAndMetrics,
 }
+
+/// The share of requests `traces 10%+metrics` traces: a production setting, where tracing every
+/// request would cost more than it shows.
+pub const SAMPLING_RATE: f64 = 0.1;
 
 impl Config {
     /// The first round's order; `off` is the reference the others are divided by.
-    pub const ALL: [Config; 3] = [Config::Off, Config::Metrics, Config::TracesAndMetrics];
+    pub const ALL: [Config; 4] = [
+        Config::Off,
+        Config::Metrics,
+        Config::TracesAndMetrics,
+        Config::SampledTracesAndMetrics,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Config::Off => "off",
             Config::Metrics => "metrics",
             Config::TracesAndMetrics => "traces+metrics",
+            Config::SampledTracesAndMetrics => "traces 10%+metrics",
         }
     }
 
@@ -124,13 +137,20 @@ impl Config {
     }
 
     fn traces(self) -> bool {
-        self == Config::TracesAndMetrics
+        matches!(
+            self,
+            Config::TracesAndMetrics | Config::SampledTracesAndMetrics
+        )
+    }
+
+    fn sampling_rate(self) -> Option<f64> {
+        (self == Config::SampledTracesAndMetrics).then_some(SAMPLING_RATE)
     }
 }
 
 /// Round `round`'s order (from 0): the configurations in turn, starting one further each
 /// round, so that none always runs first or last.
-pub fn order(round: usize) -> [Config; 3] {
+pub fn order(round: usize) -> [Config; 4] {
     let mut order = Config::ALL;
     order.rotate_left(round % Config::ALL.len());
     order
@@ -149,6 +169,7 @@ async fn start(config: Config) -> Result<(System, Backends)> {
             endpoint: jaeger.otlp_grpc_endpoint(),
             address: jaeger.otlp_grpc_address(),
         }),
+        sampling_rate: config.sampling_rate(),
     };
     let system = System::start_with(ComponentSet::Redis, None, &telemetry).await?;
     if config.metrics() {
@@ -363,10 +384,16 @@ mod tests {
     #[test]
     fn each_round_starts_one_configuration_further() {
         use Config::*;
-        assert_eq!(order(0), [Off, Metrics, TracesAndMetrics]);
-        assert_eq!(order(1), [Metrics, TracesAndMetrics, Off]);
-        assert_eq!(order(2), [TracesAndMetrics, Off, Metrics]);
-        assert_eq!(order(3), order(0));
+        assert_eq!(
+            order(0),
+            [Off, Metrics, TracesAndMetrics, SampledTracesAndMetrics]
+        );
+        assert_eq!(
+            order(1),
+            [Metrics, TracesAndMetrics, SampledTracesAndMetrics, Off]
+        );
+        assert_eq!(order(3)[0], SampledTracesAndMetrics);
+        assert_eq!(order(4), order(0));
     }
 
     #[test]

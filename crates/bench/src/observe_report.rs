@@ -13,8 +13,8 @@ use crate::{
     report::{Measurement, Target, targets_text},
 };
 
-/// The most throughput tracing and metrics may cost: metrics, and traces+metrics, keep at least
-/// this share of `off`'s requests per second.
+/// The most throughput tracing and metrics may cost: every configuration keeps at least this
+/// share of `off`'s requests per second.
 const KEPT_AT_LEAST: f64 = 0.95;
 
 /// One request's run on one system.
@@ -200,7 +200,11 @@ fn configurations() -> BTreeMap<&'static str, &'static str> {
         ),
         (
             Config::TracesAndMetrics.name(),
-            "as metrics, and both apps (OTEL_EXPORTER_OTLP_ENDPOINT, protocol grpc) and both daprd exporting spans to Jaeger's OTLP/gRPC receiver",
+            "as metrics, and both apps (OTEL_EXPORTER_OTLP_ENDPOINT, protocol grpc) and both daprd exporting spans to Jaeger's OTLP/gRPC receiver; daprd samplingRate 1",
+        ),
+        (
+            Config::SampledTracesAndMetrics.name(),
+            "as traces+metrics with daprd samplingRate 0.1; the apps follow daprd's sampling decision",
         ),
     ])
 }

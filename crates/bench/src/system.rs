@@ -30,6 +30,8 @@ pub struct Telemetry {
     pub metrics: bool,
     /// Spans of both apps and both sidecars go to this OTLP/gRPC receiver.
     pub otlp: Option<Otlp>,
+    /// The share of requests the sidecars trace, instead of every one.
+    pub sampling_rate: Option<f64>,
 }
 
 /// One OTLP/gRPC receiver, in the two spellings its users want.
@@ -127,6 +129,9 @@ impl System {
             .log_sink(LogSink::Capture);
         if let Some(otlp) = &telemetry.otlp {
             builder = builder.otlp_endpoint(&otlp.address);
+        }
+        if let Some(rate) = telemetry.sampling_rate {
+            builder = builder.sampling_rate(rate);
         }
         let stack = builder.start().await?;
         let binary = |name: &str| binaries.join(name);
@@ -267,6 +272,13 @@ fn export(command: &mut Command, name: &str, telemetry: &Telemetry) -> Result<Op
             .env("OTEL_EXPORTER_OTLP_ENDPOINT", &otlp.endpoint)
             .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
             .env("OTEL_SERVICE_NAME", name);
+        // Calls that arrive without a sampling decision (the load client calls task-api
+        // directly) are sampled at the sidecars' rate.
+        if let Some(rate) = telemetry.sampling_rate {
+            command
+                .env("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+                .env("OTEL_TRACES_SAMPLER_ARG", rate.to_string());
+        }
     }
     Ok(metrics_port)
 }

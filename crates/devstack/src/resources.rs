@@ -87,6 +87,8 @@ pub(crate) struct Substitutions {
     pub name_resolution_db: PathBuf,
     /// `host:port` of an OTLP/gRPC receiver for daprd's spans; `None` leaves export off.
     pub otlp_endpoint: Option<String>,
+    /// Replaces the Configuration's `samplingRate: "1"`.
+    pub sampling_rate: Option<f64>,
     /// Replaces every broker component's `maxLenApprox`.
     pub stream_max_len: Option<u64>,
 }
@@ -122,6 +124,12 @@ impl Substitutions {
             out = out.replace(
                 r#"endpointAddress: """#,
                 &format!(r#"endpointAddress: "{endpoint}""#),
+            );
+        }
+        if let (Some(rate), Source::Common) = (self.sampling_rate, source) {
+            out = out.replace(
+                r#"samplingRate: "1""#,
+                &format!(r#"samplingRate: "{rate}""#),
             );
         }
         if let (Some(events), Source::Broker) = (self.stream_max_len, source) {
@@ -218,6 +226,7 @@ mod tests {
             secrets_file: PathBuf::from("/stack/secrets.json"),
             name_resolution_db: PathBuf::from("/stack/nameresolution.db"),
             otlp_endpoint: otlp_endpoint.map(str::to_string),
+            sampling_rate: None,
             stream_max_len: None,
         }
     }
@@ -249,5 +258,10 @@ mod tests {
             on.contains("protocol: grpc") && on.contains("isSecure: false"),
             "{on}"
         );
+        assert!(on.contains(r#"samplingRate: "1""#), "{on}");
+        let mut sampled = substitutions(Some("127.0.0.1:4317"));
+        sampled.sampling_rate = Some(0.1);
+        let sampled = sampled.apply(&config, Source::Common);
+        assert!(sampled.contains(r#"samplingRate: "0.1""#), "{sampled}");
     }
 }

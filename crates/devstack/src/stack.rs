@@ -25,6 +25,7 @@ pub struct StackBuilder {
     external_redis: Option<String>,
     extra_resources: Vec<(String, String)>,
     otlp_endpoint: Option<String>,
+    sampling_rate: Option<f64>,
     stream_max_len: Option<u64>,
 }
 
@@ -85,6 +86,13 @@ impl StackBuilder {
         self
     }
 
+    /// Every sidecar samples this share of the requests it starts a trace for (0 to 1) instead
+    /// of the Configuration's `samplingRate` (every request); the apps follow daprd's decision.
+    pub fn sampling_rate(mut self, rate: f64) -> Self {
+        self.sampling_rate = Some(rate.clamp(0.0, 1.0));
+        self
+    }
+
     /// Redis streams keep about `events` each instead of the components' bound, so a test can
     /// reach the bound (and show that it holds) in seconds.
     pub fn stream_max_len(mut self, events: u64) -> Self {
@@ -125,6 +133,7 @@ impl StackBuilder {
             secrets_file,
             name_resolution_db: dir.path().join("nameresolution.db"),
             otlp_endpoint: self.otlp_endpoint,
+            sampling_rate: self.sampling_rate,
             stream_max_len: self.stream_max_len,
         };
         resources::render(
@@ -287,6 +296,7 @@ impl Stack {
             external_redis: None,
             extra_resources: Vec::new(),
             otlp_endpoint: None,
+            sampling_rate: None,
             stream_max_len: None,
         }
     }

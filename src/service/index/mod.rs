@@ -45,7 +45,7 @@ use super::{
 };
 use crate::{
     domain::{Priority, TaskStatus},
-    telemetry::spans,
+    telemetry::{self, spans},
 };
 
 /// Why the index could not be read or written.
@@ -168,7 +168,7 @@ impl<S: KeyValueStore> TaskIndex<S> {
             .send(Request {
                 op,
                 done,
-                origin: spans::current_traceparent(),
+                origin: spans::current_traceparent().or_else(telemetry::request_traceparent),
             })
             .map_err(|_| Arc::new(IndexError::WriterStopped))
     }

@@ -9,7 +9,8 @@
 //! - `traces+metrics`: also both apps' spans over OTLP/gRPC to a Jaeger, and both sidecars' spans
 //!   to the same Jaeger, every request traced, as `scripts/run --observe` runs them;
 //! - `traces 10%+metrics`: the same with the sidecars sampling one request in ten
-//!   ([`SAMPLING_RATE`], the production overlay's `samplingRate`); the apps follow daprd's decision.
+//!   ([`SAMPLING_RATE`], the production overlay's `samplingRate`) and the apps sampling calls
+//!   that arrive without a decision at the same rate (`parentbased_traceidratio`).
 //!
 //! The configurations take turns, round after round, and each round starts one configuration
 //! further on, so the machine's noise shows in the spread between rounds instead of landing on

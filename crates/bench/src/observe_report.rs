@@ -204,7 +204,7 @@ fn configurations() -> BTreeMap<&'static str, &'static str> {
         ),
         (
             Config::SampledTracesAndMetrics.name(),
-            "as traces+metrics with daprd samplingRate 0.1; the apps follow daprd's sampling decision",
+            "as traces+metrics with daprd samplingRate 0.1 and the apps' OTEL_TRACES_SAMPLER=parentbased_traceidratio, argument 0.1",
         ),
     ])
 }

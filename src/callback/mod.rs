@@ -47,6 +47,7 @@ impl<P: Ports> TaskCallbacks<P> {
 
 impl<P: Ports> App for TaskCallbacks<P> {
     async fn subscriptions(&self) -> Vec<TopicSubscription> {
+        self.events.subscriptions_listed();
         self.subscriptions.list()
     }
 

@@ -184,6 +184,12 @@ impl<P: Ports> EventHandler<P> {
         }
     }
 
+    /// The sidecar listed the subscriptions: it (re)starts delivering them, and until
+    /// `task-events` delivers, the relay does not take its silence for an empty topic.
+    pub(crate) fn subscriptions_listed(&self) {
+        self.relay.note_resubscribed();
+    }
+
     /// Handles a batch of deliveries (one route's, or mixed); one outcome each, in order. An
     /// event that can never be handled is recorded as a dead letter.
     pub(crate) async fn handle(&self, deliveries: &[Delivery<'_>]) -> Vec<Outcome> {

@@ -25,7 +25,8 @@
 //! An open claim is published again only once no publish under it can still be in flight, a
 //! grace period has passed since a relay first found it open (a restarted or newly assigned
 //! consumer of `task-events` gets that long to deliver a landed copy), and this process's
-//! `task-events` subscription is not behind. A copy that lands and is then delivered later than
+//! `task-events` subscription is not behind: it has delivered since the process started or its
+//! sidecar (re)subscribed (or [`REJOIN`] has passed), and its last batch was recent or quiet. A copy that lands and is then delivered later than
 //! that (a `task-events` backlog that builds up during the grace period) would be published a
 //! second time: the one case left, and it needs a crash or a failed publish to begin with.
 //!
@@ -87,8 +88,14 @@ const OBSERVE_WAIT: Duration = Duration::from_secs(2);
 /// `task-events` counts as caught up while the events it delivers were published less than this
 /// long ago,
 const CAUGHT_UP: Duration = Duration::from_secs(2);
-/// or when it has delivered nothing for this long.
+/// or when it has delivered nothing for this long,
 const QUIET: Duration = Duration::from_secs(2);
+/// but only once it has delivered something since this process started or its sidecar listed
+/// the subscriptions again (a restarted sidecar), or this long has passed since then: a Kafka
+/// consumer group takes a restarted sidecar's consumer back only once the dead one's session
+/// has expired (6 s, `sessionTimeout` in `components/`) and the group has rebalanced, and until
+/// then the silence says nothing of what waits on the topic.
+pub(crate) const REJOIN: Duration = Duration::from_secs(20);
 
 /// The event id of a change's event on `task-events`: the same on every delivery, unique per
 /// (task, revision).
@@ -120,38 +127,60 @@ impl<P: Ports> Clone for Relay<P> {
     }
 }
 
-/// How far behind this process's `task-events` subscription was at its last batch (how long
-/// before it the newest event of that batch was published), and when that was.
-#[derive(Clone, Default)]
-struct Observer(Arc<Mutex<Option<Lag>>>);
+/// What this process's `task-events` subscription has shown of how far behind it is.
+#[derive(Clone)]
+struct Observer(Arc<Mutex<Watch>>);
 
 #[derive(Clone, Copy)]
-struct Lag {
-    noted_at: DateTime<Utc>,
-    behind: Duration,
+enum Watch {
+    /// Nothing delivered since `since`: this process started, or its sidecar listed the
+    /// subscriptions again.
+    Waiting { since: DateTime<Utc> },
+    /// How far behind its last batch was (how long before it the newest event of that batch was
+    /// published), and when that was.
+    Delivered {
+        noted_at: DateTime<Utc>,
+        behind: Duration,
+    },
 }
 
 impl Observer {
+    fn new() -> Self {
+        Self(Arc::new(Mutex::new(Watch::Waiting { since: time::now() })))
+    }
+
+    fn watch(&self) -> std::sync::MutexGuard<'_, Watch> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn note(&self, published: impl Iterator<Item = DateTime<Utc>>) {
         let now = time::now();
         if let Some(newest) = published.max() {
             let behind = (now - newest).to_std().unwrap_or_default();
-            let lag = Lag {
+            *self.watch() = Watch::Delivered {
                 noted_at: now,
                 behind,
             };
-            *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(lag);
         }
     }
 
-    /// Caught up unless its last batch was behind and came recently: with nothing delivered
-    /// for a while there is no backlog to wait for.
+    /// A sidecar (re)started its subscriptions: until it delivers, its consumers may still be
+    /// joining their groups.
+    fn resubscribed(&self) {
+        *self.watch() = Watch::Waiting { since: time::now() };
+    }
+
+    /// Caught up unless it has delivered nothing since it (re)subscribed, not long ago, or its
+    /// last batch was behind and came recently: with nothing delivered for a while, from a
+    /// subscription known to deliver, there is no backlog to wait for.
     fn caught_up(&self) -> bool {
-        let last = *self.0.lock().unwrap_or_else(|e| e.into_inner());
-        last.is_none_or(|lag| {
-            let quiet_for = (time::now() - lag.noted_at).to_std().unwrap_or_default();
-            lag.behind < CAUGHT_UP || quiet_for > QUIET
-        })
+        let elapsed = |since: DateTime<Utc>| (time::now() - since).to_std().unwrap_or_default();
+        match *self.watch() {
+            Watch::Waiting { since } => elapsed(since) > REJOIN,
+            Watch::Delivered { noted_at, behind } => {
+                behind < CAUGHT_UP || elapsed(noted_at) > QUIET
+            }
+        }
     }
 }
 
@@ -214,7 +243,7 @@ impl<P: Ports> Relay<P> {
             alarms: parts.alarms,
             in_flight: parts.in_flight,
             publisher: parts.publisher,
-            observer: Observer::default(),
+            observer: Observer::new(),
         }
     }
 
@@ -544,6 +573,11 @@ impl<P: Ports> Relay<P> {
     /// were published.
     pub(crate) fn note_delivered(&self, published: impl Iterator<Item = DateTime<Utc>>) {
         self.observer.note(published);
+    }
+
+    /// Notes that the sidecar listed the subscriptions: it (re)starts delivering them.
+    pub(crate) fn note_resubscribed(&self) {
+        self.observer.resubscribed();
     }
 
     /// Notes events seen on `task-events`: any not yet recorded in its ledger (its publisher

@@ -344,5 +344,7 @@ pub(super) fn after_the_confirmation_window() {
 
 /// Moves this test's wall clock past the time an open claim is left alone.
 pub(super) fn past_the_quarantine() {
-    time::test_clock::advance(relay::CLAIM_HOLDS.max(relay::GRACE) + Duration::from_secs(1));
+    time::test_clock::advance(
+        relay::CLAIM_HOLDS.max(relay::GRACE).max(relay::REJOIN) + Duration::from_secs(1),
+    );
 }

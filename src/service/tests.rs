@@ -774,6 +774,79 @@ async fn deliver_once(process: &Process, world: &World, topic: Topic, route: Rou
     }
 }
 
+/// How often the event of `id`'s `revision` was published to task-events.
+fn times_published(world: &World, id: &TaskId, revision: u64) -> usize {
+    let event = event_id(id.as_str(), revision);
+    world
+        .broker
+        .published(Topic::Events)
+        .iter()
+        .filter(|m| m.id.as_deref() == Some(event.as_str()))
+        .count()
+}
+
+/// kill -9 of the sidecar just after a publish landed: the restarted sidecar hands the staged
+/// event back at once, while its `task-events` consumer may still be rejoining its group
+/// (Kafka). Its silence is not taken for an empty topic: the open claim waits for `task-events`
+/// to deliver, and the landed copy, delivered late, settles it.
+#[tokio::test(start_paused = true)]
+async fn an_open_claim_waits_while_a_restarted_sidecar_has_not_delivered_task_events() {
+    let world = World::new();
+    let process = Process::start_relaying_only(&world);
+    let id = process.create("landed, then the sidecar died").await;
+    // The claim lands, then the publish lands and its answer is lost with the sidecar.
+    world.faults.crash_after_landing(2);
+    let staged = world.broker.unacknowledged(Topic::Outbox, 10);
+    let delivery = outbox_delivery(&staged[0].message.data);
+    process.events.handle(&[delivery]).await;
+    world.faults.heal();
+    process.events.subscriptions_listed();
+    let published = || times_published(&world, &id, 1);
+    deliver_once(&process, &world, Topic::Outbox, Route::Outbox, 0).await;
+    time::test_clock::advance(relay::CLAIM_HOLDS.max(relay::GRACE) + Duration::from_secs(1));
+    assert!(relay::CLAIM_HOLDS.max(relay::GRACE) + Duration::from_secs(1) < relay::REJOIN);
+    deliver_once(&process, &world, Topic::OutboxRetry, Route::OutboxRetry, 0).await;
+    assert_eq!(
+        published(),
+        1,
+        "task-events has said nothing since the restart"
+    );
+    // The consumer is back: the landed copy arrives, late.
+    deliver_once(&process, &world, Topic::Events, Route::Noted, 14).await;
+    past_the_quarantine();
+    process.deliver(&world).await;
+    assert_eq!(published(), 1, "observed, not published again");
+    audit(&world, &process, &[id])
+        .await
+        .assert_clean("landed before the sidecar died");
+}
+
+/// The same wait ends: a restarted sidecar whose `task-events` delivers nothing (no copy
+/// landed, nothing else published) does not hold an open claim for longer than
+/// [`relay::REJOIN`].
+#[tokio::test(start_paused = true)]
+async fn an_open_claim_is_published_once_a_silent_restarted_sidecar_has_had_time_to_rejoin() {
+    let world = World::new();
+    let process = Process::start_relaying_only(&world);
+    let id = process.create("claimed, then the sidecar died").await;
+    // The claim lands; the publish does not.
+    world.faults.crash_after(1);
+    deliver_once(&process, &world, Topic::Outbox, Route::Outbox, 0).await;
+    world.faults.heal();
+    process.events.subscriptions_listed();
+    deliver_once(&process, &world, Topic::Outbox, Route::Outbox, 0).await;
+    time::test_clock::advance(relay::CLAIM_HOLDS.max(relay::GRACE) + Duration::from_secs(1));
+    deliver_once(&process, &world, Topic::OutboxRetry, Route::OutboxRetry, 0).await;
+    assert!(world.broker.published(Topic::Events).is_empty());
+    time::test_clock::advance(relay::REJOIN);
+    deliver_once(&process, &world, Topic::OutboxRetry, Route::OutboxRetry, 0).await;
+    assert_eq!(world.broker.published(Topic::Events).len(), 1);
+    process.deliver(&world).await;
+    audit(&world, &process, &[id])
+        .await
+        .assert_clean("claimed before the sidecar died");
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_old_open_claim_waits_for_its_grace_and_for_task_events_to_catch_up() {
     let world = World::new();
@@ -785,14 +858,7 @@ async fn an_old_open_claim_waits_for_its_grace_and_for_task_events_to_catch_up()
     world.faults.heal();
     time::test_clock::advance(Duration::from_secs(3600));
     let restarted = Process::start_relaying_only(&world);
-    let published = || {
-        world
-            .broker
-            .published(Topic::Events)
-            .iter()
-            .filter(|m| m.id.as_deref() == Some(event_id(id.as_str(), 1).as_str()))
-            .count()
-    };
+    let published = || times_published(&world, &id, 1);
     deliver_once(&restarted, &world, Topic::Outbox, Route::Outbox, 0).await;
     assert_eq!(published(), 0, "first found: its grace begins");
     time::test_clock::advance(relay::GRACE + Duration::from_secs(1));

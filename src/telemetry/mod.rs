@@ -154,11 +154,12 @@ pub(crate) fn trace_id(traceparent: &str) -> Option<&str> {
     (trace_id.len() == 32 && trace_id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(trace_id)
 }
 
-/// A fresh W3C `traceparent` (version 00, sampled).
-fn new_traceparent() -> Option<HeaderValue> {
+/// A fresh W3C `traceparent` (version 00), flagged sampled or not.
+fn new_traceparent(sampled: bool) -> Option<HeaderValue> {
     let trace = format!("{:016x}{:016x}", fastrand::u64(1..), fastrand::u64(..));
     let span = format!("{:016x}", fastrand::u64(1..));
-    HeaderValue::from_str(&format!("00-{trace}-{span}-01")).ok()
+    let flags = if sampled { "01" } else { "00" };
+    HeaderValue::from_str(&format!("00-{trace}-{span}-{flags}")).ok()
 }
 
 /// Logs each request's outcome and keeps its `traceparent` for outbound calls.
@@ -235,11 +236,12 @@ impl Served {
         };
         // The server span's context when it is exported (it continues the incoming one, or
         // starts a trace); otherwise the incoming one, or a fresh one, so that the log line and
-        // the calls to the sidecar share an id.
+        // the calls to the sidecar share an id. A fresh one while spans are exported belongs to
+        // a trace not sampled here, and says so, so that daprd records none of it either.
         let traceparent = spans::traceparent_of(&server)
             .and_then(|traceparent| HeaderValue::from_str(&traceparent).ok())
             .or(incoming)
-            .or_else(new_traceparent);
+            .or_else(|| new_traceparent(!spans::exported()));
         let caller = request
             .headers()
             .get("dapr-caller-app-id")
@@ -530,9 +532,47 @@ mod tests {
     }
 
     #[test]
-    fn new_trace_contexts_are_valid() {
-        let header = new_traceparent().unwrap();
-        assert!(trace_id(header.to_str().unwrap()).is_some());
+    fn new_trace_contexts_are_valid_and_say_whether_they_are_sampled() {
+        for (sampled, flags) in [(true, "-01"), (false, "-00")] {
+            let header = new_traceparent(sampled).unwrap();
+            let header = header.to_str().unwrap();
+            assert!(trace_id(header).is_some());
+            assert!(header.ends_with(flags), "{header}");
+        }
+    }
+
+    /// A trace that would start here and is not sampled costs no span: the call, its sidecar
+    /// calls and a batch without origins record nothing, and the sidecar is told the trace is
+    /// not sampled, under the id the log line carries.
+    #[tokio::test]
+    async fn a_root_not_sampled_here_makes_no_span_and_says_so_to_the_sidecar() {
+        let (_default, recorded) = recorded::record();
+        traces::TEST_ROOT_RATIO.with(|ratio| ratio.set(Some(0.0)));
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let inside = seen.clone();
+        let inner = tower::service_fn(move |_: Request<()>| {
+            let seen = inside.clone();
+            async move {
+                let client = spans::sidecar("state", "GetState", None);
+                let sent = client.in_scope(outbound_traceparent);
+                *seen.lock().unwrap() = Some((sent, current_trace_id()));
+                Ok::<_, std::convert::Infallible>(Response::new(()))
+            }
+        });
+        let mut service = RequestLogLayer.layer(inner);
+        service.call(get_task(None)).await.unwrap();
+        drop(spans::batch("outbox batch", [None]));
+        drop(spans::readiness_probe());
+        traces::TEST_ROOT_RATIO.with(|ratio| ratio.set(None));
+        assert!(recorded.spans().is_empty(), "{:?}", recorded.spans());
+        let (sent, logged) = seen.lock().unwrap().clone().unwrap();
+        let sent = sent.expect("a traceparent for the sidecar");
+        let sent = sent.to_str().unwrap();
+        assert!(sent.ends_with("-00"), "{sent}");
+        assert_eq!(logged.as_deref(), trace_id(sent));
+        // Sampled at 1, the same call is traced.
+        service.call(get_task(None)).await.unwrap();
+        recorded.one("task.v1.TaskService/GetTask");
     }
 
     #[test]

@@ -21,7 +21,9 @@
 //! arrives unsampled (daprd's `samplingRate` below 1) gets no span here: its `traceparent` is
 //! passed on as it came, to the sidecar and in the events, and the spans that would have been
 //! its children (sidecar calls, staging, verification) are not made either; nor is a batch none
-//! of whose origins was sampled.
+//! of whose origins was sampled. A trace that starts here (a call without `traceparent`, a batch
+//! without origins, the readiness probe) is sampled or not before its first span is made
+//! ([`super::traces::sample_root`]), for the same reason.
 
 use opentelemetry::{
     Context, KeyValue,
@@ -35,10 +37,36 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 /// The target of every span meant for the trace backend only.
 pub(crate) const SPANS: &str = "task_api::spans";
 
-/// Whether a span continuing `traceparent` would be dropped: the caller did not sample it.
-fn unsampled(traceparent: Option<&str>) -> bool {
-    super::traces::follows_the_caller()
-        && traceparent.and_then(parse).is_some_and(|c| !c.is_sampled())
+/// How a span that may continue a `traceparent` begins.
+enum Start {
+    /// Not made: the trace it would belong to is not sampled.
+    Dropped,
+    /// A trace of its own, sampled.
+    Root,
+    /// A child of the caller's span.
+    Continuing(SpanContext),
+}
+
+impl Start {
+    fn from(traceparent: Option<&str>) -> Self {
+        match traceparent.and_then(parse) {
+            Some(parent) if super::traces::follows_the_caller() && !parent.is_sampled() => {
+                Start::Dropped
+            }
+            Some(parent) => Start::Continuing(parent),
+            None if super::traces::sample_root() => Start::Root,
+            None => Start::Dropped,
+        }
+    }
+
+    /// Makes `span` (not started yet) a child of the caller's span, when it continues one.
+    fn parent(self, span: &Span) {
+        if let Start::Continuing(parent) = self
+            && !span.is_disabled()
+        {
+            let _ = span.set_parent(Context::new().with_remote_span_context(parent));
+        }
+    }
 }
 
 /// Whether the current span is part of no sampled trace, so its children would be dropped (or
@@ -51,7 +79,8 @@ fn outside_a_sampled_trace() -> bool {
 /// The server span of one gRPC call (`path` is `/<service>/<method>`), continuing `parent` (the
 /// incoming `traceparent`) or starting a trace.
 pub(crate) fn server(path: &str, parent: Option<&str>) -> Span {
-    if unsampled(parent) {
+    let start = Start::from(parent);
+    if matches!(start, Start::Dropped) {
         return Span::none();
     }
     let name = path.trim_start_matches('/');
@@ -62,9 +91,7 @@ pub(crate) fn server(path: &str, parent: Option<&str>) -> Span {
         rpc.system = "grpc", rpc.service = service, rpc.method = method,
         rpc.grpc.status_code = Empty, otel.status_code = Empty,
     );
-    if !span.is_disabled() {
-        continue_from(&span, parent);
-    }
+    start.parent(&span);
     span
 }
 
@@ -150,7 +177,8 @@ pub(crate) fn stage(event_type: &str) -> Span {
 
 /// One event published to task-events, continuing the change that staged it (`staged`).
 pub(crate) fn publish(event_type: &str, staged: Option<&str>) -> Span {
-    if unsampled(staged) {
+    let start = Start::from(staged);
+    if matches!(start, Start::Dropped) {
         return Span::none();
     }
     let span = tracing::info_span!(
@@ -158,15 +186,14 @@ pub(crate) fn publish(event_type: &str, staged: Option<&str>) -> Span {
         otel.name = %format_args!("publish {event_type}"), otel.kind = "producer",
         event.r#type = event_type,
     );
-    if !span.is_disabled() {
-        continue_from(&span, staged);
-    }
+    start.parent(&span);
     span
 }
 
 /// One delivered event handled on `route`, continuing the trace it was published in.
 pub(crate) fn handle(route: &str, traceparent: Option<&str>) -> Span {
-    if unsampled(traceparent) {
+    let start = Start::from(traceparent);
+    if matches!(start, Start::Dropped) {
         return Span::none();
     }
     let span = tracing::info_span!(
@@ -174,15 +201,16 @@ pub(crate) fn handle(route: &str, traceparent: Option<&str>) -> Span {
         otel.name = %format_args!("handle {route}"), otel.kind = "consumer",
         route = route,
     );
-    if !span.is_disabled() {
-        continue_from(&span, traceparent);
-    }
+    start.parent(&span);
     span
 }
 
 /// One readiness probe of the sidecar, the state store and the broker: its calls make one
 /// trace, not one each.
 pub(crate) fn readiness_probe() -> Span {
+    if !super::traces::sample_root() {
+        return Span::none();
+    }
     tracing::info_span!(target: SPANS, "readiness probe", otel.kind = "internal")
 }
 
@@ -202,8 +230,12 @@ pub(crate) fn batch<'a>(
     origins: impl IntoIterator<Item = Option<&'a str>>,
 ) -> Span {
     let contexts: Vec<SpanContext> = origins.into_iter().flatten().filter_map(parse).collect();
-    let none_sampled = !contexts.is_empty() && contexts.iter().all(|c| !c.is_sampled());
-    if none_sampled && super::traces::follows_the_caller() {
+    let dropped = if contexts.is_empty() {
+        !super::traces::sample_root()
+    } else {
+        super::traces::follows_the_caller() && contexts.iter().all(|c| !c.is_sampled())
+    };
+    if dropped {
         return Span::none();
     }
     let span = tracing::info_span!(
@@ -253,11 +285,9 @@ fn same_span(a: &SpanContext, b: &SpanContext) -> bool {
     a.trace_id() == b.trace_id() && a.span_id() == b.span_id()
 }
 
-/// Makes a span not started yet a child of `traceparent` (when it is one).
-fn continue_from(span: &Span, traceparent: Option<&str>) {
-    if let Some(parent) = traceparent.and_then(parse) {
-        let _ = span.set_parent(Context::new().with_remote_span_context(parent));
-    }
+/// Whether spans are recorded for the trace backend at all (an OTLP endpoint is set).
+pub(crate) fn exported() -> bool {
+    tracing::enabled!(target: SPANS, tracing::Level::INFO)
 }
 
 /// The `traceparent` of `span`, when it is part of a trace.

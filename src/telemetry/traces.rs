@@ -16,7 +16,10 @@
 use std::{sync::OnceLock, time::Duration};
 
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
+use opentelemetry_sdk::{
+    Resource,
+    trace::{Sampler, SdkTracerProvider},
+};
 
 /// How long shutdown waits for the last spans to be sent.
 const FLUSH_LIMIT: Duration = Duration::from_secs(3);
@@ -82,6 +85,52 @@ pub(crate) fn follows_the_caller() -> bool {
     *FOLLOWS.get_or_init(|| sampler().0.starts_with("parentbased_"))
 }
 
+/// The share of the traces starting in this process that are sampled, for the samplers whose
+/// decision on such a root this process takes itself (`parentbased_always_on`,
+/// `parentbased_always_off`, `parentbased_traceidratio` with its argument, 1 when it is missing
+/// or not a number, as the OpenTelemetry specification has it); `None` leaves it to the SDK.
+fn root_ratio(sampler: &str, argument: Option<&str>) -> Option<f64> {
+    match sampler {
+        "parentbased_always_on" => Some(1.0),
+        "parentbased_always_off" => Some(0.0),
+        "parentbased_traceidratio" => Some(
+            argument
+                .and_then(|a| a.parse::<f64>().ok())
+                .filter(|ratio| ratio.is_finite())
+                .map_or(1.0, |ratio| ratio.clamp(0.0, 1.0)),
+        ),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// A root ratio for this thread's tests, instead of the environment's.
+    pub(crate) static TEST_ROOT_RATIO: std::cell::Cell<Option<f64>> =
+        const { std::cell::Cell::new(None) };
+}
+
+fn roots() -> Option<f64> {
+    #[cfg(test)]
+    if let Some(ratio) = TEST_ROOT_RATIO.with(std::cell::Cell::get) {
+        return Some(ratio);
+    }
+    static ROOTS: OnceLock<Option<f64>> = OnceLock::new();
+    *ROOTS.get_or_init(|| {
+        let (sampler, argument) = sampler();
+        root_ratio(&sampler, argument.as_deref())
+    })
+}
+
+/// Whether a trace starting here (no `traceparent` to follow) is sampled, drawn before its
+/// first span is made: the SDK's sampler decides only when a span starts, after the span and
+/// everything under it has cost what a sampled one does. With the samplers of [`root_ratio`],
+/// the SDK is then told to sample every root it sees (and to follow the caller otherwise), so
+/// that roots are not sampled twice.
+pub(crate) fn sample_root() -> bool {
+    roots().is_none_or(|ratio| ratio >= 1.0 || (ratio > 0.0 && fastrand::f64() < ratio))
+}
+
 /// The span export of the process; [`Traces::shutdown`] sends what is still buffered.
 #[derive(Debug, Default)]
 pub(crate) struct Traces {
@@ -109,10 +158,14 @@ impl Traces {
                 .with_service_name(app.to_string())
                 .build()
         };
-        let provider = SdkTracerProvider::builder()
+        let mut builder = SdkTracerProvider::builder()
             .with_batch_exporter(exporter)
-            .with_resource(resource)
-            .build();
+            .with_resource(resource);
+        if roots().is_some() {
+            // Roots are drawn in `sample_root`; the SDK follows the caller, or that draw.
+            builder = builder.with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)));
+        }
+        let provider = builder.build();
         Ok(Self {
             provider: Some(provider),
         })
@@ -168,6 +221,24 @@ mod tests {
         );
         assert!(!wanted(env(&[endpoint, ("OTEL_SDK_DISABLED", "TRUE")])).unwrap());
         assert!(!wanted(env(&[endpoint, ("OTEL_TRACES_EXPORTER", "none")])).unwrap());
+    }
+
+    #[test]
+    fn roots_are_sampled_here_at_the_parent_based_samplers_ratio() {
+        assert_eq!(root_ratio("parentbased_always_on", None), Some(1.0));
+        assert_eq!(root_ratio("parentbased_always_off", None), Some(0.0));
+        let ratio = |argument| root_ratio("parentbased_traceidratio", argument);
+        assert_eq!(ratio(Some("0.1")), Some(0.1));
+        assert_eq!(ratio(Some("2")), Some(1.0));
+        assert_eq!(ratio(Some("-1")), Some(0.0));
+        assert_eq!(ratio(Some("NaN")), Some(1.0));
+        assert_eq!(ratio(Some("one in ten")), Some(1.0));
+        assert_eq!(ratio(None), Some(1.0));
+        // Samplers that do not follow the caller, or that this process cannot draw for, are the
+        // SDK's alone.
+        assert_eq!(root_ratio("traceidratio", Some("0.1")), None);
+        assert_eq!(root_ratio("always_on", None), None);
+        assert_eq!(root_ratio("parentbased_jaeger_remote", None), None);
     }
 
     #[test]

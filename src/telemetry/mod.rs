@@ -136,6 +136,7 @@ pub(crate) fn init_with_traces(format: LogFormat, app: &str) -> Traces {
     if let Some(problem) = problem {
         tracing::error!("{}", crate::service::chain(&problem));
     } else if installed && traces.tracer().is_some() {
+        spans::note_exported();
         let (sampler, argument) = traces::sampler();
         tracing::info!(
             sampler,

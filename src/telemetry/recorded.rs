@@ -51,6 +51,7 @@ pub(crate) fn record() -> (DefaultGuard, Recorded) {
         Some(provider.tracer("test")),
     );
     let guard = tracing::subscriber::set_default(subscriber);
+    super::spans::TEST_EXPORTED.with(|exported| exported.set(true));
     let recorded = Recorded {
         spans,
         _provider: provider,

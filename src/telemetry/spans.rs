@@ -25,6 +25,8 @@
 //! without origins, the readiness probe) is sampled or not before its first span is made
 //! ([`super::traces::sample_root`]), for the same reason.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use opentelemetry::{
     Context, KeyValue,
     propagation::{Extractor, TextMapPropagator},
@@ -285,9 +287,29 @@ fn same_span(a: &SpanContext, b: &SpanContext) -> bool {
     a.trace_id() == b.trace_id() && a.span_id() == b.span_id()
 }
 
-/// Whether spans are recorded for the trace backend at all (an OTLP endpoint is set).
+/// Whether the process's subscriber exports spans (set once, when it is installed).
+static EXPORTED: AtomicBool = AtomicBool::new(false);
+
+#[cfg(test)]
+thread_local! {
+    /// This thread's test subscriber exports spans (see `recorded`).
+    pub(crate) static TEST_EXPORTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Notes that the process's subscriber exports spans (its OpenTelemetry layer is installed).
+pub(crate) fn note_exported() {
+    EXPORTED.store(true, Ordering::Relaxed);
+}
+
+/// Whether spans are recorded for the trace backend at all (an OTLP endpoint is set). A flag,
+/// not `tracing::enabled!`: with per-layer filters, asking leaves the layers' answers behind for
+/// the next span made on the thread, and the request's log span lost its fields.
 pub(crate) fn exported() -> bool {
-    tracing::enabled!(target: SPANS, tracing::Level::INFO)
+    #[cfg(test)]
+    if TEST_EXPORTED.with(std::cell::Cell::get) {
+        return true;
+    }
+    EXPORTED.load(Ordering::Relaxed)
 }
 
 /// The `traceparent` of `span`, when it is part of a trace.

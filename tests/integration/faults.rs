@@ -5,17 +5,18 @@
 //! and, for the faults that involve the broker, on Kafka (state on Redis), drives a workload of creates, updates, completions and deletes through clients that
 //! retry what is retryable (creates with a `request_id`), breaks something in the middle, heals
 //! it, waits until every event has been handled, and then counts from the stored records and
-//! from an independent subscriber ("auditor") of `task-events`:
+//! from the broker's own copy of `task-events` (the Redis stream or the Kafka topic), timing the
+//! events by an independent subscriber ("auditor"):
 //!
 //! | count | what |
 //! |---|---|
 //! | retried | calls that failed retryably during the fault and were sent again |
 //! | slowest event (s) | the longest from a change (or, for changes made before the fault healed, from the heal) to its event reaching a subscriber; at most 30 |
 //! | committed | changes the stored records hold (each revision of each task) |
-//! | published | distinct changes the auditor received an event for |
+//! | published | distinct changes with an event on `task-events` |
 //! | lost | committed changes without an event |
 //! | invented | events for changes that did not commit |
-//! | duplicated | changes published under more than one CloudEvent id |
+//! | duplicated | changes whose event (one CloudEvent id) was published more than once |
 //! | resurrected | tasks deleted (the client was told so, or a delete committed) that are alive |
 //! | notif. missing / doubled | committed completions without a notification / with two |
 //! | misfiled | live tasks ListTasks does not list once, or deleted ones it lists |

@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use crate::common::{Options, TestApp, WithHeader, create, eventually};
+use crate::common::{Options, TestApp, WithHeader, eventually};
 use devstack::{AppProcess, ComponentSet, Stack, free_port};
 use task_api::proto::task::v1::{self as pb, task_service_client::TaskServiceClient};
 use tokio_stream::StreamExt;
@@ -173,7 +173,21 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
         let mut client = client.clone();
         let finished = finished.clone();
         in_flight.spawn(async move {
-            create(&mut client, &format!("in flight {n}"), None).await;
+            let answer = client
+                .create_task(pb::CreateTaskRequest {
+                    title: format!("in flight {n}"),
+                    ..Default::default()
+                })
+                .await;
+            // Drained means answered by task-api: the task, or, when its sidecar stayed paused
+            // past the read deadline, task-api's own UNAVAILABLE, which carries its error
+            // details. A request cut off by the shutdown gets a bare transport error instead.
+            if let Err(status) = answer {
+                assert!(
+                    status.code() == Code::Unavailable && !status.details().is_empty(),
+                    "an in-flight request was cut off: {status:?}"
+                );
+            }
             finished.fetch_add(1, Ordering::SeqCst);
         });
     }

@@ -26,9 +26,10 @@
 //! grace period has passed since a relay first found it open (a restarted or newly assigned
 //! consumer of `task-events` gets that long to deliver a landed copy), and this process's
 //! `task-events` subscription is not behind: it has delivered since the process started or its
-//! sidecar (re)subscribed (or [`REJOIN`] has passed), and its last batch was recent or quiet. A copy that lands and is then delivered later than
-//! that (a `task-events` backlog that builds up during the grace period) would be published a
-//! second time: the one case left, and it needs a crash or a failed publish to begin with.
+//! sidecar (re)subscribed (or [`REJOIN`] has passed), and its last batch was recent or quiet. A
+//! copy that lands and is then delivered later than that (a `task-events` backlog that builds up
+//! during the grace period) would be published a second time: the one case left, and it needs a
+//! crash or a failed publish to begin with.
 //!
 //! Nothing holds back the events behind an undecided one: it is put off to a topic of its own,
 //! where waiting costs nothing but other waiting events. A write's outcome is always known

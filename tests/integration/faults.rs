@@ -194,9 +194,8 @@ impl Rig {
             .collect()
     }
 
-    /// How often each CloudEvent id was published on task-events, read from the broker: the
-    /// Redis stream's entries, or the Kafka topic from its start.
-    /// Every CloudEvent on task-events, as the broker holds it (once per publish).
+    /// Every CloudEvent on task-events, once per publish, read from the broker: the Redis
+    /// stream's entries, or the Kafka topic from its start.
     fn published_on_broker(&self) -> Vec<serde_json::Value> {
         let messages = match self.stack.kafka() {
             Some(kafka) => kafka.read_topic("task-events").unwrap(),

@@ -494,13 +494,16 @@ impl<P: Ports> Tasks<P> {
             .await
         {
             Ok(()) => {
-                write.finish(Local::Committed);
                 // Its writer publishes it at once; the staged copy is there if that fails.
+                // Offered before the write is known as committed: a relay that learns of the
+                // commit then finds the publish under way, where it would otherwise take the
+                // change for one its writer left alone and put its staged copy off for seconds.
                 self.publisher.offer(Outgoing {
                     id: id.clone(),
                     staged,
                     record: record.clone(),
                 });
+                write.finish(Local::Committed);
             }
             Err(StoreError::Conflict { .. }) => {
                 write.finish(Local::Lost);

@@ -30,14 +30,15 @@ brokers: UpdateTaskStatus throughput and completion-to-notification latency (p50
 duplicated) on each broker (default redis,kafka; concurrency 1,16; 10 s per run).
 
 observe: what tracing and metrics cost. GetTask and CreateTask at 16 in flight (--concurrency),
-on Redis, in three configurations, each on a fresh system: off (no METRICS_PORT, no OTEL_*),
-metrics (METRICS_PORT, Prometheus scraping both apps and both daprd every second) and
-traces+metrics (also the apps' and both daprd's spans to Jaeger over OTLP/gRPC). The
-configurations take turns for --rounds rounds (default 3; 1 s warm-up + 10 s per request); the
-median rps, p50/p99 and the median of the per-round ratios to off are reported
-(target/bench/observe.json). Exit status 2 when an export did not arrive: Prometheus did not
-scrape every target or count every call, Jaeger holds no trace of a request with task-api's and
-its daprd's spans, or an app dropped spans. --smoke: one round, 0.5 s warm-up + 2 s per request.
+on Redis, in four configurations, each on a system of its own, started once and kept running:
+off (no METRICS_PORT, no OTEL_*), metrics (METRICS_PORT, Prometheus scraping both apps and both
+daprd every second), traces+metrics (also the apps' and both daprd's spans to Jaeger over
+OTLP/gRPC, every request traced) and traces 10%+metrics (one trace in ten). Each round runs every
+configuration at each request in turn, 6 s apart, for --rounds rounds (default 3; 1 s warm-up +
+10 s per request); the median rps, p50/p99 and the median of the per-round ratios to off are
+reported (target/bench/observe.json). Exit status 2 when an export did not arrive: Prometheus did
+not scrape every target or count every call, Jaeger holds no trace of a request with task-api's
+and its daprd's spans, or an app dropped spans. --smoke: one round, 0.5 s warm-up + 2 s per request.
 
   --brokers LIST         redis, kafka or both, comma-separated (default redis,kafka; --broker NAME
                          for one)

@@ -1,6 +1,6 @@
 //! `observe`: what tracing and metrics cost. GetTask and CreateTask through task-api (16 in
-//! flight by default), on Redis for state and broker, in three configurations, each measured on a
-//! freshly started system:
+//! flight by default), on Redis for state and broker, in four configurations, each on a system
+//! of its own:
 //!
 //! - `off`: the apps without METRICS_PORT and without OTEL_* variables, daprd exporting no
 //!   spans (as every other mode runs them);
@@ -12,10 +12,14 @@
 //!   ([`SAMPLING_RATE`], the production overlay's `samplingRate`) and the apps sampling calls
 //!   that arrive without a decision at the same rate (`parentbased_traceidratio`).
 //!
-//! The configurations take turns, round after round, and each round starts one configuration
-//! further on, so the machine's noise shows in the spread between rounds instead of landing on
-//! one configuration. A configuration's cost is the median of its per-round ratios to `off`.
-//! What was exported is checked to have arrived ([`crate::exports`]).
+//! The four systems are started once and kept running; in each round every configuration
+//! takes its turn at each request, one after the other, starting one configuration further on
+//! each round. A configuration's ratio to `off` is taken within a round, from runs a minute
+//! apart, so that the machine's drift (on a shared host, its speed moves by tens of percent over
+//! minutes) lands on both sides of the ratio instead of on one configuration. A configuration's
+//! cost is the median of its per-round ratios. Between turns the exporters get [`QUIET`] to send
+//! what they hold, so no configuration pays for the one before it. What was exported is checked
+//! to have arrived ([`crate::exports`]).
 
 use std::{
     path::PathBuf,
@@ -33,7 +37,7 @@ use crate::{
     error::{Result, setup},
     exports::{self, Backends, Observed},
     load::{self, Pools, Scenario, Shared, Target, Watched, Worker},
-    observe_report::{self, ConfigRun, RequestRun},
+    observe_report::{self, ConfigRun, RequestRun, SystemSeen},
     ops::TaskClient,
     procfs,
     report::{Measurement, RunCpu},
@@ -46,6 +50,9 @@ pub const REQUESTS: [Scenario; 2] = [Scenario::Get, Scenario::Create];
 const POOL_CONCURRENCY: usize = 16;
 /// Longest wait for a run's events to be handled before the next run starts.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// The pause after each turn: longer than the apps' and sidecars' batch span exporters wait
+/// before sending what they hold (5 s), so the spans of one turn reach Jaeger before the next.
+const QUIET: Duration = Duration::from_secs(6);
 /// What Prometheus scrapes: both apps and both sidecars.
 const SCRAPE_TARGETS: usize = 4;
 
@@ -281,86 +288,177 @@ fn cpu_since(pids: &[u32], before: &[u64]) -> f64 {
     used as f64 / procfs::clock_ticks_per_second()
 }
 
-/// Both requests on a started system, then the proof that what was exported arrived.
-async fn measure(
-    args: &ObserveArgs,
+/// A configuration's system, started once and measured in every round.
+struct Measured<'a> {
     config: Config,
-    system: &mut System,
-    backends: &mut Backends,
-) -> Result<(Vec<RequestRun>, Observed)> {
-    let mut observed = Observed::default();
-    if let Some(prometheus) = &backends.prometheus {
-        // Scraping is under way before the load starts, so every run pays for it.
-        exports::scraping(prometheus, SCRAPE_TARGETS, &mut observed).await?;
-    }
-    let mut context = Context::prepare(args, system).await?;
-    let pids = backends.pids();
-    let mut runs = Vec::new();
-    for scenario in REQUESTS {
-        let run = context.run(scenario, &pids).await?;
-        say(&observe_report::run_line(config, &run));
-        runs.push(run);
-    }
-    system.check_running()?;
-    if let Some(prometheus) = &backends.prometheus {
-        exports::scraping(prometheus, SCRAPE_TARGETS, &mut observed).await?;
-        exports::counted(prometheus, &REQUESTS, context.served, &mut observed).await?;
-    }
-    if let Some(jaeger) = &backends.jaeger {
-        exports::traced(jaeger, &REQUESTS, &mut observed).await?;
-        exports::none_dropped(system)?;
-    }
-    Ok((runs, observed))
+    system: System,
+    backends: Backends,
+    context: Context<'a>,
+    observed: Observed,
 }
 
-/// One configuration in one round (`position` within it), on a system of its own.
-async fn config_run(
-    args: &ObserveArgs,
-    config: Config,
-    round: usize,
-    position: usize,
-) -> Result<ConfigRun> {
-    say(&format!(
-        "round {} of {}, {}: starting a fresh system",
-        round + 1,
-        args.rounds,
-        config.name()
-    ));
-    let (mut system, mut backends) = start(config).await?;
-    let outcome = measure(args, config, &mut system, &mut backends).await;
-    if outcome.is_err() {
-        eprint!("{}{}", system.log_tails(30), backends.log_tails(30));
+impl<'a> Measured<'a> {
+    /// Starts `config`'s system, checks that Prometheus scrapes it before any load (so every
+    /// run pays for scraping) and creates the GetTask pool.
+    async fn start(args: &'a ObserveArgs, config: Config) -> Result<Self> {
+        say(&format!("{}: starting its system", config.name()));
+        let (mut system, mut backends) = start(config).await?;
+        let mut observed = Observed::default();
+        let prepared = async {
+            if let Some(prometheus) = &backends.prometheus {
+                exports::scraping(prometheus, SCRAPE_TARGETS, &mut observed).await?;
+            }
+            Context::prepare(args, &mut system).await
+        }
+        .await;
+        match prepared {
+            Ok(context) => Ok(Self {
+                config,
+                system,
+                backends,
+                context,
+                observed,
+            }),
+            Err(e) => {
+                eprint!("{}{}", system.log_tails(30), backends.log_tails(30));
+                stop(system, backends);
+                Err(e)
+            }
+        }
     }
+
+    /// One turn: `scenario` on this system, then the pause that lets its spans go out.
+    async fn turn(&mut self, scenario: Scenario) -> Result<RequestRun> {
+        let pids = self.backends.pids();
+        let run = self.context.run(scenario, &pids).await?;
+        say(&observe_report::run_line(self.config, &run));
+        tokio::time::sleep(QUIET).await;
+        Ok(run)
+    }
+
+    /// The proof that what was exported over every round arrived.
+    async fn check(&mut self) -> Result<Observed> {
+        self.system.check_running()?;
+        let mut observed = std::mem::take(&mut self.observed);
+        if let Some(prometheus) = &self.backends.prometheus {
+            exports::scraping(prometheus, SCRAPE_TARGETS, &mut observed).await?;
+            exports::counted(prometheus, &REQUESTS, self.context.served, &mut observed).await?;
+        }
+        if let Some(jaeger) = &self.backends.jaeger {
+            exports::traced(jaeger, &REQUESTS, &mut observed).await?;
+            exports::none_dropped(&self.system)?;
+        }
+        Ok(observed)
+    }
+
+    fn log_tails(&mut self) -> String {
+        format!(
+            "{}{}",
+            self.system.log_tails(30),
+            self.backends.log_tails(30)
+        )
+    }
+
+    fn stop(self) {
+        stop(self.system, self.backends);
+    }
+}
+
+/// The apps first; the backends after them, as the apps send their last spans on the way out.
+fn stop(mut system: System, backends: Backends) {
     system.stop();
-    // The backends go after the apps, which send their last spans on the way out.
     drop(backends);
-    let (requests, observed) = outcome?;
-    Ok(ConfigRun {
-        configuration: config.name(),
-        round: round + 1,
-        position: position + 1,
-        requests,
-        observed,
-    })
+}
+
+/// Every round on the systems `measured`: each request, each configuration in the round's
+/// order; then the proof of each system's exports.
+async fn rounds(args: &ObserveArgs, measured: &mut [Measured<'_>]) -> Result<Vec<ConfigRun>> {
+    let mut runs: Vec<ConfigRun> = Vec::new();
+    for round in 0..args.rounds {
+        for scenario in REQUESTS {
+            for (position, config) in order(round).into_iter().enumerate() {
+                say(&format!(
+                    "round {} of {}, {}: {}",
+                    round + 1,
+                    args.rounds,
+                    config.name(),
+                    scenario.name()
+                ));
+                let system = measured
+                    .iter_mut()
+                    .find(|m| m.config == config)
+                    .ok_or_else(|| setup(format!("{} has no system", config.name())))?;
+                let run = match system.turn(scenario).await {
+                    Ok(run) => run,
+                    Err(e) => {
+                        eprint!("{}", system.log_tails());
+                        return Err(e);
+                    }
+                };
+                let slot = runs
+                    .iter()
+                    .position(|r| r.round == round + 1 && r.configuration == config.name());
+                match slot {
+                    Some(i) => runs[i].requests.push(run),
+                    None => runs.push(ConfigRun {
+                        configuration: config.name(),
+                        round: round + 1,
+                        position: position + 1,
+                        requests: vec![run],
+                    }),
+                }
+            }
+        }
+    }
+    Ok(runs)
+}
+
+/// Starts every configuration's system, measures the rounds, checks the exports.
+async fn measure_all(args: &ObserveArgs) -> Result<(Vec<ConfigRun>, Vec<SystemSeen>)> {
+    let mut measured = Vec::new();
+    for config in Config::ALL {
+        match Measured::start(args, config).await {
+            Ok(m) => measured.push(m),
+            Err(e) => {
+                measured.into_iter().for_each(Measured::stop);
+                return Err(e);
+            }
+        }
+    }
+    let outcome = async {
+        let runs = rounds(args, &mut measured).await?;
+        let mut seen = Vec::new();
+        for m in &mut measured {
+            match m.check().await {
+                Ok(observed) => seen.push(SystemSeen {
+                    configuration: m.config.name(),
+                    observed,
+                }),
+                Err(e) => {
+                    eprint!("{}", m.log_tails());
+                    return Err(e);
+                }
+            }
+        }
+        Ok((runs, seen))
+    }
+    .await;
+    measured.into_iter().for_each(Measured::stop);
+    outcome
 }
 
 /// `observe`: every round, every configuration; the table, the targets and the JSON.
 pub async fn main(args: &ObserveArgs) -> ExitCode {
     let started = Instant::now();
     let started_at_unix = crate::bench::unix_now();
-    let mut runs = Vec::new();
-    for round in 0..args.rounds {
-        for (position, config) in order(round).into_iter().enumerate() {
-            match config_run(args, config, round, position).await {
-                Ok(run) => runs.push(run),
-                Err(e) => {
-                    eprintln!("task-api-bench: {e}");
-                    return ExitCode::from(2);
-                }
-            }
+    let (runs, seen) = match measure_all(args).await {
+        Ok(measured) => measured,
+        Err(e) => {
+            eprintln!("task-api-bench: {e}");
+            return ExitCode::from(2);
         }
-    }
-    let report = observe_report::Report::of(args, runs, started_at_unix, started.elapsed());
+    };
+    let report = observe_report::Report::of(args, runs, seen, started_at_unix, started.elapsed());
     report.print(args);
     if let Err(e) = crate::write_json(&args.out, &report) {
         eprintln!("task-api-bench: {e}");

@@ -303,11 +303,23 @@ macro_rules! per_store {
 }
 pub(crate) use per_store;
 
-/// An app that subscribes to topics and reports every delivered event.
+/// An app that subscribes to topics and reports every delivered event, with when it arrived.
+///
+/// It answers on a thread and runtime of its own: the tests' runtime has one thread, which a
+/// blocking call (the Kafka consumer-group tool runs for seconds) would hold, and daprd would
+/// wait for the probe's answers meanwhile, delaying every event after them as if task-api had.
 pub struct EventProbe {
     pub port: u16,
     events: mpsc::UnboundedReceiver<(TopicEvent, std::time::SystemTime)>,
-    _server: JoinHandle<()>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for EventProbe {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
 }
 
 struct ProbeApp {
@@ -332,24 +344,41 @@ impl App for ProbeApp {
 
 impl EventProbe {
     pub async fn start(pubsub: &str, topics: &[&str]) -> EventProbe {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
         let (sender, events) = mpsc::unbounded_channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let app = ProbeApp {
             pubsub: pubsub.into(),
             topics: topics.iter().map(|t| t.to_string()).collect(),
             sender,
         };
-        let server = tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder()
-                .add_routes(Callbacks::new(app).into_routes())
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-                .await;
-        });
+        std::thread::Builder::new()
+            .name(format!("event-probe-{port}"))
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async move {
+                    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                    let _ = tonic::transport::Server::builder()
+                        .add_routes(Callbacks::new(app).into_routes())
+                        .serve_with_incoming_shutdown(
+                            tokio_stream::wrappers::TcpListenerStream::new(listener),
+                            async {
+                                let _ = stopped.await;
+                            },
+                        )
+                        .await;
+                });
+            })
+            .unwrap();
         EventProbe {
             port,
             events,
-            _server: server,
+            stop: Some(stop),
         }
     }
 

@@ -371,7 +371,7 @@ fn stop(mut system: System, backends: Backends) {
 }
 
 /// Every round on the systems `measured`: each request, each configuration in the round's
-/// order; then the proof of each system's exports.
+/// order.
 async fn rounds(args: &ObserveArgs, measured: &mut [Measured<'_>]) -> Result<Vec<ConfigRun>> {
     let mut runs: Vec<ConfigRun> = Vec::new();
     for round in 0..args.rounds {

@@ -10,6 +10,9 @@ use crate::{
     telemetry::metrics::METRICS,
 };
 
+/// The metadata key of the partition a bulk entry came from, set by Dapr's Kafka component.
+const PARTITION: &str = "__partition";
+
 /// Handles a batch of events; one status each, in order.
 pub(super) async fn on_events<P: Ports>(
     events: &EventHandler<P>,
@@ -34,6 +37,7 @@ pub(super) async fn on_events<P: Ports>(
                     .extension_str("time")
                     .and_then(crate::domain::time::parse),
                 traceparent: event.traceparent(),
+                partition: event.metadata.get(PARTITION).map(String::as_str),
             })
         })
         .collect();

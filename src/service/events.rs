@@ -105,6 +105,9 @@ pub(crate) struct Delivery<'a> {
     pub(crate) published_at: Option<chrono::DateTime<chrono::Utc>>,
     /// The trace it was published in (the CloudEvent `traceparent`), if any.
     pub(crate) traceparent: Option<&'a str>,
+    /// The partition of its topic it came from, where the broker has them (Kafka): each is
+    /// delivered in order, on its own, so each is behind or caught up on its own.
+    pub(crate) partition: Option<&'a str>,
 }
 
 /// What became of an event.
@@ -287,7 +290,7 @@ impl<P: Ports> EventHandler<P> {
             deliveries
                 .iter()
                 .filter(|d| matches!(d.route, Route::Notify | Route::Noted | Route::Adopt))
-                .filter_map(|d| d.published_at),
+                .filter_map(|d| Some((d.partition, d.published_at?))),
         );
         let work = deliveries.iter().zip(parsed).map(|(delivery, event)| {
             // Each event continues the trace it was published in.
@@ -478,6 +481,7 @@ impl<P: Ports> EventHandler<P> {
                     data_content_type: &letter.data_content_type,
                     published_at: None,
                     traceparent: None,
+                    partition: None,
                 };
                 match self.process(&[delivery]).await.pop() {
                     Some(Outcome::Success(_)) => {

@@ -25,11 +25,13 @@
 //! An open claim is published again only once no publish under it can still be in flight, a
 //! grace period has passed since a relay first found it open (a restarted or newly assigned
 //! consumer of `task-events` gets that long to deliver a landed copy), and this process's
-//! `task-events` subscription is not behind: it has delivered since the process started or its
-//! sidecar (re)subscribed (or [`REJOIN`] has passed), and its last batch was recent or quiet. A
-//! copy that lands and is then delivered later than that (a `task-events` backlog that builds up
-//! during the grace period) would be published a second time: the one case left, and it needs a
-//! crash or a failed publish to begin with.
+//! `task-events` subscription is not behind, partition by partition (on Kafka a landed copy waits
+//! in its own partition's backlog, whatever the others deliver): each partition it has delivered
+//! from has delivered again since the process started or its sidecar (re)subscribed (or
+//! [`REJOIN`] has passed), and its last batch was recent or quiet. A copy that lands and is then
+//! delivered later than that (a backlog that builds up during the grace period, or a partition
+//! this process never delivered from before) would be published a second time: the case left,
+//! and it needs a crash or a failed publish to begin with.
 //!
 //! Nothing holds back the events behind an undecided one: it is put off to a topic of its own,
 //! where waiting costs nothing but other waiting events. A write's outcome is always known
@@ -128,15 +130,23 @@ impl<P: Ports> Clone for Relay<P> {
     }
 }
 
-/// What this process's `task-events` subscription has shown of how far behind it is.
+/// What this process's `task-events` subscription has shown of how far behind it is, partition
+/// by partition where the broker has them (Kafka delivers each on its own, in order, so one
+/// partition caught up says nothing of another's backlog; Redis streams have one).
 #[derive(Clone)]
 struct Observer(Arc<Mutex<Watch>>);
 
+struct Watch {
+    /// When this process started, or its sidecar last listed the subscriptions.
+    since: DateTime<Utc>,
+    /// Every partition delivered from since this process started, and what it last showed.
+    partitions: HashMap<Option<String>, Partition>,
+}
+
 #[derive(Clone, Copy)]
-enum Watch {
-    /// Nothing delivered since `since`: this process started, or its sidecar listed the
-    /// subscriptions again.
-    Waiting { since: DateTime<Utc> },
+enum Partition {
+    /// Nothing delivered from it since [`Watch::since`].
+    Waiting,
     /// How far behind its last batch was (how long before it the newest event of that batch was
     /// published), and when that was.
     Delivered {
@@ -147,41 +157,63 @@ enum Watch {
 
 impl Observer {
     fn new() -> Self {
-        Self(Arc::new(Mutex::new(Watch::Waiting { since: time::now() })))
+        Self(Arc::new(Mutex::new(Watch {
+            since: time::now(),
+            partitions: HashMap::new(),
+        })))
     }
 
     fn watch(&self) -> std::sync::MutexGuard<'_, Watch> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn note(&self, published: impl Iterator<Item = DateTime<Utc>>) {
+    fn note<'a>(&self, published: impl Iterator<Item = (Option<&'a str>, DateTime<Utc>)>) {
+        let mut newest: HashMap<Option<&str>, DateTime<Utc>> = HashMap::new();
+        for (partition, at) in published {
+            let seen = newest.entry(partition).or_insert(at);
+            *seen = (*seen).max(at);
+        }
         let now = time::now();
-        if let Some(newest) = published.max() {
+        let mut watch = self.watch();
+        for (partition, newest) in newest {
             let behind = (now - newest).to_std().unwrap_or_default();
-            *self.watch() = Watch::Delivered {
-                noted_at: now,
-                behind,
-            };
+            watch.partitions.insert(
+                partition.map(str::to_string),
+                Partition::Delivered {
+                    noted_at: now,
+                    behind,
+                },
+            );
         }
     }
 
-    /// A sidecar (re)started its subscriptions: until it delivers, its consumers may still be
-    /// joining their groups.
+    /// A sidecar (re)started its subscriptions: until a partition delivers again, its consumer
+    /// may still be joining its group, and its backlog is unknown.
     fn resubscribed(&self) {
-        *self.watch() = Watch::Waiting { since: time::now() };
+        let mut watch = self.watch();
+        watch.since = time::now();
+        for partition in watch.partitions.values_mut() {
+            *partition = Partition::Waiting;
+        }
     }
 
-    /// Caught up unless it has delivered nothing since it (re)subscribed, not long ago, or its
-    /// last batch was behind and came recently: with nothing delivered for a while, from a
-    /// subscription known to deliver, there is no backlog to wait for.
+    /// Caught up when every partition is: it has delivered since the subscriptions (re)started
+    /// (or [`REJOIN`] has passed since), and its last batch was fresh or came a while ago. With
+    /// nothing delivered for a while, from a partition known to deliver, there is no backlog to
+    /// wait for.
     fn caught_up(&self) -> bool {
         let elapsed = |since: DateTime<Utc>| (time::now() - since).to_std().unwrap_or_default();
-        match *self.watch() {
-            Watch::Waiting { since } => elapsed(since) > REJOIN,
-            Watch::Delivered { noted_at, behind } => {
+        let watch = self.watch();
+        let rejoined = elapsed(watch.since) > REJOIN;
+        if watch.partitions.is_empty() {
+            return rejoined;
+        }
+        watch.partitions.values().all(|partition| match *partition {
+            Partition::Waiting => rejoined,
+            Partition::Delivered { noted_at, behind } => {
                 behind < CAUGHT_UP || elapsed(noted_at) > QUIET
             }
-        }
+        })
     }
 }
 
@@ -570,9 +602,12 @@ impl<P: Ports> Relay<P> {
             .collect())
     }
 
-    /// Notes how far behind `task-events` is, from when the events of a batch delivered from it
-    /// were published.
-    pub(crate) fn note_delivered(&self, published: impl Iterator<Item = DateTime<Utc>>) {
+    /// Notes how far behind `task-events` is, from the partition each event of a batch came from
+    /// and when it was published.
+    pub(crate) fn note_delivered<'a>(
+        &self,
+        published: impl Iterator<Item = (Option<&'a str>, DateTime<Utc>)>,
+    ) {
         self.observer.note(published);
     }
 

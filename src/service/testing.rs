@@ -155,6 +155,7 @@ impl Process {
                 published_at: Some(time::now()),
                 // As daprd hands it over: the CloudEvent's traceparent.
                 traceparent: delivered.message.traceparent.as_deref(),
+                partition: None,
             })
             .collect();
         let outcomes = self.events.handle(&deliveries).await;

@@ -276,6 +276,7 @@ fn outbox_delivery(data: &[u8]) -> Delivery<'_> {
         data_content_type: "application/json",
         published_at: Some(time::now()),
         traceparent: None,
+        partition: None,
     }
 }
 
@@ -436,6 +437,7 @@ async fn on_task_events(process: &Process, route: Route, events: &[TaskEvent]) -
             data_content_type: "application/json",
             published_at: Some(time::now()),
             traceparent: None,
+            partition: None,
         })
         .collect();
     process.events.handle(&deliveries).await
@@ -623,6 +625,7 @@ async fn malformed_events_are_kept_as_dead_letters_and_can_be_replayed() {
         data_content_type: "application/json",
         published_at: Some(time::now()),
         traceparent: None,
+        partition: None,
     };
     let outcomes = process.events.handle(&[delivery]).await;
     assert!(matches!(outcomes[0], Outcome::Dead(_)));
@@ -753,7 +756,23 @@ async fn two_processes_relaying_one_event_publish_it_once() {
 /// Hands `topic`'s waiting messages to the process in one batch, delivered `published_ago` after
 /// they were published; acknowledges what was not answered RETRY.
 async fn deliver_once(process: &Process, world: &World, topic: Topic, route: Route, ago: i64) {
-    let waiting = world.broker.unacknowledged(topic, 100);
+    deliver_picked(process, world, (topic, route, None), ago, |_| true).await;
+}
+
+/// [`deliver_once`] for the waiting messages `pick` chooses, from one partition of `topic`.
+async fn deliver_picked(
+    process: &Process,
+    world: &World,
+    (topic, route, partition): (Topic, Route, Option<&str>),
+    ago: i64,
+    pick: impl Fn(&Message) -> bool,
+) {
+    let waiting: Vec<_> = world
+        .broker
+        .unacknowledged(topic, 100)
+        .into_iter()
+        .filter(|w| pick(&w.message))
+        .collect();
     let deliveries: Vec<Delivery> = waiting
         .iter()
         .map(|w| Delivery {
@@ -764,6 +783,7 @@ async fn deliver_once(process: &Process, world: &World, topic: Topic, route: Rou
             data_content_type: "application/json",
             published_at: Some(time::now() - chrono::Duration::seconds(ago)),
             traceparent: None,
+            partition,
         })
         .collect();
     let outcomes = process.events.handle(&deliveries).await;
@@ -820,6 +840,58 @@ async fn an_open_claim_waits_while_a_restarted_sidecar_has_not_delivered_task_ev
     audit(&world, &process, &[id])
         .await
         .assert_clean("landed before the sidecar died");
+}
+
+/// The same, on Kafka: the restarted sidecar's `task-events` delivers a fresh event from one
+/// partition while the landed copy still waits in another's backlog. One partition caught up
+/// says nothing of the other: the open claim waits for every partition to deliver again.
+#[tokio::test(start_paused = true)]
+async fn an_open_claim_waits_for_every_partition_of_task_events_to_deliver_again() {
+    let world = World::new();
+    let process = Process::start_relaying_only(&world);
+    let on = |partition| (Topic::Events, Route::Noted, Some(partition));
+    // Both partitions have delivered before the crash.
+    let earlier = [process.create("on 0").await, process.create("on 1").await];
+    deliver_once(&process, &world, Topic::Outbox, Route::Outbox, 0).await;
+    let first = event_id(earlier[0].as_str(), 1);
+    let is_first = |m: &Message| m.id.as_deref() == Some(first.as_str());
+    deliver_picked(&process, &world, on("0"), 0, is_first).await;
+    deliver_picked(&process, &world, on("1"), 0, |_| true).await;
+    let id = process.create("landed on 1, then the sidecar died").await;
+    world.faults.crash_after_landing(2);
+    let staged = world.broker.unacknowledged(Topic::Outbox, 10);
+    process
+        .events
+        .handle(&[outbox_delivery(&staged[0].message.data)])
+        .await;
+    world.faults.heal();
+    process.events.subscriptions_listed();
+    let landed = event_id(id.as_str(), 1);
+    let is_landed = |m: &Message| m.id.as_deref() == Some(landed.as_str());
+    deliver_once(&process, &world, Topic::Outbox, Route::Outbox, 0).await;
+    // Partition 0 is back and fresh; partition 1 has not delivered yet.
+    let fresh = process.create("after the restart, on 0").await;
+    deliver_once(&process, &world, Topic::Outbox, Route::Outbox, 0).await;
+    deliver_picked(&process, &world, on("0"), 0, |m| !is_landed(m)).await;
+    let past_the_claim = relay::CLAIM_HOLDS.max(relay::GRACE) + Duration::from_secs(1);
+    time::test_clock::advance(past_the_claim);
+    deliver_once(&process, &world, Topic::OutboxRetry, Route::OutboxRetry, 0).await;
+    let published = || times_published(&world, &id, 1);
+    assert_eq!(
+        published(),
+        1,
+        "partition 1 has said nothing since the restart"
+    );
+    // Partition 1 is back: the landed copy arrives, late.
+    deliver_picked(&process, &world, on("1"), 14, is_landed).await;
+    past_the_quarantine();
+    process.deliver(&world).await;
+    assert_eq!(published(), 1, "observed, not published again");
+    let mut tasks = earlier.to_vec();
+    tasks.extend([id, fresh]);
+    audit(&world, &process, &tasks)
+        .await
+        .assert_clean("landed on a partition that came back late");
 }
 
 /// The same wait ends: a restarted sidecar whose `task-events` delivers nothing (no copy

@@ -13,6 +13,7 @@ pub(crate) mod fakes;
 pub(crate) mod in_flight;
 pub(crate) mod index;
 pub(crate) mod listing;
+mod observer;
 pub(crate) mod outbox;
 pub(crate) mod ports;
 pub(crate) mod publisher;

@@ -28,7 +28,7 @@
 //! `task-events` subscription is not behind, partition by partition (on Kafka a landed copy waits
 //! in its own partition's backlog, whatever the others deliver): each partition it has delivered
 //! from has delivered again since the process started or its sidecar (re)subscribed (or
-//! [`REJOIN`] has passed), and its last batch was recent or quiet. A copy that lands and is then
+//! [`REJOIN`](super::observer::REJOIN) has passed), and its last batch was recent or quiet. A copy that lands and is then
 //! delivered later than that (a backlog that builds up during the grace period, or a partition
 //! this process never delivered from before) would be published a second time: the case left,
 //! and it needs a crash or a failed publish to begin with.
@@ -40,7 +40,6 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -52,6 +51,7 @@ use tracing::Instrument;
 use super::{
     Alarms, Outcome,
     in_flight::{InFlight, Local},
+    observer::Observer,
     outbox::{Outbox, OutboxMessage, StagedEvent},
     ports::{KeyValueStore, Ports},
     publisher::{Outgoing, Publisher, State as Published, WRITER_HOLDS},
@@ -88,17 +88,6 @@ pub(crate) const CLAIM_HOLDS: Duration = Duration::from_secs(12);
 pub(crate) const GRACE: Duration = Duration::from_secs(6);
 /// How long `task-events` waits for this process's own ledger write of an event it published.
 const OBSERVE_WAIT: Duration = Duration::from_secs(2);
-/// `task-events` counts as caught up while the events it delivers were published less than this
-/// long ago,
-const CAUGHT_UP: Duration = Duration::from_secs(2);
-/// or when it has delivered nothing for this long,
-const QUIET: Duration = Duration::from_secs(2);
-/// but only once it has delivered something since this process started or its sidecar listed
-/// the subscriptions again (a restarted sidecar), or this long has passed since then: a Kafka
-/// consumer group takes a restarted sidecar's consumer back only once the dead one's session
-/// has expired (6 s, `sessionTimeout` in `components/`) and the group has rebalanced, and until
-/// then the silence says nothing of what waits on the topic.
-pub(crate) const REJOIN: Duration = Duration::from_secs(20);
 
 /// The event id of a change's event on `task-events`: the same on every delivery, unique per
 /// (task, revision).
@@ -127,93 +116,6 @@ impl<P: Ports> Clone for Relay<P> {
             publisher: self.publisher.clone(),
             observer: self.observer.clone(),
         }
-    }
-}
-
-/// What this process's `task-events` subscription has shown of how far behind it is, partition
-/// by partition where the broker has them (Kafka delivers each on its own, in order, so one
-/// partition caught up says nothing of another's backlog; Redis streams have one).
-#[derive(Clone)]
-struct Observer(Arc<Mutex<Watch>>);
-
-struct Watch {
-    /// When this process started, or its sidecar last listed the subscriptions.
-    since: DateTime<Utc>,
-    /// Every partition delivered from since this process started, and what it last showed.
-    partitions: HashMap<Option<String>, Partition>,
-}
-
-#[derive(Clone, Copy)]
-enum Partition {
-    /// Nothing delivered from it since [`Watch::since`].
-    Waiting,
-    /// How far behind its last batch was (how long before it the newest event of that batch was
-    /// published), and when that was.
-    Delivered {
-        noted_at: DateTime<Utc>,
-        behind: Duration,
-    },
-}
-
-impl Observer {
-    fn new() -> Self {
-        Self(Arc::new(Mutex::new(Watch {
-            since: time::now(),
-            partitions: HashMap::new(),
-        })))
-    }
-
-    fn watch(&self) -> std::sync::MutexGuard<'_, Watch> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn note<'a>(&self, published: impl Iterator<Item = (Option<&'a str>, DateTime<Utc>)>) {
-        let mut newest: HashMap<Option<&str>, DateTime<Utc>> = HashMap::new();
-        for (partition, at) in published {
-            let seen = newest.entry(partition).or_insert(at);
-            *seen = (*seen).max(at);
-        }
-        let now = time::now();
-        let mut watch = self.watch();
-        for (partition, newest) in newest {
-            let behind = (now - newest).to_std().unwrap_or_default();
-            watch.partitions.insert(
-                partition.map(str::to_string),
-                Partition::Delivered {
-                    noted_at: now,
-                    behind,
-                },
-            );
-        }
-    }
-
-    /// A sidecar (re)started its subscriptions: until a partition delivers again, its consumer
-    /// may still be joining its group, and its backlog is unknown.
-    fn resubscribed(&self) {
-        let mut watch = self.watch();
-        watch.since = time::now();
-        for partition in watch.partitions.values_mut() {
-            *partition = Partition::Waiting;
-        }
-    }
-
-    /// Caught up when every partition is: it has delivered since the subscriptions (re)started
-    /// (or [`REJOIN`] has passed since), and its last batch was fresh or came a while ago. With
-    /// nothing delivered for a while, from a partition known to deliver, there is no backlog to
-    /// wait for.
-    fn caught_up(&self) -> bool {
-        let elapsed = |since: DateTime<Utc>| (time::now() - since).to_std().unwrap_or_default();
-        let watch = self.watch();
-        let rejoined = elapsed(watch.since) > REJOIN;
-        if watch.partitions.is_empty() {
-            return rejoined;
-        }
-        watch.partitions.values().all(|partition| match *partition {
-            Partition::Waiting => rejoined,
-            Partition::Delivered { noted_at, behind } => {
-                behind < CAUGHT_UP || elapsed(noted_at) > QUIET
-            }
-        })
     }
 }
 

@@ -11,6 +11,7 @@ use super::{
     fakes::{Fakes, World},
     in_flight::InFlight,
     listing::ListQuery,
+    observer,
     outbox::Outbox,
     ports::Topic,
     publisher::Publisher,
@@ -346,6 +347,6 @@ pub(super) fn after_the_confirmation_window() {
 /// Moves this test's wall clock past the time an open claim is left alone.
 pub(super) fn past_the_quarantine() {
     time::test_clock::advance(
-        relay::CLAIM_HOLDS.max(relay::GRACE).max(relay::REJOIN) + Duration::from_secs(1),
+        relay::CLAIM_HOLDS.max(relay::GRACE).max(observer::REJOIN) + Duration::from_secs(1),
     );
 }

@@ -8,6 +8,7 @@ use chrono::Utc;
 use super::{
     Delivery, Error, Outcome, Route,
     fakes::World,
+    observer,
     outbox::{OutboxMessage, StagedEvent},
     ports::{AlarmJob, Message, Topic},
     relay::{self, event_id},
@@ -824,7 +825,7 @@ async fn an_open_claim_waits_while_a_restarted_sidecar_has_not_delivered_task_ev
     let published = || times_published(&world, &id, 1);
     deliver_once(&process, &world, Topic::Outbox, Route::Outbox, 0).await;
     let past_the_claim = relay::CLAIM_HOLDS.max(relay::GRACE) + Duration::from_secs(1);
-    assert!(past_the_claim < relay::REJOIN);
+    assert!(past_the_claim < observer::REJOIN);
     time::test_clock::advance(past_the_claim);
     deliver_once(&process, &world, Topic::OutboxRetry, Route::OutboxRetry, 0).await;
     assert_eq!(
@@ -896,7 +897,7 @@ async fn an_open_claim_waits_for_every_partition_of_task_events_to_deliver_again
 
 /// The same wait ends: a restarted sidecar whose `task-events` delivers nothing (no copy
 /// landed, nothing else published) does not hold an open claim for longer than
-/// [`relay::REJOIN`].
+/// [`observer::REJOIN`].
 #[tokio::test(start_paused = true)]
 async fn an_open_claim_is_published_once_a_silent_restarted_sidecar_has_had_time_to_rejoin() {
     let world = World::new();
@@ -911,7 +912,7 @@ async fn an_open_claim_is_published_once_a_silent_restarted_sidecar_has_had_time
     time::test_clock::advance(relay::CLAIM_HOLDS.max(relay::GRACE) + Duration::from_secs(1));
     deliver_once(&process, &world, Topic::OutboxRetry, Route::OutboxRetry, 0).await;
     assert_eq!(times_published(&world, &id, 1), 0);
-    time::test_clock::advance(relay::REJOIN);
+    time::test_clock::advance(observer::REJOIN);
     deliver_once(&process, &world, Topic::OutboxRetry, Route::OutboxRetry, 0).await;
     assert_eq!(times_published(&world, &id, 1), 1);
     process.deliver(&world).await;

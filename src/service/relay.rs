@@ -28,10 +28,10 @@
 //! `task-events` subscription is not behind, partition by partition (on Kafka a landed copy waits
 //! in its own partition's backlog, whatever the others deliver): each partition it has delivered
 //! from has delivered again since the process started or its sidecar (re)subscribed (or
-//! [`REJOIN`](super::observer::REJOIN) has passed), and its last batch was recent or quiet. A copy that lands and is then
-//! delivered later than that (a backlog that builds up during the grace period, or a partition
-//! this process never delivered from before) would be published a second time: the case left,
-//! and it needs a crash or a failed publish to begin with.
+//! [`REJOIN`](super::observer::REJOIN) has passed), and its last batch was recent or quiet. A
+//! copy that lands and is then delivered later than that (a backlog that builds up during the
+//! grace period, or a partition this process never delivered from before) would be published a
+//! second time: the case left, and it needs a crash or a failed publish to begin with.
 //!
 //! Nothing holds back the events behind an undecided one: it is put off to a topic of its own,
 //! where waiting costs nothing but other waiting events. A write's outcome is always known

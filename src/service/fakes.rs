@@ -121,6 +121,10 @@ pub(crate) struct MemoryStore {
     written: Arc<Mutex<HashMap<String, Vec<Vec<u8>>>>>,
     versions: Arc<AtomicU64>,
     reads: Arc<AtomicUsize>,
+    /// The keys each read call asked for, in order.
+    read_calls: Arc<Mutex<Vec<Vec<String>>>>,
+    /// The keys of conditional writes refused, in order.
+    refused: Arc<Mutex<Vec<String>>>,
     faults: Faults,
 }
 
@@ -168,6 +172,29 @@ impl MemoryStore {
         self.reads.load(Ordering::SeqCst)
     }
 
+    /// Read calls so far that asked for a key starting with any of `prefixes`.
+    pub(crate) fn reads_of(&self, prefixes: &[&str]) -> usize {
+        self.read_calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|keys| {
+                keys.iter()
+                    .any(|key| prefixes.iter().any(|p| key.starts_with(p)))
+            })
+            .count()
+    }
+
+    /// Conditional writes refused so far under a key starting with `prefix`.
+    pub(crate) fn refused(&self, prefix: &str) -> usize {
+        self.refused
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|key| key.starts_with(prefix))
+            .count()
+    }
+
     /// The value under `key`, whatever faults are planned.
     pub(crate) fn peek(&self, key: &str) -> Option<Vec<u8>> {
         self.data.lock().unwrap().get(key).map(|(v, _)| v.clone())
@@ -203,6 +230,7 @@ impl MemoryStore {
             _ => false,
         };
         if !allowed {
+            self.refused.lock().unwrap().push(write.key.clone());
             return Err(StoreError::Conflict { key: write.key });
         }
         let etag = self.versions.fetch_add(1, Ordering::SeqCst).to_string();
@@ -227,6 +255,7 @@ impl KeyValueStore for MemoryStore {
     async fn get(&self, key: &str) -> Result<Option<Versioned<Vec<u8>>>, StoreError> {
         tokio::task::yield_now().await;
         self.reads.fetch_add(1, Ordering::SeqCst);
+        self.read_calls.lock().unwrap().push(vec![key.to_string()]);
         self.read(key)
     }
 
@@ -236,6 +265,7 @@ impl KeyValueStore for MemoryStore {
     ) -> Result<Vec<Option<Versioned<Vec<u8>>>>, StoreError> {
         tokio::task::yield_now().await;
         self.reads.fetch_add(1, Ordering::SeqCst);
+        self.read_calls.lock().unwrap().push(keys.to_vec());
         keys.iter().map(|key| self.read(key)).collect()
     }
 

@@ -29,7 +29,7 @@ use super::{
     outbox::StagedEvent,
     ports::{Broker, BrokerError, Message, Ports, Topic},
     relay::event_id,
-    store::published::{Entry, Ledgers, Listed},
+    store::published::{Entry, LedgerAsRead, Ledgers, Listed},
 };
 use crate::{
     domain::{EventKey, TaskId, TaskRecord, time},
@@ -56,6 +56,8 @@ pub(crate) struct Outgoing {
     pub(crate) id: TaskId,
     pub(crate) staged: StagedEvent,
     pub(crate) record: TaskRecord,
+    /// Its task's ledger as read with the record the change was made from, if it was.
+    pub(crate) ledger: Option<LedgerAsRead>,
 }
 
 /// What this process knows of its own publish of one event.
@@ -120,6 +122,15 @@ impl Published {
             if matches!(remembered.slots.get(&old), Some(Slot::Ended(_))) {
                 remembered.slots.remove(&old);
             }
+        }
+    }
+
+    /// What is known of `revision` of `id` now.
+    fn peek(&self, id: &TaskId, revision: u64) -> Option<State> {
+        let remembered = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match remembered.slots.get(&Self::key(id, revision))? {
+            Slot::Pending(_) => Some(State::Pending),
+            Slot::Ended(state) => Some(*state),
         }
     }
 
@@ -310,15 +321,31 @@ impl<P: Ports> Publisher<P> {
                 .relay_lag
                 .observe(seconds_since(event.staged.staged_at));
         }
-        let mut entries: HashMap<TaskId, Entry> = HashMap::new();
+        // Per task: its entry, and the ledger as read with its latest change's record (any
+        // change not read with one means reading it now).
+        let mut entries: HashMap<TaskId, (Entry, Option<LedgerAsRead>, u64)> = HashMap::new();
         for event in landed {
-            entries
-                .entry(event.id.clone())
-                .or_insert_with(|| self.entry(&event.id, &event.record))
-                .published
-                .push(event.staged.revision());
+            let revision = event.record.revision;
+            let current = self.current_read(event);
+            let (entry, read, latest) = entries.entry(event.id.clone()).or_insert_with(|| {
+                let entry = self.entry(&event.id, &event.record);
+                (entry, current.clone(), revision)
+            });
+            entry.published.push(event.staged.revision());
+            match current {
+                None => *read = None,
+                Some(ledger) if revision > *latest && read.is_some() => {
+                    *read = Some(ledger);
+                    *latest = revision;
+                }
+                Some(_) => {}
+            }
         }
-        let recorded = self.write_entries(entries.into_values().collect()).await;
+        let entries = entries
+            .into_values()
+            .map(|(entry, read, _)| (entry, read))
+            .collect();
+        let recorded = self.write_entries(entries).await;
         let state = if recorded {
             State::Recorded
         } else {
@@ -330,28 +357,34 @@ impl<P: Ports> Publisher<P> {
         }
     }
 
-    async fn write_entries(&self, mut entries: Vec<Entry>) -> bool {
-        // A task's first event finds no ledger: written as new, read only if one is there.
-        let ids: Vec<TaskId> = entries
-            .iter()
-            .filter(|e| e.record.revision > 1)
-            .map(|e| e.task.clone())
-            .collect();
-        let read = if ids.is_empty() {
-            Ok(Vec::new())
-        } else {
-            self.ledgers.get_many(&ids).await
-        };
-        match read {
-            Ok(now) => {
-                let mut now = now.into_iter();
-                for entry in entries.iter_mut().filter(|e| e.record.revision > 1) {
-                    entry.read = now.next().and_then(|ledger| ledger.ok().flatten());
+    async fn write_entries(&self, entries: Vec<(Entry, Option<LedgerAsRead>)>) -> bool {
+        // Read now only what was not read with the record (a task's first event finds none).
+        let mut known = Vec::with_capacity(entries.len());
+        let mut unread = Vec::new();
+        for (mut entry, read) in entries {
+            match read {
+                Some(LedgerAsRead(ledger)) => {
+                    entry.read = ledger;
+                    known.push(entry);
                 }
+                None if entry.record.revision == 1 => known.push(entry),
+                None => unread.push(entry),
             }
-            Err(error) => {
-                tracing::warn!(error = %super::chain(&error), "published events not recorded in their ledgers");
-                return false;
+        }
+        let mut entries = known;
+        let ids: Vec<TaskId> = unread.iter().map(|e| e.task.clone()).collect();
+        if !ids.is_empty() {
+            match self.ledgers.get_many(&ids).await {
+                Ok(now) => {
+                    for (mut entry, ledger) in unread.into_iter().zip(now) {
+                        entry.read = ledger.ok().flatten();
+                        entries.push(entry);
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(error = %super::chain(&error), "published events not recorded in their ledgers");
+                    return false;
+                }
             }
         }
         match self.ledgers.record(entries).await {
@@ -361,6 +394,28 @@ impl<P: Ports> Publisher<P> {
                 false
             }
         }
+    }
+
+    /// The ledger `event`'s change read with its record, unless it was read before this
+    /// process's own write of it for an earlier change (in flight, or landed since): that write
+    /// would refuse this one, so it is read afresh instead.
+    fn current_read(&self, event: &Outgoing) -> Option<LedgerAsRead> {
+        let read = event.ledger.as_ref()?;
+        let revision = event.staged.revision();
+        let behind = event
+            .record
+            .unpublished
+            .changes()
+            .iter()
+            .map(|change| change.revision)
+            .filter(|earlier| *earlier < revision)
+            .any(|earlier| {
+                matches!(
+                    self.published.peek(&event.id, earlier),
+                    Some(State::Pending | State::Recorded)
+                ) && !read.0.as_ref().is_some_and(|l| l.value.contains(earlier))
+            });
+        (!behind).then(|| read.clone())
     }
 
     /// A ledger update for `id` from its record as read (which revisions it still lists; a

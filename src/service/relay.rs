@@ -464,6 +464,8 @@ impl<P: Ports> Relay<P> {
                 id: open.id.clone(),
                 staged: open.staged.clone(),
                 record: record.value.clone(),
+                // Changed by the claim since it was read.
+                ledger: None,
             })
             .collect();
         let results = self.publisher.publish(&outgoing).await;

@@ -30,7 +30,12 @@ use super::{
     outbox::{Outbox, StagedEvent},
     ports::{AlarmJob, Ports, StoreError},
     publisher::{Outgoing, Publisher},
-    store::{MAX_ATTEMPTS, published::Ledgers, records::TaskRecords, requests::CreateRequests},
+    store::{
+        MAX_ATTEMPTS,
+        published::{LedgerAsRead, Ledgers},
+        records::TaskRecords,
+        requests::CreateRequests,
+    },
 };
 use crate::{
     domain::{
@@ -180,7 +185,9 @@ impl<P: Ports> Tasks<P> {
         let task = Task::create(id.clone(), new, created_at);
         let planned = TaskRecord::create(task.clone(), Nonce::random());
         let etag = planned.record.etag();
-        match self.commit(None, planned).await {
+        // A new task has no ledger yet: its first event's is written as new.
+        let ledger = Some(LedgerAsRead(None));
+        match self.commit(None, ledger, planned).await {
             Ok(()) => Ok(Versioned { value: task, etag }),
             // Only a retry with the same request id can have written this id first.
             Err(Attempt::LostRace) => match self.read(&id).await? {
@@ -338,26 +345,29 @@ impl<P: Ports> Tasks<P> {
             .map(|_| ())
     }
 
-    /// The stored record of live task `id`, the task and its revision, if the caller's ETag
-    /// (when given) is still that revision.
-    async fn read_live(
-        &self,
-        id: &TaskId,
-        expected_etag: Option<&str>,
-    ) -> Result<(Versioned<TaskRecord>, Task, String), Error> {
-        let Some(current) = self.read(id).await? else {
+    /// The stored record of live task `id` (with its ledger, read in the same call), if the
+    /// caller's ETag (when given) is still its revision.
+    async fn read_live(&self, id: &TaskId, expected_etag: Option<&str>) -> Result<Live, Error> {
+        let (stored, ledger) = self.records.get_with_ledger(id).await?;
+        let Some(stored) = stored else {
             return Err(Error::NotFound(id.clone()));
         };
-        let Some(task) = current.value.live().cloned() else {
+        self.adopt(&stored.value).await?;
+        let Some(task) = stored.value.live().cloned() else {
             return Err(Error::NotFound(id.clone()));
         };
-        let revision = current.value.etag();
+        let revision = stored.value.etag();
         if let Some(expected) = expected_etag
             && expected != revision
         {
             return Err(stale(&task, &revision));
         }
-        Ok((current, task, revision))
+        Ok(Live {
+            stored,
+            task,
+            revision,
+            ledger,
+        })
     }
 
     /// Optimistic read-modify-write: `plan` decides from the current task what to write, and
@@ -378,7 +388,12 @@ impl<P: Ports> Tasks<P> {
     {
         check_etag_form(expected_etag)?;
         for attempt in 1..=MAX_ATTEMPTS {
-            let (mut current, task, revision) = self.read_live(id, expected_etag).await?;
+            let Live {
+                stored: mut current,
+                task,
+                revision,
+                ledger,
+            } = self.read_live(id, expected_etag).await?;
             let now = time::now();
             let nonce = Nonce::random();
             let changed = match plan(&task, now) {
@@ -391,7 +406,8 @@ impl<P: Ports> Tasks<P> {
                 Plan::Refuse(violations) => return Err(Error::Invalid(violations)),
                 changed => changed,
             };
-            self.forget_published(&mut current.value).await?;
+            self.forget_published(&mut current.value, ledger.as_ref())
+                .await?;
             let Some(planned) = planned(&current.value, changed, now, nonce) else {
                 return Err(Error::NotFound(id.clone()));
             };
@@ -400,7 +416,7 @@ impl<P: Ports> Tasks<P> {
                 value: planned.record.live().cloned().unwrap_or(task),
                 etag: planned.record.etag(),
             };
-            match self.commit(Some(&current), planned).await {
+            match self.commit(Some(&current), ledger, planned).await {
                 Ok(()) => return Ok(written),
                 Err(Attempt::LostRace) => {
                     METRICS.etag_conflicts.with_label_values(&[operation]).inc();
@@ -431,17 +447,24 @@ impl<P: Ports> Tasks<P> {
 
     /// Drops from `record` the changes whose events the relay has recorded as published, once
     /// there are enough of them to be worth a read; refuses a task whose events are far behind.
-    async fn forget_published(&self, record: &mut TaskRecord) -> Result<(), Error> {
+    async fn forget_published(
+        &self,
+        record: &mut TaskRecord,
+        read: Option<&LedgerAsRead>,
+    ) -> Result<(), Error> {
         if record.unpublished.len() < TRIM_AT {
             return Ok(());
         }
-        let ledger = self
-            .ledgers
-            .get_many(std::slice::from_ref(record.id()))
-            .await?
-            .pop()
-            .transpose()?
-            .flatten();
+        let ledger = match read {
+            Some(LedgerAsRead(ledger)) => ledger.clone(),
+            None => self
+                .ledgers
+                .get_many(std::slice::from_ref(record.id()))
+                .await?
+                .pop()
+                .transpose()?
+                .flatten(),
+        };
         if let Some(ledger) = ledger {
             record
                 .unpublished
@@ -460,6 +483,7 @@ impl<P: Ports> Tasks<P> {
     async fn commit(
         &self,
         current: Option<&Versioned<TaskRecord>>,
+        ledger: Option<LedgerAsRead>,
         planned: Planned,
     ) -> Result<(), Attempt> {
         let Planned {
@@ -502,6 +526,7 @@ impl<P: Ports> Tasks<P> {
                     id: id.clone(),
                     staged,
                     record: record.clone(),
+                    ledger,
                 });
                 write.finish(Local::Committed);
             }
@@ -558,6 +583,15 @@ impl<P: Ports> Tasks<P> {
             .map_err(|e| Attempt::Failed(Error::from_broker(e, Some(id))))?;
         Ok(staged)
     }
+}
+
+/// A live task as read for a change.
+struct Live {
+    stored: Versioned<TaskRecord>,
+    task: Task,
+    /// The task's revision: the ETag callers know it by.
+    revision: String,
+    ledger: Option<LedgerAsRead>,
 }
 
 enum Claim {

@@ -992,6 +992,61 @@ async fn a_writer_publishes_its_change_at_once_and_its_relay_then_reads_nothing(
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_change_reads_its_record_and_ledger_once_and_records_its_event_without_reading() {
+    let world = World::new();
+    let process = Process::start(&world);
+    let id = process.create("changed twice").await;
+    settle().await;
+    // The list index reads its leaves on its own; the record and the ledger are read together.
+    let reads = || world.store.reads_of(&["task-", "published-"]);
+    for status in [TaskStatus::InProgress, TaskStatus::Completed] {
+        let before = reads();
+        process
+            .tasks
+            .change_status(&id, status, None)
+            .await
+            .unwrap();
+        settle().await;
+        assert_eq!(
+            reads() - before,
+            1,
+            "one read for the change and its ledger ({status:?})"
+        );
+    }
+    assert_eq!(world.broker.published(Topic::Events).len(), 3);
+    process.deliver(&world).await;
+    audit(&world, &process, &[id])
+        .await
+        .assert_clean("read once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn changes_one_after_another_write_their_ledger_without_losing_a_race_to_their_own() {
+    let world = World::new();
+    let process = Process::start(&world);
+    let id = process.create("started and completed at once").await;
+    // Each change reads the ledger while the last one's write of it may still be under way.
+    for status in [TaskStatus::InProgress, TaskStatus::Completed] {
+        process
+            .tasks
+            .change_status(&id, status, None)
+            .await
+            .unwrap();
+    }
+    settle().await;
+    assert_eq!(world.broker.published(Topic::Events).len(), 3);
+    assert_eq!(
+        world.store.refused("published-"),
+        0,
+        "a ledger write refused: it was read before this process's own last write of it"
+    );
+    process.deliver(&world).await;
+    audit(&world, &process, &[id])
+        .await
+        .assert_clean("one after another");
+}
+
+#[tokio::test(start_paused = true)]
 async fn another_process_leaves_a_fresh_change_to_its_writer() {
     let world = World::new();
     let writer = Process::start(&world);

@@ -14,7 +14,7 @@
 //! may be stale, and is corrected as leaves are found missing.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     sync::Mutex,
     time::{Duration, Instant},
 };
@@ -43,6 +43,10 @@ const DIRECTORY_REFRESH: Duration = Duration::from_secs(1);
 const STALE_AFTER_HOPS: usize = 8;
 /// Leaves kept read ahead per list (a few kilobytes each).
 const READ_AHEAD: usize = 4;
+/// How long a leaf's size as last seen is trusted to rule out a merge without reading it.
+const SIZE_FRESH: Duration = Duration::from_secs(5);
+/// Leaf sizes remembered per list; beyond this, only the fresh ones are kept.
+const MAX_SIZES: usize = 1024;
 
 /// A leaf as read, with the ETag to write it back under (`None`: not stored yet).
 #[derive(Debug, Clone)]
@@ -71,6 +75,12 @@ pub(crate) struct Chain<S> {
     /// same leaf (the tail, for creates) needs no read before it: Dapr's save does not return
     /// the new ETag. Only a guess: a leaf changed since fails its ETag check and is read afresh.
     read_ahead: Mutex<Vec<StoredLeaf>>,
+    /// How many entries each leaf held when this process last read or wrote it. A sparse leaf
+    /// next to one known to be too full to merge with is left alone without reading both
+    /// again: draining a list from its oldest end would otherwise read two leaves per removal.
+    /// A size older than [`SIZE_FRESH`] is read again, so a merge missed because another
+    /// process emptied the neighbour is only put off.
+    sizes: Mutex<HashMap<LeafId, (usize, tokio::time::Instant)>>,
 }
 
 impl<S: KeyValueStore> Chain<S> {
@@ -80,7 +90,26 @@ impl<S: KeyValueStore> Chain<S> {
             prefix,
             directory: Mutex::default(),
             read_ahead: Mutex::default(),
+            sizes: Mutex::default(),
         }
+    }
+
+    /// Notes that leaf `id` holds `entries` now.
+    fn note_size(&self, id: &str, entries: usize) {
+        let now = tokio::time::Instant::now();
+        let mut sizes = self.sizes.lock().unwrap_or_else(|e| e.into_inner());
+        if sizes.len() >= MAX_SIZES && !sizes.contains_key(id) {
+            sizes.retain(|_, (_, seen)| now.duration_since(*seen) < SIZE_FRESH);
+        }
+        sizes.insert(id.to_string(), (entries, now));
+    }
+
+    /// Whether leaf `id`, as seen recently, cannot take `more` entries in a merge.
+    fn known_too_full(&self, id: &str, more: usize) -> bool {
+        let sizes = self.sizes.lock().unwrap_or_else(|e| e.into_inner());
+        sizes
+            .get(id)
+            .is_some_and(|(entries, seen)| seen.elapsed() < SIZE_FRESH && entries + more > MERGE_AT)
     }
 
     /// The leaf `id` as read ahead, taken out so that it is used at most once.
@@ -137,11 +166,15 @@ impl<S: KeyValueStore> Chain<S> {
         stored: Option<Versioned<Vec<u8>>>,
     ) -> Result<Option<StoredLeaf>, IndexError> {
         match stored {
-            Some(stored) => Ok(Some(StoredLeaf {
-                id: id.to_string(),
-                leaf: self.decode(id, &stored.value)?,
-                etag: Some(stored.etag),
-            })),
+            Some(stored) => {
+                let leaf = self.decode(id, &stored.value)?;
+                self.note_size(id, leaf.entries.len());
+                Ok(Some(StoredLeaf {
+                    id: id.to_string(),
+                    leaf,
+                    etag: Some(stored.etag),
+                }))
+            }
             None if id == HEAD => Ok(Some(StoredLeaf {
                 id: HEAD.to_string(),
                 leaf: Leaf::default(),
@@ -372,6 +405,7 @@ impl<S: KeyValueStore> Chain<S> {
                 .await
             {
                 Ok(()) => {
+                    self.note_size(&left.id, merged.entries.len());
                     if let Err(error) = self.store.delete(&self.key(&right.id)).await {
                         tracing::debug!(%error, leaf = %right.id, "merged leaf not deleted");
                     }
@@ -463,6 +497,10 @@ impl<S: KeyValueStore> Chain<S> {
             self.discard(&right).await;
             return Err(error);
         }
+        self.note_size(&target.id, leaf.entries.len());
+        for (id, new) in &right {
+            self.note_size(id, new.entries.len());
+        }
         if right.is_empty() {
             return Ok(Some(StoredLeaf {
                 id: target.id.clone(),
@@ -489,13 +527,16 @@ impl<S: KeyValueStore> Chain<S> {
         if written.leaf.entries.len() >= MERGE_AT / 2 {
             return;
         }
+        let entries = written.leaf.entries.len();
         if let Some(right) = &written.leaf.next
+            && !self.known_too_full(right, entries)
             && self.try_absorb(&written.id, right).await
         {
             return;
         }
         if let Some(lo) = &written.leaf.lo
             && let Some(left) = self.predecessor(lo)
+            && !self.known_too_full(&left, entries)
         {
             self.try_absorb(&left, &written.id).await;
         }
@@ -691,6 +732,48 @@ mod tests {
         assert_eq!(
             walk(&chain).await,
             [pos(1, "a"), pos(2, "b"), pos(3, "c"), pos(4, "d")]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn draining_a_sparse_leaf_beside_a_full_one_reads_nothing_to_rule_out_a_merge() {
+        let store = MemoryStore::new();
+        let chain = Chain::new(store.clone(), "l".into());
+        let all: Vec<Op> = (0..200).map(|n| insert(n as i64, &id(n))).collect();
+        chain.apply(all).await.unwrap();
+        // Drain the head leaf from its oldest end, one removal at a time, as completing the
+        // oldest tasks first does; its right neighbour stays too full to take what is left.
+        let head = chain.read(HEAD).await.unwrap().unwrap();
+        let in_head = head.leaf.entries.len();
+        let mut reads_while_sparse = Vec::new();
+        for n in 0..in_head - 1 {
+            let before = store.reads();
+            let written = chain.apply(vec![remove(n as i64, &id(n))]).await.unwrap();
+            chain.read_ahead(written).await;
+            if in_head - 1 - n < MERGE_AT / 2 {
+                // The read ahead is one read; ruling out the merge should be none.
+                reads_while_sparse.push(store.reads() - before - 1);
+            }
+        }
+        assert!(!reads_while_sparse.is_empty());
+        assert!(
+            reads_while_sparse.iter().sum::<usize>() <= 2,
+            "reads beyond the read ahead per removal: {reads_while_sparse:?}"
+        );
+        // Once the sizes are old, the merge is checked again, and a merge that fits happens.
+        tokio::time::advance(SIZE_FRESH).await;
+        let right_gone: Vec<Op> = (in_head..180).map(|n| remove(n as i64, &id(n))).collect();
+        chain.apply(right_gone).await.unwrap();
+        let expected: Vec<Position> = std::iter::once(in_head - 1)
+            .chain(180..200)
+            .map(|n| pos(n as i64, &id(n)))
+            .collect();
+        assert_eq!(walk(&chain).await, expected);
+        assert_eq!(
+            store.keys().iter().filter(|k| *k != "l-directory").count(),
+            1,
+            "the two sparse leaves merged: {:?}",
+            store.keys()
         );
     }
 

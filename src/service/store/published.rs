@@ -96,6 +96,12 @@ impl Ledger {
     }
 }
 
+/// A task's ledger as read together with its record before a change (`None`: none stored), so
+/// that recording the change's event needs no read of its own. It may be out of date by then:
+/// the write is guarded by its ETag, and read again if it fails.
+#[derive(Debug, Clone)]
+pub(crate) struct LedgerAsRead(pub(crate) Option<Versioned<Ledger>>);
+
 /// What a task's record said when it was read.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Listed {

@@ -32,7 +32,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{CorruptDocument, ReadError, decode, encode};
+use super::{
+    CorruptDocument, ReadError, decode, encode,
+    published::{LedgerAsRead, ledger_key},
+};
 use crate::{
     domain::{
         Alarm, Change, Deadline, Description, FieldViolation, Nonce, Priority, Task, TaskEventType,
@@ -324,6 +327,34 @@ impl<S: KeyValueStore> TaskRecords<S> {
                 etag: stored.etag,
             })),
         }
+    }
+
+    /// A record and its task's ledger in one call, for a change: its publisher then writes the
+    /// ledger without reading it first. The ledger is `None` when it cannot be read (the
+    /// publisher reads it again).
+    pub(crate) async fn get_with_ledger(
+        &self,
+        id: &TaskId,
+    ) -> Result<(Option<Versioned<TaskRecord>>, Option<LedgerAsRead>), ReadError> {
+        let keys = [task_key(id), ledger_key(id)];
+        let mut stored = self.store.get_many(&keys).await?.into_iter();
+        let record = match stored.next().flatten() {
+            None => None,
+            Some(stored) => Some(Versioned {
+                value: from_json(&keys[0], &stored.value)?,
+                etag: stored.etag,
+            }),
+        };
+        let ledger = match stored.next().flatten() {
+            None => Some(LedgerAsRead(None)),
+            Some(stored) => decode(&keys[1], &stored.value).ok().map(|value| {
+                LedgerAsRead(Some(Versioned {
+                    value,
+                    etag: stored.etag,
+                }))
+            }),
+        };
+        Ok((record, ledger))
     }
 
     /// Many records in one call, in the order asked; `None` where there is none. A record that

@@ -300,6 +300,17 @@ pub(crate) fn from_json(key: &str, bytes: &[u8]) -> Result<TaskRecord, CorruptDo
 }
 
 /// Task records in one state store.
+/// A record as stored under `key`, with its ETag.
+fn record_of(
+    key: &str,
+    stored: Versioned<Vec<u8>>,
+) -> Result<Versioned<TaskRecord>, CorruptDocument> {
+    Ok(Versioned {
+        value: from_json(key, &stored.value)?,
+        etag: stored.etag,
+    })
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct TaskRecords<S> {
     store: S,
@@ -320,13 +331,8 @@ impl<S: KeyValueStore> TaskRecords<S> {
         id: &TaskId,
     ) -> Result<Option<Versioned<TaskRecord>>, ReadError> {
         let key = task_key(id);
-        match self.store.get(&key).await? {
-            None => Ok(None),
-            Some(stored) => Ok(Some(Versioned {
-                value: from_json(&key, &stored.value)?,
-                etag: stored.etag,
-            })),
-        }
+        let stored = self.store.get(&key).await?;
+        Ok(stored.map(|s| record_of(&key, s)).transpose()?)
     }
 
     /// A record and its task's ledger in one call, for a change: its publisher then writes the
@@ -338,13 +344,11 @@ impl<S: KeyValueStore> TaskRecords<S> {
     ) -> Result<(Option<Versioned<TaskRecord>>, Option<LedgerAsRead>), ReadError> {
         let keys = [task_key(id), ledger_key(id)];
         let mut stored = self.store.get_many(&keys).await?.into_iter();
-        let record = match stored.next().flatten() {
-            None => None,
-            Some(stored) => Some(Versioned {
-                value: from_json(&keys[0], &stored.value)?,
-                etag: stored.etag,
-            }),
-        };
+        let record = stored
+            .next()
+            .flatten()
+            .map(|s| record_of(&keys[0], s))
+            .transpose()?;
         let ledger = match stored.next().flatten() {
             None => Some(LedgerAsRead(None)),
             Some(stored) => decode(&keys[1], &stored.value).ok().map(|value| {

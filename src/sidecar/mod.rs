@@ -9,6 +9,7 @@ mod jobs;
 mod notify;
 pub(crate) mod secrets;
 mod state;
+mod witness;
 
 pub(crate) use broker::{DaprBroker, Topics};
 pub(crate) use client::{Sidecar, SidecarError};

@@ -1,14 +1,15 @@
 //! A Dapr state store as the service layer's [`KeyValueStore`].
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use dapr::dapr::proto::{
     common::v1::{Etag, StateItem, StateOptions, state_options::StateConcurrency},
     runtime::v1::{DeleteStateRequest, GetBulkStateRequest, GetStateRequest, SaveStateRequest},
 };
+use tokio::sync::OnceCell;
 use tonic::{Code, Status};
 
-use super::{Call, Sidecar, client::transient, timed};
+use super::{Call, Sidecar, client::transient, timed, witness};
 use crate::{
     domain::Versioned,
     service::ports::{Condition, KeyValueStore, StoreError, Write},
@@ -26,6 +27,9 @@ const BULK_PARALLELISM: i32 = 16;
 pub(crate) struct StateStore {
     sidecar: Sidecar,
     name: String,
+    /// Whether bulk reads carry the [`witness`]: learned from the sidecar's metadata, and the
+    /// witness written, at the first bulk read.
+    witnessed: Arc<OnceCell<bool>>,
 }
 
 /// A state call's failure. daprd answers ABORTED for a stale ETag and INVALID_ARGUMENT for a
@@ -84,7 +88,73 @@ impl StateStore {
         Self {
             sidecar,
             name: name.to_string(),
+            witnessed: Arc::default(),
         }
+    }
+
+    /// Whether this store's bulk reads need the witness; on the first call, asks the sidecar
+    /// what the store is and, if they do, writes the witness.
+    async fn witnessed(&self) -> Result<bool, StoreError> {
+        let learn = || async {
+            let metadata =
+                self.sidecar
+                    .metadata()
+                    .await
+                    .map_err(|error| StoreError::Unavailable {
+                        source: Box::new(error),
+                    })?;
+            let component_type = metadata
+                .registered_components
+                .iter()
+                .find(|component| component.name == self.name)
+                .map(|component| component.r#type.as_str());
+            let needed = witness::needed(component_type);
+            if needed {
+                self.put(witness::write()).await?;
+            }
+            Ok(needed)
+        };
+        self.witnessed.get_or_try_init(learn).await.copied()
+    }
+
+    /// One GetBulkState: the values found, by key.
+    async fn bulk_get(
+        &self,
+        keys: Vec<String>,
+    ) -> Result<HashMap<String, Versioned<Vec<u8>>>, StoreError> {
+        let mut request = tonic::Request::new(GetBulkStateRequest {
+            store_name: self.name.clone(),
+            keys,
+            parallelism: BULK_PARALLELISM,
+            metadata: HashMap::new(),
+        });
+        request.set_timeout(READ_DEADLINE);
+        let mut grpc = self.sidecar.grpc();
+        let response = timed(
+            Call::new("state", "bulk_get", "GetBulkState"),
+            grpc.get_bulk_state(request),
+        )
+        .await
+        .map_err(|status| store_error(status, "(bulk read)"))?
+        .into_inner();
+        let mut by_key = HashMap::with_capacity(response.items.len());
+        for item in response.items {
+            if !item.error.is_empty() {
+                return Err(StoreError::Unavailable {
+                    source: format!("reading {}: {}", item.key, item.error).into(),
+                });
+            }
+            if !item.data.is_empty() {
+                by_key.insert(
+                    item.key,
+                    Versioned {
+                        value: item.data,
+                        etag: item.etag,
+                    },
+                );
+            }
+        }
+        Ok(by_key)
     }
 
     async fn save(&self, items: Vec<StateItem>) -> Result<(), Status> {
@@ -141,39 +211,27 @@ impl KeyValueStore for StateStore {
         let mut unique: Vec<String> = keys.to_vec();
         unique.sort_unstable();
         unique.dedup();
-        let mut request = tonic::Request::new(GetBulkStateRequest {
-            store_name: self.name.clone(),
-            keys: unique,
-            parallelism: BULK_PARALLELISM,
-            metadata: HashMap::new(),
-        });
-        request.set_timeout(READ_DEADLINE);
-        let mut grpc = self.sidecar.grpc();
-        let response = timed(
-            Call::new("state", "bulk_get", "GetBulkState"),
-            grpc.get_bulk_state(request),
-        )
-        .await
-        .map_err(|status| store_error(status, "(bulk read)"))?
-        .into_inner();
-        let mut by_key = HashMap::with_capacity(response.items.len());
-        for item in response.items {
-            if !item.error.is_empty() {
+        if !self.witnessed().await? {
+            let found = self.bulk_get(unique).await?;
+            return Ok(keys.iter().map(|key| found.get(key).cloned()).collect());
+        }
+        unique.push(witness::KEY.to_string());
+        let mut rewritten = false;
+        loop {
+            let mut found = self.bulk_get(unique.clone()).await?;
+            if found.remove(witness::KEY).is_some() {
+                return Ok(keys.iter().map(|key| found.get(key).cloned()).collect());
+            }
+            // Without the witness the read failed, unless someone removed the witness: then it
+            // is written again and the read asked once more.
+            if rewritten || self.get(witness::KEY).await?.is_some() {
                 return Err(StoreError::Unavailable {
-                    source: format!("reading {}: {}", item.key, item.error).into(),
+                    source: Box::new(witness::ReadFailed),
                 });
             }
-            if !item.data.is_empty() {
-                by_key.insert(
-                    item.key,
-                    Versioned {
-                        value: item.data,
-                        etag: item.etag,
-                    },
-                );
-            }
+            self.put(witness::write()).await?;
+            rewritten = true;
         }
-        Ok(keys.iter().map(|key| by_key.get(key).cloned()).collect())
     }
 
     async fn put(&self, write: Write) -> Result<(), StoreError> {

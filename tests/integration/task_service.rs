@@ -679,3 +679,71 @@ async fn events_have_the_originals_shape() {
     assert_eq!(deleted["revision"], 5);
     probe.expect_none(Duration::from_millis(500)).await;
 }
+
+/// With its store down, a change to a task that exists answers UNAVAILABLE (retry), never
+/// NOT_FOUND: a client told a task it just deleted is not there takes the delete as done.
+/// Each task is touched once, so each request is the first on whatever connection daprd
+/// holds to the stopped store.
+async fn a_change_while_the_store_is_down_never_finds_the_task_missing(components: ComponentSet) {
+    let mut stack = stack(components).await;
+    let app = TestApp::task_api(&stack, Options::default()).await;
+    let mut client = app.client().await;
+    let mut tasks = Vec::new();
+    for n in 0..12 {
+        tasks.push(create(&mut client, &format!("outage {n}"), None).await);
+    }
+    match components {
+        ComponentSet::Postgres => stack.postgres_mut().unwrap().stop(),
+        _ => stack.redis_mut().unwrap().shutdown().unwrap(),
+    }
+    let mut answers = Vec::new();
+    for (n, task) in tasks.iter().enumerate() {
+        let id = task.id.clone();
+        let answer = match n % 3 {
+            0 => client
+                .delete_task(pb::DeleteTaskRequest {
+                    id,
+                    etag: String::new(),
+                })
+                .await
+                .map(|_| ()),
+            1 => client
+                .update_task(pb::UpdateTaskRequest {
+                    id,
+                    title: Some("renamed".into()),
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ()),
+            _ => client
+                .update_task_status(pb::UpdateTaskStatusRequest {
+                    id,
+                    status: TaskStatus::Completed as i32,
+                    etag: String::new(),
+                })
+                .await
+                .map(|_| ()),
+        };
+        answers.push(answer.map_err(|status| status.code()));
+    }
+    let page = client
+        .list_tasks(pb::ListTasksRequest::default())
+        .await
+        .map(|page| page.into_inner().tasks.len())
+        .map_err(|status| status.code());
+    assert!(
+        answers.iter().all(|a| *a == Err(Code::Unavailable)),
+        "changes while the store is down: {answers:?}"
+    );
+    assert!(
+        page == Err(Code::Unavailable) || page == Ok(tasks.len()),
+        "a list while the store is down: {page:?} (of {} tasks)",
+        tasks.len()
+    );
+}
+
+per_store!(
+    a_change_while_the_store_is_down_never_finds_the_task_missing:
+    a_change_while_the_store_is_down_never_finds_the_task_missing_on_redis => Redis,
+    a_change_while_the_store_is_down_never_finds_the_task_missing_on_postgres => Postgres,
+);

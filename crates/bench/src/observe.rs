@@ -20,6 +20,16 @@
 //! cost is the median of its per-round ratios. Between turns the exporters get [`QUIET`] to send
 //! what they hold, so no configuration pays for the one before it. What was exported is checked
 //! to have arrived ([`crate::exports`]).
+//!
+//! Runs a minute apart still differ by several percent on such a host, more than the cost to be
+//! shown. So the rounds are followed by as many rounds side by side: each configuration loaded at
+//! the same time as `off`, both at the same concurrency, for the same seconds, so whatever the
+//! machine does in those seconds it does to both. Two figures come of it per round: the ratio of
+//! the two systems' rates, and the ratio of their CPU per request, counted over every process of
+//! each system (apps, sidecars, servers and its own Jaeger and Prometheus). The first charges
+//! half of the backends' CPU to `off`, as they take it from both systems alike; the second
+//! charges all of it to the configuration that has them, and on a machine both systems keep
+//! busy, CPU per request is what throughput is made of.
 
 use std::{
     path::PathBuf,
@@ -37,7 +47,7 @@ use crate::{
     error::{Result, setup},
     exports::{self, Backends, Observed},
     load::{self, Pools, Scenario, Shared, Target, Watched, Worker},
-    observe_report::{self, ConfigRun, RequestRun, SystemSeen},
+    observe_report::{self, ConfigRun, PairRun, RequestRun, SystemSeen},
     ops::TaskClient,
     procfs,
     report::{Measurement, RunCpu},
@@ -235,9 +245,10 @@ impl<'a> Context<'a> {
             })
     }
 
-    /// One run of `scenario`; the CPU (task-api's, its daprd's, the backends') counts from its
-    /// start until its events were handled, so the spans and metrics of that work count too.
-    async fn run(&mut self, scenario: Scenario, backends: &[u32]) -> Result<RequestRun> {
+    /// One run of `scenario`; the CPU (task-api's, its daprd's, the backends', the whole
+    /// system's) counts from its start until its events were handled, so the spans and metrics
+    /// of that work count too.
+    async fn run(&mut self, scenario: Scenario, pids: &Pids) -> Result<RequestRun> {
         let c = self.args.concurrency;
         let pools = Pools {
             get_ids: self.get_ids.clone(),
@@ -250,11 +261,14 @@ impl<'a> Context<'a> {
                 Worker::new(i, c, scenario, target, shared.clone())
             })
             .collect();
-        let backends_before = ticks(backends);
+        let backends_before = ticks(&pids.backends);
+        let system_before = ticks(&pids.system);
         let (warmup, duration) = (self.args.warmup, self.args.duration);
         let result = load::run(workers, shared, warmup, duration, self.watched).await;
         let drained = self.settle().await?;
-        let backends_cpu = cpu_since(backends, &backends_before);
+        let backends_cpu = cpu_since(&pids.backends, &backends_before);
+        let system_cpu = cpu_since(&pids.system, &system_before);
+        let per_request = |cpu: f64| cpu * 1_000.0 / result.succeeded as f64;
         let cpu = RunCpu {
             seconds: self.watched.cpu_since(result.start_ticks),
             drained_after_secs: Some(drained.as_secs_f64()),
@@ -262,11 +276,20 @@ impl<'a> Context<'a> {
         self.served += result.succeeded;
         Ok(RequestRun {
             request: scenario.name(),
-            backends_cpu_ms_per_req: (!backends.is_empty() && result.succeeded > 0)
-                .then(|| backends_cpu * 1_000.0 / result.succeeded as f64),
+            backends_cpu_ms_per_req: (!pids.backends.is_empty() && result.succeeded > 0)
+                .then(|| per_request(backends_cpu)),
+            system_cpu_ms_per_req: (result.succeeded > 0).then(|| per_request(system_cpu)),
             figures: Measurement::of(&result, scenario, cpu),
         })
     }
+}
+
+/// The processes whose CPU a run counts.
+struct Pids {
+    /// Jaeger and Prometheus, when the configuration has them.
+    backends: Vec<u32>,
+    /// Every process of the system, the backends included.
+    system: Vec<u32>,
 }
 
 /// CPU ticks of each of `pids` so far; 0 for one that cannot be read (it has exited, which
@@ -293,6 +316,7 @@ struct Measured<'a> {
     config: Config,
     system: System,
     backends: Backends,
+    pids: Pids,
     context: Context<'a>,
     observed: Observed,
 }
@@ -312,13 +336,22 @@ impl<'a> Measured<'a> {
         }
         .await;
         match prepared {
-            Ok(context) => Ok(Self {
-                config,
-                system,
-                backends,
-                context,
-                observed,
-            }),
+            Ok(context) => {
+                let backends_pids = backends.pids();
+                let mut system_pids = system.pids();
+                system_pids.extend(&backends_pids);
+                Ok(Self {
+                    config,
+                    system,
+                    backends,
+                    pids: Pids {
+                        backends: backends_pids,
+                        system: system_pids,
+                    },
+                    context,
+                    observed,
+                })
+            }
             Err(e) => {
                 eprint!("{}{}", system.log_tails(30), backends.log_tails(30));
                 stop(system, backends);
@@ -329,8 +362,7 @@ impl<'a> Measured<'a> {
 
     /// One turn: `scenario` on this system, then the pause that lets its spans go out.
     async fn turn(&mut self, scenario: Scenario) -> Result<RequestRun> {
-        let pids = self.backends.pids();
-        let run = self.context.run(scenario, &pids).await?;
+        let run = self.context.run(scenario, &self.pids).await?;
         say(&observe_report::run_line(self.config, &run));
         tokio::time::sleep(QUIET).await;
         Ok(run)
@@ -413,8 +445,109 @@ async fn rounds(args: &ObserveArgs, measured: &mut [Measured<'_>]) -> Result<Vec
     Ok(runs)
 }
 
-/// Starts every configuration's system, measures the rounds, checks the exports.
-async fn measure_all(args: &ObserveArgs) -> Result<(Vec<ConfigRun>, Vec<SystemSeen>)> {
+/// Round `round`'s order of the configurations run beside `off` (from 0), starting one
+/// further each round.
+pub fn side_by_side_order(round: usize) -> [Config; 3] {
+    let mut order = [
+        Config::Metrics,
+        Config::TracesAndMetrics,
+        Config::SampledTracesAndMetrics,
+    ];
+    let turns = order.len();
+    order.rotate_left(round % turns);
+    order
+}
+
+/// One turn side by side: `scenario` on `off`'s system and on `with`'s at the same time, then
+/// the pause that lets the spans go out.
+async fn side_by_side(
+    off: &mut Measured<'_>,
+    with: &mut Measured<'_>,
+    scenario: Scenario,
+) -> Result<(RequestRun, RequestRun)> {
+    let (off_run, with_run) = tokio::join!(
+        off.context.run(scenario, &off.pids),
+        with.context.run(scenario, &with.pids)
+    );
+    let runs = match (off_run, with_run) {
+        (Ok(off_run), Ok(with_run)) => (off_run, with_run),
+        (Err(e), _) => {
+            eprint!("{}", off.log_tails());
+            return Err(e);
+        }
+        (_, Err(e)) => {
+            eprint!("{}", with.log_tails());
+            return Err(e);
+        }
+    };
+    say(&format!(
+        "beside {}",
+        observe_report::run_line(with.config, &runs.1)
+    ));
+    say(&format!(
+        "beside {}",
+        observe_report::run_line(off.config, &runs.0)
+    ));
+    tokio::time::sleep(QUIET).await;
+    Ok(runs)
+}
+
+/// As many rounds again, each configuration side by side with `off`: each request, each
+/// configuration in the round's order.
+async fn side_by_side_rounds(
+    args: &ObserveArgs,
+    measured: &mut [Measured<'_>],
+) -> Result<Vec<PairRun>> {
+    let configs: Vec<Config> = measured.iter().map(|m| m.config).collect();
+    let position = |config: Config| {
+        configs
+            .iter()
+            .position(|c| *c == config)
+            .ok_or_else(|| setup(format!("{} has no system", config.name())))
+    };
+    let off = position(Config::Off)?;
+    let mut pairs = Vec::new();
+    for round in 0..args.rounds {
+        for scenario in REQUESTS {
+            for config in side_by_side_order(round) {
+                say(&format!(
+                    "side by side, round {} of {}, {} beside off: {}",
+                    round + 1,
+                    args.rounds,
+                    config.name(),
+                    scenario.name()
+                ));
+                let with = position(config)?;
+                let (low, high) = measured.split_at_mut(off.max(with));
+                let (off_system, with_system) = if off < with {
+                    (&mut low[off], &mut high[0])
+                } else {
+                    (&mut high[0], &mut low[with])
+                };
+                let (off_run, with_run) = side_by_side(off_system, with_system, scenario).await?;
+                pairs.push(PairRun {
+                    configuration: config.name(),
+                    round: round + 1,
+                    request: scenario.name(),
+                    off: off_run,
+                    with: with_run,
+                });
+            }
+        }
+    }
+    Ok(pairs)
+}
+
+/// What [`measure_all`] measured.
+pub struct Measurements {
+    pub runs: Vec<ConfigRun>,
+    pub pairs: Vec<PairRun>,
+    pub seen: Vec<SystemSeen>,
+}
+
+/// Starts every configuration's system, measures the rounds (one at a time, then side by side),
+/// checks the exports.
+async fn measure_all(args: &ObserveArgs) -> Result<Measurements> {
     let mut measured = Vec::new();
     for config in Config::ALL {
         match Measured::start(args, config).await {
@@ -427,6 +560,7 @@ async fn measure_all(args: &ObserveArgs) -> Result<(Vec<ConfigRun>, Vec<SystemSe
     }
     let outcome = async {
         let runs = rounds(args, &mut measured).await?;
+        let pairs = side_by_side_rounds(args, &mut measured).await?;
         let mut seen = Vec::new();
         for m in &mut measured {
             match m.check().await {
@@ -440,7 +574,7 @@ async fn measure_all(args: &ObserveArgs) -> Result<(Vec<ConfigRun>, Vec<SystemSe
                 }
             }
         }
-        Ok((runs, seen))
+        Ok(Measurements { runs, pairs, seen })
     }
     .await;
     measured.into_iter().for_each(Measured::stop);
@@ -451,14 +585,14 @@ async fn measure_all(args: &ObserveArgs) -> Result<(Vec<ConfigRun>, Vec<SystemSe
 pub async fn main(args: &ObserveArgs) -> ExitCode {
     let started = Instant::now();
     let started_at_unix = crate::bench::unix_now();
-    let (runs, seen) = match measure_all(args).await {
+    let measured = match measure_all(args).await {
         Ok(measured) => measured,
         Err(e) => {
             eprintln!("task-api-bench: {e}");
             return ExitCode::from(2);
         }
     };
-    let report = observe_report::Report::of(args, runs, seen, started_at_unix, started.elapsed());
+    let report = observe_report::Report::of(args, measured, started_at_unix, started.elapsed());
     report.print(args);
     if let Err(e) = crate::write_json(&args.out, &report) {
         eprintln!("task-api-bench: {e}");
@@ -493,6 +627,11 @@ mod tests {
         );
         assert_eq!(order(3)[0], SampledTracesAndMetrics);
         assert_eq!(order(4), order(0));
+        assert_eq!(
+            side_by_side_order(1),
+            [TracesAndMetrics, SampledTracesAndMetrics, Metrics]
+        );
+        assert_eq!(side_by_side_order(3), side_by_side_order(0));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `observe`'s figures: per configuration the median over rounds and the median of the
-//! per-round ratios to `off`, the table, the targets and the JSON file.
+//! per-round ratios to `off`, one at a time and side by side; the tables, the targets and the
+//! JSON file.
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -8,7 +9,7 @@ use serde::Serialize;
 use crate::{
     bench::WORKERS_PER_CONNECTION,
     exports::Observed,
-    observe::{Config, ObserveArgs, REQUESTS},
+    observe::{Config, Measurements, ObserveArgs, REQUESTS},
     procfs,
     report::{Measurement, Target, targets_text},
 };
@@ -26,6 +27,86 @@ pub struct RequestRun {
     /// CPU of Jaeger and Prometheus together per successful request, counted like task-api's
     /// (`None` when neither runs).
     pub backends_cpu_ms_per_req: Option<f64>,
+    /// CPU of every process of the system (apps, sidecars, servers, backends) per successful
+    /// request, counted the same way.
+    pub system_cpu_ms_per_req: Option<f64>,
+}
+
+/// One request, one configuration and `off` loaded at the same time.
+#[derive(Debug, Clone, Serialize)]
+pub struct PairRun {
+    pub configuration: &'static str,
+    /// From 1.
+    pub round: usize,
+    pub request: &'static str,
+    pub off: RequestRun,
+    pub with: RequestRun,
+}
+
+impl PairRun {
+    /// The configuration's rps over `off`'s, in the same seconds.
+    fn rps_ratio(&self) -> Option<f64> {
+        let off = self.off.figures.rps;
+        (off > 0.0).then(|| self.with.figures.rps / off)
+    }
+
+    /// `off`'s CPU per request over the configuration's, every process of each system counted:
+    /// the share of `off`'s throughput the configuration keeps on a machine that is busy.
+    fn cpu_kept(&self) -> Option<f64> {
+        let off = self.off.system_cpu_ms_per_req?;
+        let with = self.with.system_cpu_ms_per_req?;
+        (with > 0.0).then(|| off / with)
+    }
+}
+
+/// One request in one configuration side by side with `off`, over every round.
+#[derive(Debug, Clone, Serialize)]
+pub struct PairSummary {
+    pub request: &'static str,
+    pub configuration: &'static str,
+    pub rounds: usize,
+    pub off_rps_median: Option<f64>,
+    pub rps_median: Option<f64>,
+    pub ratio_per_round: Vec<f64>,
+    pub ratio_to_off: Option<f64>,
+    pub off_system_cpu_ms_per_req_median: Option<f64>,
+    pub system_cpu_ms_per_req_median: Option<f64>,
+    pub cpu_kept_per_round: Vec<f64>,
+    pub cpu_kept: Option<f64>,
+    /// Failed requests of both systems in every round, warm-up included.
+    pub errors: u64,
+}
+
+impl PairSummary {
+    fn of(pairs: &[PairRun], request: &'static str, config: Config) -> Self {
+        let mine: Vec<&PairRun> = pairs
+            .iter()
+            .filter(|p| p.request == request && p.configuration == config.name())
+            .collect();
+        let ratio_per_round: Vec<f64> = mine.iter().filter_map(|p| p.rps_ratio()).collect();
+        let cpu_kept_per_round: Vec<f64> = mine.iter().filter_map(|p| p.cpu_kept()).collect();
+        Self {
+            request,
+            configuration: config.name(),
+            rounds: mine.len(),
+            off_rps_median: median(mine.iter().map(|p| p.off.figures.rps)),
+            rps_median: median(mine.iter().map(|p| p.with.figures.rps)),
+            ratio_to_off: median(ratio_per_round.iter().copied()),
+            ratio_per_round,
+            off_system_cpu_ms_per_req_median: median(
+                mine.iter().filter_map(|p| p.off.system_cpu_ms_per_req),
+            ),
+            system_cpu_ms_per_req_median: median(
+                mine.iter().filter_map(|p| p.with.system_cpu_ms_per_req),
+            ),
+            cpu_kept: median(cpu_kept_per_round.iter().copied()),
+            cpu_kept_per_round,
+            errors: mine
+                .iter()
+                .map(|p| p.off.figures.errors + p.with.figures.errors)
+                .sum(),
+        }
+    }
 }
 
 /// One configuration in one round.
@@ -134,8 +215,9 @@ impl Summary {
 }
 
 /// The targets: with metrics on, and with traces and metrics on, each request keeps
-/// [`KEPT_AT_LEAST`] of `off`'s throughput; no request fails.
-pub fn targets(summaries: &[Summary], concurrency: usize) -> Vec<Target> {
+/// [`KEPT_AT_LEAST`] of `off`'s throughput, one at a time and side by side (both figures);
+/// no request fails.
+pub fn targets(summaries: &[Summary], pairs: &[PairSummary], concurrency: usize) -> Vec<Target> {
     let mut targets: Vec<Target> = summaries
         .iter()
         .filter(|s| s.configuration != Config::Off.name())
@@ -152,7 +234,34 @@ pub fn targets(summaries: &[Summary], concurrency: usize) -> Vec<Target> {
             pass: s.ratio_to_off.map(|r| r >= KEPT_AT_LEAST),
         })
         .collect();
-    let errors: u64 = summaries.iter().map(|s| s.errors).sum();
+    for s in pairs {
+        let name = |how: &str| {
+            format!(
+                "{} throughput at {concurrency} in flight with {} on, side by side with off, {how}",
+                s.request, s.configuration
+            )
+        };
+        targets.push(Target {
+            name: name("by rate"),
+            requirement: format!(
+                "median of the per-round ratios {} rps / off rps >= {KEPT_AT_LEAST}",
+                s.configuration
+            ),
+            actual: s.ratio_to_off,
+            pass: s.ratio_to_off.map(|r| r >= KEPT_AT_LEAST),
+        });
+        targets.push(Target {
+            name: name("by CPU per request"),
+            requirement: format!(
+                "median of the per-round ratios off CPU/req / {} CPU/req (whole systems) >= {KEPT_AT_LEAST}",
+                s.configuration
+            ),
+            actual: s.cpu_kept,
+            pass: s.cpu_kept.map(|r| r >= KEPT_AT_LEAST),
+        });
+    }
+    let errors: u64 = summaries.iter().map(|s| s.errors).sum::<u64>()
+        + pairs.iter().map(|s| s.errors).sum::<u64>();
     targets.push(Target {
         name: "request errors".into(),
         requirement: "0".into(),
@@ -190,8 +299,10 @@ pub struct Report {
     /// `None` when a target was not measured and none was missed.
     all_targets_met: Option<bool>,
     summary: Vec<Summary>,
+    side_by_side: Vec<PairSummary>,
     targets: Vec<Target>,
     runs: Vec<ConfigRun>,
+    pairs: Vec<PairRun>,
     /// Per configuration, what its backends held at the end.
     exports: Vec<SystemSeen>,
 }
@@ -220,18 +331,30 @@ fn configurations() -> BTreeMap<&'static str, &'static str> {
 impl Report {
     pub fn of(
         args: &ObserveArgs,
-        runs: Vec<ConfigRun>,
-        exports: Vec<SystemSeen>,
+        measured: Measurements,
         started_at_unix: u64,
         elapsed: Duration,
     ) -> Self {
+        let Measurements {
+            runs,
+            pairs,
+            seen: exports,
+        } = measured;
         let summary: Vec<Summary> = REQUESTS
             .iter()
             .flat_map(|request| {
                 Config::ALL.map(|config| Summary::of(&runs, request.name(), config))
             })
             .collect();
-        let targets = targets(&summary, args.concurrency);
+        let side_by_side: Vec<PairSummary> = REQUESTS
+            .iter()
+            .flat_map(|request| {
+                Config::ALL[1..]
+                    .iter()
+                    .map(|config| PairSummary::of(&pairs, request.name(), *config))
+            })
+            .collect();
+        let targets = targets(&summary, &side_by_side, args.concurrency);
         Self {
             benchmark: "task-api-bench",
             mode: "observe",
@@ -247,21 +370,24 @@ impl Report {
                 workers_per_connection: WORKERS_PER_CONNECTION,
                 components: "tasks on a private Redis (state store); events on another (Redis streams)",
                 configurations: configurations(),
-                order: "one system per configuration, started once; each round runs every configuration at GetTask, then every configuration at CreateTask, starting one configuration further than the round before, with a 6 s pause after each run for the exporters",
+                order: "one system per configuration, started once; each round runs every configuration at GetTask, then every configuration at CreateTask, starting one configuration further than the round before, with a 6 s pause after each run for the exporters; then as many rounds side by side, each configuration loaded at the same time as off, in the same order of requests",
                 shares_the_cores: "the load client, task-api, notification-service, both daprd, the servers, Jaeger and Prometheus",
                 started_at_unix,
                 elapsed_secs: elapsed.as_secs_f64(),
             },
             all_targets_met: all_met(&targets),
             summary,
+            side_by_side,
             targets,
             runs,
+            pairs,
             exports,
         }
     }
 
     pub fn errors(&self) -> u64 {
-        self.summary.iter().map(|s| s.errors).sum()
+        self.summary.iter().map(|s| s.errors).sum::<u64>()
+            + self.side_by_side.iter().map(|s| s.errors).sum::<u64>()
     }
 
     pub fn print(&self, args: &ObserveArgs) {
@@ -276,12 +402,26 @@ impl Report {
         for line in noise_lines(&self.summary) {
             println!("{line}");
         }
+        println!(
+            "\n### Side by side: each configuration loaded at the same time as off\n\n{}",
+            side_by_side_table(&self.side_by_side)
+        );
         for run in &self.runs {
             for request in &run.requests {
                 for message in &request.figures.error_messages {
                     println!(
                         "Error in {} ({}, round {}): {message}",
                         request.request, run.configuration, run.round
+                    );
+                }
+            }
+        }
+        for pair in &self.pairs {
+            for (system, run) in [("off", &pair.off), (pair.configuration, &pair.with)] {
+                for message in &run.figures.error_messages {
+                    println!(
+                        "Error in {} ({system} beside {}, round {}): {message}",
+                        pair.request, pair.configuration, pair.round
                     );
                 }
             }
@@ -330,6 +470,31 @@ pub fn table(summaries: &[Summary]) -> String {
             figure(s.task_api_cpu_ms_per_req_median, 3),
             figure(s.daprd_cpu_ms_per_req_median, 3),
             figure(s.backends_cpu_ms_per_req_median, 3),
+            s.errors,
+        ));
+    }
+    out
+}
+
+/// The side-by-side table, in markdown: one row per request and configuration.
+pub fn side_by_side_table(summaries: &[PairSummary]) -> String {
+    let mut out = String::from(
+        "| request | configuration | off rps (median) | its rps (median) | rps ratio (median) | rps ratio per round | off CPU ms/req, whole system | its CPU ms/req, whole system | kept by CPU (median) | kept by CPU per round | errors |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for s in summaries {
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            s.request,
+            s.configuration,
+            figure(s.off_rps_median, 0),
+            figure(s.rps_median, 0),
+            figure(s.ratio_to_off, 3),
+            list(&s.ratio_per_round, 3),
+            figure(s.off_system_cpu_ms_per_req_median, 3),
+            figure(s.system_cpu_ms_per_req_median, 3),
+            figure(s.cpu_kept, 3),
+            list(&s.cpu_kept_per_round, 3),
             s.errors,
         ));
     }
@@ -388,6 +553,7 @@ mod tests {
                 request: scenario.name(),
                 figures: Measurement::of(&result, scenario, RunCpu::default()),
                 backends_cpu_ms_per_req: None,
+                system_cpu_ms_per_req: Some(1_000.0 / f64::from(rps)),
             }
         };
         ConfigRun {
@@ -429,9 +595,63 @@ mod tests {
         assert_eq!(off.spread(), Some(0.2));
         let create = Summary::of(&runs, "CreateTask", TracesAndMetrics);
         assert_eq!(create.ratio_to_off, Some(0.96));
-        let targets = targets(&[get, create, off], 16);
+        let targets = targets(&[get, create, off], &[], 16);
         let verdicts: Vec<Option<bool>> = targets.iter().map(|t| t.pass).collect();
         assert_eq!(verdicts, [Some(true), Some(true), Some(true)]);
         assert!(targets[0].name.starts_with("GetTask throughput at 16"));
+    }
+
+    #[test]
+    fn side_by_side_ratios_are_of_runs_in_the_same_seconds() {
+        use Config::*;
+        let pair = |round: usize, off: ConfigRun, with: ConfigRun| PairRun {
+            configuration: with.configuration,
+            round,
+            request: "CreateTask",
+            off: off.requests[1].clone(),
+            with: with.requests[1].clone(),
+        };
+        // CPU per request here is 1 s over the rate: a slower run costs more per request.
+        let pairs = vec![
+            pair(
+                1,
+                run(Off, 1, 0, 500),
+                run(SampledTracesAndMetrics, 1, 0, 490),
+            ),
+            pair(
+                2,
+                run(Off, 2, 0, 400),
+                run(SampledTracesAndMetrics, 2, 0, 360),
+            ),
+            pair(
+                3,
+                run(Off, 3, 0, 1000),
+                run(SampledTracesAndMetrics, 3, 0, 970),
+            ),
+            pair(1, run(Off, 1, 0, 500), run(Metrics, 1, 0, 500)),
+        ];
+        let sampled = PairSummary::of(&pairs, "CreateTask", SampledTracesAndMetrics);
+        assert_eq!(sampled.rounds, 3);
+        assert_eq!(sampled.ratio_per_round, [0.98, 0.9, 0.97]);
+        assert_eq!(sampled.ratio_to_off, Some(0.97));
+        assert_eq!(sampled.off_rps_median, Some(500.0));
+        let kept = sampled.cpu_kept.unwrap();
+        assert!((kept - 0.97).abs() < 1e-9, "{kept}");
+        let metrics = PairSummary::of(&pairs, "CreateTask", Metrics);
+        assert_eq!(metrics.ratio_to_off, Some(1.0));
+        let verdicts: Vec<Option<bool>> = targets(&[], &[sampled, metrics], 16)
+            .iter()
+            .map(|t| t.pass)
+            .collect();
+        assert_eq!(
+            verdicts,
+            [Some(true), Some(true), Some(true), Some(true), Some(true)]
+        );
+        let failing = PairSummary::of(&pairs[1..2], "CreateTask", SampledTracesAndMetrics);
+        let verdicts: Vec<Option<bool>> = targets(&[], &[failing], 16)
+            .iter()
+            .map(|t| t.pass)
+            .collect();
+        assert_eq!(verdicts, [Some(false), Some(false), Some(true)]);
     }
 }

@@ -176,6 +176,33 @@ impl System {
         out
     }
 
+    /// Every process of the system: both apps, their sidecars and the servers (the state
+    /// store's, the broker's, the scheduler).
+    pub fn pids(&mut self) -> Vec<u32> {
+        let mut pids = vec![
+            self.task_api.pid(),
+            self.task_api.sidecar_pid(),
+            self.notifications.pid(),
+            self.notifications.sidecar_pid(),
+        ];
+        let stack = &mut self.stack;
+        let servers = [
+            stack.redis_mut().and_then(|r| r.process()).map(|p| p.pid()),
+            stack
+                .broker_mut()
+                .and_then(|r| r.process())
+                .map(|p| p.pid()),
+            stack
+                .postgres_mut()
+                .and_then(|p| p.process())
+                .map(|p| p.pid()),
+            stack.kafka_mut().and_then(|k| k.process()).map(|p| p.pid()),
+            stack.scheduler_mut().map(|s| s.process().pid()),
+        ];
+        pids.extend(servers.into_iter().flatten());
+        pids
+    }
+
     pub fn check_running(&mut self) -> Result<()> {
         self.task_api.check_running()?;
         self.notifications.check_running()

@@ -35,10 +35,12 @@ off (no METRICS_PORT, no OTEL_*), metrics (METRICS_PORT, Prometheus scraping bot
 daprd every second), traces+metrics (also the apps' and both daprd's spans to Jaeger over
 OTLP/gRPC, every request traced) and traces 10%+metrics (one trace in ten). Each round runs every
 configuration at each request in turn, 6 s apart, for --rounds rounds (default 3; 1 s warm-up +
-10 s per request); the median rps, p50/p99 and the median of the per-round ratios to off are
-reported (target/bench/observe.json). Exit status 2 when an export did not arrive: Prometheus did
-not scrape every target or count every call, Jaeger holds no trace of a request with task-api's
-and its daprd's spans, or an app dropped spans. --smoke: one round, 0.5 s warm-up + 2 s per request.
+10 s per request), then as many rounds side by side: each configuration loaded at the same time
+as off; the median rps, p50/p99, the median of the per-round ratios to off and, side by side, of
+the ratios of rates and of whole-system CPU per request are reported (target/bench/observe.json).
+Exit status 2 when an export did not arrive: Prometheus did not scrape every target or count
+every call, Jaeger holds no trace of a request with task-api's and its daprd's spans, or an app
+dropped spans. --smoke: one round of each, 0.5 s warm-up + 2 s per request.
 
   --brokers LIST         redis, kafka or both, comma-separated (default redis,kafka; --broker NAME
                          for one)

@@ -286,12 +286,6 @@ impl<P: Ports> EventHandler<P> {
             }
         };
         let seen = self.published_by_task_api(deliveries, &parsed);
-        self.relay.note_delivered(
-            deliveries
-                .iter()
-                .filter(|d| matches!(d.route, Route::Notify | Route::Noted | Route::Adopt))
-                .filter_map(|d| Some((d.partition, d.published_at?))),
-        );
         let work = deliveries.iter().zip(parsed).map(|(delivery, event)| {
             // Each event continues the trace it was published in.
             let span = spans::handle(delivery.route.label(), delivery.traceparent);
@@ -299,6 +293,18 @@ impl<P: Ports> EventHandler<P> {
         });
         let observed = self.relay.observe(&seen.events).instrument(batch);
         let (mut outcomes, settled) = futures::join!(join_all(work), observed);
+        // Only once this batch's events are in their ledgers may the relay take its partitions
+        // as caught up: a relay deciding in between would find a landed copy's partition
+        // delivering and its ledger without it, and publish it again. After a sidecar restart
+        // the relay's put-off copies and the first batch of task-events arrive together.
+        if settled.iter().all(|settled| *settled) {
+            self.relay.note_delivered(
+                deliveries
+                    .iter()
+                    .filter(|d| matches!(d.route, Route::Notify | Route::Noted | Route::Adopt))
+                    .filter_map(|d| Some((d.partition, d.published_at?))),
+            );
+        }
         for (index, settled) in seen.at.into_iter().zip(settled) {
             if !settled && matches!(outcomes[index], Outcome::Success(_)) {
                 outcomes[index] =

@@ -843,6 +843,48 @@ async fn an_open_claim_waits_while_a_restarted_sidecar_has_not_delivered_task_ev
         .assert_clean("landed before the sidecar died");
 }
 
+/// A batch of `task-events` counts as delivered only once what it observed is in the ledgers.
+/// The landed copy arrives fresh while the store takes no writes: its batch is retried, and
+/// until it comes again `task-events` is not taken as caught up, so the open claim keeps
+/// waiting. (Counted as delivered before its observations were written, a relay deciding in
+/// between published it a second time: after a sidecar restart, the put-off staged copies and
+/// the first batch of `task-events` arrive together.)
+#[tokio::test(start_paused = true)]
+async fn a_batch_of_task_events_counts_as_delivered_once_its_observations_are_recorded() {
+    let world = World::new();
+    let process = Process::start_relaying_only(&world);
+    let id = process.create("landed, then the sidecar died").await;
+    world.faults.crash_after_landing(2);
+    let staged = world.broker.unacknowledged(Topic::Outbox, 10);
+    let delivery = outbox_delivery(&staged[0].message.data);
+    process.events.handle(&[delivery]).await;
+    world.faults.heal();
+    process.events.subscriptions_listed();
+    let published = || times_published(&world, &id, 1);
+    deliver_once(&process, &world, Topic::Outbox, Route::Outbox, 0).await;
+    // The landed copy arrives at once, but its ledger write fails.
+    world.faults.crash_after(0);
+    deliver_once(&process, &world, Topic::Events, Route::Noted, 0).await;
+    world.faults.heal();
+    let past_the_claim = relay::CLAIM_HOLDS.max(relay::GRACE) + Duration::from_secs(1);
+    assert!(past_the_claim < observer::REJOIN);
+    time::test_clock::advance(past_the_claim);
+    deliver_once(&process, &world, Topic::OutboxRetry, Route::OutboxRetry, 0).await;
+    assert_eq!(
+        published(),
+        1,
+        "the landed copy is not in its ledger yet: task-events has not caught up"
+    );
+    // Delivered again, it is recorded.
+    deliver_once(&process, &world, Topic::Events, Route::Noted, 0).await;
+    past_the_quarantine();
+    process.deliver(&world).await;
+    assert_eq!(published(), 1, "observed, not published again");
+    audit(&world, &process, &[id])
+        .await
+        .assert_clean("landed, observed once the store took writes again");
+}
+
 /// The same, on Kafka: the restarted sidecar's `task-events` delivers a fresh event from one
 /// partition while the landed copy still waits in another's backlog. One partition caught up
 /// says nothing of the other: the open claim waits for every partition to deliver again.

@@ -98,7 +98,7 @@ impl<S: KeyValueStore> NotificationStore<S> {
             let write = Write::new(key.clone(), encode(&document), Condition::replacing(etag))
                 .expiring(Some(self.retention));
             match self.store.put(write).await {
-                Ok(()) => return Ok(Recorded::New),
+                Ok(_) => return Ok(Recorded::New),
                 Err(StoreError::Conflict { .. }) if attempt + 1 < MAX_ATTEMPTS => {
                     attempt += 1;
                     backoff(attempt).await;

@@ -124,6 +124,8 @@ pub(crate) struct MemoryStore {
     read_calls: Arc<Mutex<Vec<Vec<String>>>>,
     /// The keys of conditional writes refused, in order.
     refused: Arc<Mutex<Vec<String>>>,
+    /// Whether a write answers with its new ETag, as a store whose ETags count writes does.
+    tells_etags: bool,
     faults: Faults,
 }
 
@@ -137,6 +139,13 @@ impl MemoryStore {
             faults,
             ..Self::default()
         }
+    }
+
+    /// A store whose writes answer with their new ETag (as `state.redis` through the sidecar
+    /// adapter does); by default, as with most stores, only a read tells it.
+    pub(crate) fn telling_etags(mut self) -> Self {
+        self.tells_etags = true;
+        self
     }
 
     pub(crate) fn faults(&self) -> &Faults {
@@ -216,7 +225,8 @@ impl MemoryStore {
             }))
     }
 
-    fn apply(&self, write: Write) -> Result<(), StoreError> {
+    /// Applies `write`; the ETag it left.
+    fn apply(&self, write: Write) -> Result<String, StoreError> {
         let lands = self
             .faults
             .effect("store")
@@ -239,9 +249,9 @@ impl MemoryStore {
             .entry(write.key.clone())
             .or_default()
             .push(write.value.clone());
-        data.insert(write.key, (write.value, etag));
+        data.insert(write.key, (write.value, etag.clone()));
         if lands {
-            Ok(())
+            Ok(etag)
         } else {
             Err(StoreError::Unavailable {
                 source: injected("store (landed)"),
@@ -266,9 +276,10 @@ impl KeyValueStore for MemoryStore {
         keys.iter().map(|key| self.read(key)).collect()
     }
 
-    async fn put(&self, write: Write) -> Result<(), StoreError> {
+    async fn put(&self, write: Write) -> Result<Option<String>, StoreError> {
         tokio::task::yield_now().await;
-        self.apply(write)
+        let etag = self.apply(write)?;
+        Ok(self.tells_etags.then_some(etag))
     }
 
     async fn put_many(&self, writes: Vec<Write>) -> Result<(), StoreError> {

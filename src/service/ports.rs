@@ -105,7 +105,9 @@ pub(crate) trait KeyValueStore: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<Option<Versioned<Vec<u8>>>>, StoreError>> + Send;
 
     /// Writes one document, failing with [`StoreError::Conflict`] if its condition does not hold.
-    fn put(&self, write: Write) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Answers the document's new ETag when the store tells it without a read (Dapr's save does
+    /// not answer with it, but some stores' ETags follow from the write), `None` otherwise.
+    fn put(&self, write: Write) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
 
     /// Several writes in one call. On an error some may have applied and some not: read the
     /// keys back to tell.

@@ -9,6 +9,7 @@ mod jobs;
 mod notify;
 pub(crate) mod secrets;
 mod state;
+mod store_kind;
 mod witness;
 
 pub(crate) use broker::{DaprBroker, Topics};

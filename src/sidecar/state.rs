@@ -9,7 +9,7 @@ use dapr::dapr::proto::{
 use tokio::sync::OnceCell;
 use tonic::{Code, Status};
 
-use super::{Call, Sidecar, client::transient, timed, witness};
+use super::{Call, Sidecar, client::transient, store_kind::StoreKind, timed, witness};
 use crate::{
     domain::Versioned,
     service::ports::{Condition, KeyValueStore, StoreError, Write},
@@ -27,9 +27,9 @@ const BULK_PARALLELISM: i32 = 16;
 pub(crate) struct StateStore {
     sidecar: Sidecar,
     name: String,
-    /// Whether bulk reads carry the [`witness`]: learned from the sidecar's metadata, and the
-    /// witness written, at the first bulk read.
-    witnessed: Arc<OnceCell<bool>>,
+    /// What the store is: learned from the sidecar's metadata (and the witness written, if its
+    /// bulk reads need it) at the first bulk read.
+    kind: Arc<OnceCell<StoreKind>>,
 }
 
 /// A state call's failure. daprd answers ABORTED for a stale ETag and INVALID_ARGUMENT for a
@@ -88,13 +88,13 @@ impl StateStore {
         Self {
             sidecar,
             name: name.to_string(),
-            witnessed: Arc::default(),
+            kind: Arc::default(),
         }
     }
 
-    /// Whether this store's bulk reads need the witness; on the first call, asks the sidecar
-    /// what the store is and, if they do, writes the witness.
-    async fn witnessed(&self) -> Result<bool, StoreError> {
+    /// What this store is; on the first call, asks the sidecar and, if its bulk reads need the
+    /// witness, writes the witness.
+    async fn kind(&self) -> Result<StoreKind, StoreError> {
         let learn = || async {
             let metadata =
                 self.sidecar
@@ -108,13 +108,13 @@ impl StateStore {
                 .iter()
                 .find(|component| component.name == self.name)
                 .map(|component| component.r#type.as_str());
-            let needed = witness::needed(component_type);
-            if needed {
+            let kind = StoreKind::of(component_type);
+            if kind.needs_witness {
                 self.put(witness::write()).await?;
             }
-            Ok(needed)
+            Ok(kind)
         };
-        self.witnessed.get_or_try_init(learn).await.copied()
+        self.kind.get_or_try_init(learn).await.copied()
     }
 
     /// One GetBulkState: the values found, by key.
@@ -211,7 +211,7 @@ impl KeyValueStore for StateStore {
         let mut unique: Vec<String> = keys.to_vec();
         unique.sort_unstable();
         unique.dedup();
-        if !self.witnessed().await? {
+        if !self.kind().await?.needs_witness {
             let found = self.bulk_get(unique).await?;
             return Ok(keys.iter().map(|key| found.get(key).cloned()).collect());
         }
@@ -234,15 +234,16 @@ impl KeyValueStore for StateStore {
         }
     }
 
-    async fn put(&self, write: Write) -> Result<(), StoreError> {
+    async fn put(&self, write: Write) -> Result<Option<String>, StoreError> {
         let key = write.key.clone();
-        let if_absent = write.condition == Condition::IfAbsent;
+        let condition = write.condition.clone();
         match self.save(vec![item(write)]).await {
-            Ok(()) => Ok(()),
+            // Not known until the first bulk read has learned the store's kind.
+            Ok(()) => Ok(self.kind.get().and_then(|kind| kind.etag_after(&condition))),
             // state.redis and state.postgresql report a failed create-if-absent as a plain
             // error (not an ETag mismatch); state.in-memory reports ABORTED. Look at the key to
             // tell a lost race from a real failure.
-            Err(status) if if_absent => match self.get(&key).await {
+            Err(status) if condition == Condition::IfAbsent => match self.get(&key).await {
                 Ok(Some(_)) => Err(StoreError::Conflict { key }),
                 _ => Err(store_error(status, &key)),
             },

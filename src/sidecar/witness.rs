@@ -19,16 +19,6 @@ use crate::service::ports::{Condition, Write};
 /// The witness's key, beside task-api's own (`task-`, `published-`, `list-`, ...).
 pub(super) const KEY: &str = "bulk-read-witness";
 
-/// Store types whose bulk reads report each key's failure: daprd reads `state.redis` key by key,
-/// and `state.in-memory` cannot fail to read.
-const REPORT_EACH_KEY: &[&str] = &["state.redis", "state.in-memory"];
-
-/// Whether bulk reads from a store of `component_type` need the witness. An unknown type does:
-/// the witness costs one key in a read, a silent failure costs a wrong answer.
-pub(super) fn needed(component_type: Option<&str>) -> bool {
-    !component_type.is_some_and(|kind| REPORT_EACH_KEY.contains(&kind))
-}
-
 /// Writes the witness, with no expiry.
 pub(super) fn write() -> Write {
     Write::new(KEY, b"true".to_vec(), Condition::Any)
@@ -40,17 +30,3 @@ pub(super) fn write() -> Write {
     "the state store's bulk read came back without the key {KEY:?}, which exists: the read failed and its keys' values are unknown"
 )]
 pub(super) struct ReadFailed;
-
-#[cfg(test)]
-mod tests {
-    use super::needed;
-
-    #[test]
-    fn only_stores_that_report_each_keys_failure_go_without_the_witness() {
-        assert!(!needed(Some("state.redis")));
-        assert!(!needed(Some("state.in-memory")));
-        assert!(needed(Some("state.postgresql")));
-        assert!(needed(Some("state.sqlite")));
-        assert!(needed(None), "a store the sidecar does not name");
-    }
-}

@@ -8,6 +8,7 @@ mod callbacks;
 mod client_mistakes;
 mod common;
 mod compatibility;
+mod dapr_etags;
 mod dapr_outbox;
 mod dependencies;
 mod deploy_resources;

@@ -71,9 +71,10 @@ pub(crate) struct Chain<S> {
     store: S,
     prefix: String,
     directory: Mutex<Directory>,
-    /// Leaves this process wrote last, read again after the write so that the next write to the
-    /// same leaf (the tail, for creates) needs no read before it: Dapr's save does not return
-    /// the new ETag. Only a guess: a leaf changed since fails its ETag check and is read afresh.
+    /// Leaves this process wrote last, kept with their new ETag so that the next write to the
+    /// same leaf (the tail, for creates) needs no read before it. Dapr's save does not answer
+    /// with the new ETag: where the store does not tell it either, the leaf is read again after
+    /// the write. Only a guess: a leaf changed since fails its ETag check and is read afresh.
     read_ahead: Mutex<Vec<StoredLeaf>>,
     /// How many entries each leaf held when this process last read or wrote it. A sparse leaf
     /// next to one known to be too full to merge with is left alone without reading both
@@ -136,11 +137,7 @@ impl<S: KeyValueStore> Chain<S> {
             .filter_map(|(id, value)| self.interpret(id, value).ok().flatten())
             .filter(|leaf| leaf.etag.is_some() && leaf.leaf.merged_into.is_none())
             .collect();
-        let mut cached = self.read_ahead.lock().unwrap_or_else(|e| e.into_inner());
-        cached.retain(|old| fresh.iter().all(|new| new.id != old.id));
-        cached.extend(fresh);
-        let excess = cached.len().saturating_sub(READ_AHEAD);
-        cached.drain(..excess);
+        self.keep_ahead(fresh);
     }
 
     pub(crate) fn key(&self, leaf: &str) -> String {
@@ -184,6 +181,8 @@ impl<S: KeyValueStore> Chain<S> {
         }
     }
 
+    /// Writes leaf `id`. Where the store tells the new ETag, the leaf is kept as written for the
+    /// next write to it, which then needs no read first; elsewhere any copy kept is stale now.
     async fn put_leaf(
         &self,
         id: &str,
@@ -191,7 +190,33 @@ impl<S: KeyValueStore> Chain<S> {
         condition: Condition,
     ) -> Result<(), IndexError> {
         let write = Write::new(self.key(id), leaf.encode(), condition);
-        Ok(self.store.put(write).await?)
+        let etag = self.store.put(write).await?;
+        self.take_read_ahead(id);
+        if let Some(etag) = etag
+            && leaf.merged_into.is_none()
+        {
+            self.keep_ahead(vec![StoredLeaf {
+                id: id.to_string(),
+                leaf: leaf.clone(),
+                etag: Some(etag),
+            }]);
+        }
+        Ok(())
+    }
+
+    /// Whether leaf `id` is kept as last written, so needs no read ahead.
+    fn kept_ahead(&self, id: &str) -> bool {
+        let cached = self.read_ahead.lock().unwrap_or_else(|e| e.into_inner());
+        cached.iter().any(|leaf| leaf.id == id)
+    }
+
+    /// Keeps `fresh` for the next writes, in place of older copies of the same leaves.
+    fn keep_ahead(&self, fresh: Vec<StoredLeaf>) {
+        let mut cached = self.read_ahead.lock().unwrap_or_else(|e| e.into_inner());
+        cached.retain(|old| fresh.iter().all(|new| new.id != old.id));
+        cached.extend(fresh);
+        let excess = cached.len().saturating_sub(READ_AHEAD);
+        cached.drain(..excess);
     }
 
     pub(crate) async fn read(&self, id: &str) -> Result<Option<StoredLeaf>, IndexError> {
@@ -316,7 +341,7 @@ impl<S: KeyValueStore> Chain<S> {
                 .put(Write::new(key.clone(), bytes, condition))
                 .await
             {
-                Ok(()) => return,
+                Ok(_) => return,
                 Err(StoreError::Conflict { .. }) => backoff(attempt).await,
                 Err(error) => {
                     tracing::debug!(%error, "list directory not updated");
@@ -428,7 +453,8 @@ impl<S: KeyValueStore> Chain<S> {
     }
 
     /// Applies `ops` (any positions, any order) with as few leaf writes as possible: all ops
-    /// that fall in one leaf are written together. Returns the leaves written, to read ahead.
+    /// that fall in one leaf are written together. Returns the leaves written whose new ETag is
+    /// not known, to read ahead.
     pub(crate) async fn apply(&self, mut ops: Vec<Op>) -> Result<Vec<LeafId>, IndexError> {
         let mut conflicts = 0;
         let mut written_ids = Vec::new();
@@ -449,8 +475,12 @@ impl<S: KeyValueStore> Chain<S> {
                 Ok(written) => {
                     ops = rest;
                     if let Some(written) = written {
-                        written_ids.push(written.id.clone());
-                        self.merge_if_sparse(written).await;
+                        // A merge rewrites it (and drops the copy kept); what is still not
+                        // kept is read ahead.
+                        self.merge_if_sparse(written.clone()).await;
+                        if !self.kept_ahead(&written.id) {
+                            written_ids.push(written.id);
+                        }
                     }
                 }
                 // Written by someone else since it was read ahead: read it now, no race lost.
@@ -733,6 +763,35 @@ mod tests {
             walk(&chain).await,
             [pos(1, "a"), pos(2, "b"), pos(3, "c"), pos(4, "d")]
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn where_the_store_tells_a_writes_etag_appending_and_splitting_read_nothing() {
+        let store = MemoryStore::new().telling_etags();
+        let chain = Chain::new(store.clone(), "l".into());
+        chain.apply(vec![insert(0, "a")]).await.unwrap();
+        // A split also records the new leaf in the directory document (a read and a write).
+        let leaf_reads = || store.reads() - store.reads_of(&["l-directory"]);
+        let reads = leaf_reads();
+        // Creates append to the tail, one batch at a time, splitting it as it fills.
+        for n in 1..(3 * CAPACITY) as i64 {
+            let unknown = chain.apply(vec![insert(n, &id(n as usize))]).await.unwrap();
+            assert_eq!(unknown, Vec::<LeafId>::new(), "nothing left to read ahead");
+            chain.read_ahead(unknown).await;
+        }
+        assert_eq!(leaf_reads(), reads, "no leaf read before or after a write");
+        assert_eq!(walk(&chain).await.len(), 3 * CAPACITY);
+
+        // Another process's write makes the ETag kept stale: one read, no lost race counted.
+        let other_process = Chain::new(store.clone(), "l".into());
+        other_process
+            .apply(vec![insert(10_000, "x")])
+            .await
+            .unwrap();
+        chain.apply(vec![insert(10_001, "y")]).await.unwrap();
+        let walked = walk(&chain).await;
+        assert_eq!(walked.len(), 3 * CAPACITY + 2);
+        assert_eq!(walked.last(), Some(&pos(10_001, "y")));
     }
 
     #[tokio::test(start_paused = true)]

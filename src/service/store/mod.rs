@@ -113,7 +113,7 @@ where
         }
         let write = Write::new(key, encode(&document), Condition::replacing(etag));
         match store.put(write).await {
-            Ok(()) => return Ok(result),
+            Ok(_) => return Ok(result),
             Err(StoreError::Conflict { .. }) if attempt + 1 < MAX_ATTEMPTS => {
                 attempt += 1;
                 backoff(attempt).await;

@@ -385,7 +385,7 @@ impl<S: KeyValueStore> TaskRecords<S> {
             Condition::replacing(etag),
         )
         .expiring(ttl);
-        self.store.put(write).await
+        self.store.put(write).await.map(drop)
     }
 }
 

@@ -69,7 +69,7 @@ impl<S: KeyValueStore> CreateRequests<S> {
         )
         .expiring(Some(self.ttl));
         match self.store.put(write).await {
-            Ok(()) => Ok(true),
+            Ok(_) => Ok(true),
             Err(StoreError::Conflict { .. }) => Ok(false),
             Err(error) => Err(error),
         }

@@ -1,0 +1,103 @@
+//! What task-api relies on in daprd's state ETags, shown against the real daprd 1.18.3.
+//!
+//! Dapr's SaveState does not answer with the ETag it left. On `state.redis` the ETag is a
+//! version number that the write raises by one, in the same script that checks the ETag given:
+//! a write that held under ETag `n` leaves `n + 1`, and one that created its key leaves 1. So
+//! task-api knows a list leaf's ETag once it has written it, and its next write to that leaf
+//! needs no read first (`sidecar::store_kind`). On `state.postgresql` (v2) every write draws a
+//! random UUID, which only a read tells.
+
+use std::collections::HashMap;
+
+use dapr::dapr::proto::{
+    common::v1::{Etag, StateItem, StateOptions, state_options::StateConcurrency},
+    runtime::v1::{GetStateRequest, SaveStateRequest, dapr_client::DaprClient},
+};
+use devstack::{ComponentSet, Stack};
+use tonic::{Code, transport::Channel};
+
+async fn save(
+    dapr: &mut DaprClient<Channel>,
+    key: &str,
+    etag: Option<&str>,
+) -> Result<(), tonic::Status> {
+    dapr.save_state(SaveStateRequest {
+        store_name: "statestore".into(),
+        states: vec![StateItem {
+            key: key.into(),
+            value: format!("{{\"key\":\"{key}\"}}").into_bytes(),
+            etag: etag.map(|value| Etag {
+                value: value.to_string(),
+            }),
+            metadata: HashMap::new(),
+            // task-api's conditional writes: an ETag, or none and "only if absent".
+            options: Some(StateOptions {
+                concurrency: StateConcurrency::ConcurrencyFirstWrite as i32,
+                consistency: 0,
+            }),
+        }],
+    })
+    .await
+    .map(drop)
+}
+
+async fn etag_of(dapr: &mut DaprClient<Channel>, key: &str) -> String {
+    dapr.get_state(GetStateRequest {
+        store_name: "statestore".into(),
+        key: key.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .etag
+}
+
+/// On a store of `components`, writes three keys, each created and then rewritten five times
+/// under the ETag it had; the ETag each write left, as read back.
+async fn etags_left(components: ComponentSet) -> Vec<Vec<String>> {
+    let stack = Stack::builder()
+        .components(components)
+        .start()
+        .await
+        .unwrap();
+    let sidecar = stack.sidecar("etag-probe").unwrap().start().await.unwrap();
+    let mut dapr = DaprClient::new(sidecar.channel().await.unwrap());
+    let mut all = Vec::new();
+    for key in ["etag-a", "etag-b", "etag-c"] {
+        save(&mut dapr, key, None).await.unwrap();
+        let mut left = vec![etag_of(&mut dapr, key).await];
+        for _ in 0..5 {
+            let current = left.last().unwrap().clone();
+            save(&mut dapr, key, Some(&current)).await.unwrap();
+            left.push(etag_of(&mut dapr, key).await);
+        }
+        // A write under an ETag gone stale is refused and leaves the ETag as it was.
+        let refused = save(&mut dapr, key, Some(&left[0])).await.unwrap_err();
+        assert_eq!(refused.code(), Code::Aborted, "{refused:?}");
+        assert_eq!(&etag_of(&mut dapr, key).await, left.last().unwrap());
+        all.push(left);
+    }
+    all
+}
+
+#[tokio::test]
+async fn on_redis_a_write_leaves_the_etag_after_the_one_it_held_under() {
+    for left in etags_left(ComponentSet::Redis).await {
+        let expected: Vec<String> = (1..=6).map(|version: u32| version.to_string()).collect();
+        assert_eq!(left, expected);
+    }
+}
+
+#[tokio::test]
+async fn on_postgresql_a_writes_etag_is_known_only_by_reading_it() {
+    for left in etags_left(ComponentSet::Postgres).await {
+        assert!(
+            left.iter()
+                .all(|etag| etag.parse::<u64>().is_err() && etag.len() == 36),
+            "v2's ETags are UUIDs: {left:?}"
+        );
+        let distinct: std::collections::HashSet<&String> = left.iter().collect();
+        assert_eq!(distinct.len(), left.len(), "{left:?}");
+    }
+}

@@ -18,7 +18,8 @@
 //! to the retry topic by task-api itself, so the events behind it go on.
 //!
 //! Every subscription is delivered in bulk: batches form when events arrive faster than
-//! task-api handles them, and wait at most a millisecond to fill. A delivery goes by the path
+//! task-api handles them. Task events wait at most a millisecond to fill a batch; staged events
+//! wait longer (see [`STAGED_MAX_AWAIT_MS`]). A delivery goes by the path
 //! daprd chose; one without a path (a declarative Subscription that replaced these) goes by its
 //! topic.
 
@@ -42,8 +43,14 @@ pub(crate) const OUTBOX_RETRY_PATH: &str = "/outbox/retry";
 
 /// The most events one bulk delivery carries.
 const BULK_MAX_MESSAGES: i32 = 100;
-/// How long daprd waits to fill a batch (the least it takes).
-const BULK_MAX_AWAIT_MS: i32 = 1;
+/// How long daprd waits to fill a batch of task events (the least it takes): completions wait
+/// on it for their notification.
+const EVENTS_MAX_AWAIT_MS: i32 = 1;
+/// How long daprd waits to fill a batch of staged events. Nothing waits on a staged copy while
+/// its writer is alive (the writer publishes the event itself; the copy is for a writer that
+/// died), so it can wait for company: bigger batches cost daprd and task-api less per event,
+/// and a copy that arrives after its writer's publish is settled from memory.
+const STAGED_MAX_AWAIT_MS: i32 = 20;
 
 #[derive(Debug, Clone)]
 pub(crate) struct Subscriptions {
@@ -55,10 +62,8 @@ pub(crate) struct Subscriptions {
     outbox_retry_topic: String,
 }
 
-fn bulk(subscription: Subscription) -> TopicSubscription {
-    subscription
-        .bulk(BULK_MAX_MESSAGES, BULK_MAX_AWAIT_MS)
-        .build()
+fn bulk(subscription: Subscription, max_await_ms: i32) -> TopicSubscription {
+    subscription.bulk(BULK_MAX_MESSAGES, max_await_ms).build()
 }
 
 impl Subscriptions {
@@ -85,21 +90,25 @@ impl Subscriptions {
                     .rule("!has(event.data.revision)", ADOPT_PATH)
                     .route(TASK_EVENTS_PATH)
                     .dead_letter_topic(&self.retry_topic),
+                EVENTS_MAX_AWAIT_MS,
             ),
             bulk(
                 Subscription::new(&self.pubsub, &self.retry_topic)
                     .route(RETRY_PATH)
                     .dead_letter_topic(&self.retry_topic),
+                EVENTS_MAX_AWAIT_MS,
             ),
             bulk(
                 Subscription::new(&self.outbox_pubsub, &self.outbox_topic)
                     .route(OUTBOX_PATH)
                     .dead_letter_topic(&self.outbox_retry_topic),
+                STAGED_MAX_AWAIT_MS,
             ),
             bulk(
                 Subscription::new(&self.outbox_pubsub, &self.outbox_retry_topic)
                     .route(OUTBOX_RETRY_PATH)
                     .dead_letter_topic(&self.outbox_retry_topic),
+                STAGED_MAX_AWAIT_MS,
             ),
         ]
     }
@@ -199,11 +208,23 @@ mod tests {
                 ),
             ]
         );
-        assert!(list.iter().all(|s| {
-            s.bulk_subscribe
-                .as_ref()
-                .is_some_and(|b| b.enabled && b.max_await_duration_ms == 1)
-        }));
+        let awaits: Vec<(String, i32)> = list
+            .iter()
+            .filter_map(|s| {
+                let bulk = s.bulk_subscribe.as_ref().filter(|b| b.enabled)?;
+                Some((s.topic.clone(), bulk.max_await_duration_ms))
+            })
+            .collect();
+        // Completions wait on task events for their notification; nothing waits on a staged copy.
+        assert_eq!(
+            awaits,
+            [
+                (s("task-events"), 1),
+                (s("task-events-retry"), 1),
+                (s("task-events-outbox"), 20),
+                (s("task-events-outbox-retry"), 20),
+            ]
+        );
     }
 
     #[test]

@@ -11,10 +11,12 @@
 //! | `components` | waiting for the sidecar and the components the app needs |
 //! | `readiness` | keeping readiness in step with the sidecar, store and broker |
 //! | `server` | the tonic server: layers, reflection, draining |
+//! | `heap` | handing memory a burst freed back to the system |
 //! | `binary` | an app binary's `main`: settings, logging, signals, exit codes |
 
 mod binary;
 mod components;
+mod heap;
 mod readiness;
 mod server;
 pub(crate) mod task_api;
@@ -184,6 +186,7 @@ impl Application {
         if let Some(metrics) = metrics {
             tokio::spawn(metrics::serve(metrics, until(stopped.clone())));
         }
+        tokio::spawn(heap::give_back_free_memory(until(stopped.clone())));
         let background = readiness::Background {
             name,
             sidecar: spec.sidecar,

@@ -806,14 +806,10 @@ fn times_published(world: &World, id: &TaskId, revision: u64) -> usize {
         .count()
 }
 
-/// kill -9 of the sidecar just after a publish landed: the restarted sidecar hands the staged
-/// event back at once, while its `task-events` consumer may still be rejoining its group
-/// (Kafka). Its silence is not taken for an empty topic: the open claim waits for `task-events`
-/// to deliver, and the landed copy, delivered late, settles it.
-#[tokio::test(start_paused = true)]
-async fn an_open_claim_waits_while_a_restarted_sidecar_has_not_delivered_task_events() {
-    let world = World::new();
-    let process = Process::start_relaying_only(&world);
+/// A task whose relay claimed and published its event, the publish landing as the sidecar died
+/// (its answer lost): the restarted sidecar has listed the subscriptions again and handed the
+/// staged copy back once, leaving the claim open.
+async fn a_publish_lands_as_the_sidecar_dies(world: &World, process: &Process) -> TaskId {
     let id = process.create("landed, then the sidecar died").await;
     // The claim lands, then the publish lands and its answer is lost with the sidecar.
     world.faults.crash_after_landing(2);
@@ -822,11 +818,29 @@ async fn an_open_claim_waits_while_a_restarted_sidecar_has_not_delivered_task_ev
     process.events.handle(&[delivery]).await;
     world.faults.heal();
     process.events.subscriptions_listed();
-    let published = || times_published(&world, &id, 1);
-    deliver_once(&process, &world, Topic::Outbox, Route::Outbox, 0).await;
+    deliver_once(process, world, Topic::Outbox, Route::Outbox, 0).await;
+    id
+}
+
+/// Past the hold of an open claim and the grace after it, but within the time a restarted
+/// consumer of `task-events` gets to rejoin.
+fn advance_past_the_claim() {
     let past_the_claim = relay::CLAIM_HOLDS.max(relay::GRACE) + Duration::from_secs(1);
     assert!(past_the_claim < observer::REJOIN);
     time::test_clock::advance(past_the_claim);
+}
+
+/// kill -9 of the sidecar just after a publish landed: the restarted sidecar hands the staged
+/// event back at once, while its `task-events` consumer may still be rejoining its group
+/// (Kafka). Its silence is not taken for an empty topic: the open claim waits for `task-events`
+/// to deliver, and the landed copy, delivered late, settles it.
+#[tokio::test(start_paused = true)]
+async fn an_open_claim_waits_while_a_restarted_sidecar_has_not_delivered_task_events() {
+    let world = World::new();
+    let process = Process::start_relaying_only(&world);
+    let id = a_publish_lands_as_the_sidecar_dies(&world, &process).await;
+    let published = || times_published(&world, &id, 1);
+    advance_past_the_claim();
     deliver_once(&process, &world, Topic::OutboxRetry, Route::OutboxRetry, 0).await;
     assert_eq!(
         published(),
@@ -853,22 +867,13 @@ async fn an_open_claim_waits_while_a_restarted_sidecar_has_not_delivered_task_ev
 async fn a_batch_of_task_events_counts_as_delivered_once_its_observations_are_recorded() {
     let world = World::new();
     let process = Process::start_relaying_only(&world);
-    let id = process.create("landed, then the sidecar died").await;
-    world.faults.crash_after_landing(2);
-    let staged = world.broker.unacknowledged(Topic::Outbox, 10);
-    let delivery = outbox_delivery(&staged[0].message.data);
-    process.events.handle(&[delivery]).await;
-    world.faults.heal();
-    process.events.subscriptions_listed();
+    let id = a_publish_lands_as_the_sidecar_dies(&world, &process).await;
     let published = || times_published(&world, &id, 1);
-    deliver_once(&process, &world, Topic::Outbox, Route::Outbox, 0).await;
     // The landed copy arrives at once, but its ledger write fails.
     world.faults.crash_after(0);
     deliver_once(&process, &world, Topic::Events, Route::Noted, 0).await;
     world.faults.heal();
-    let past_the_claim = relay::CLAIM_HOLDS.max(relay::GRACE) + Duration::from_secs(1);
-    assert!(past_the_claim < observer::REJOIN);
-    time::test_clock::advance(past_the_claim);
+    advance_past_the_claim();
     deliver_once(&process, &world, Topic::OutboxRetry, Route::OutboxRetry, 0).await;
     assert_eq!(
         published(),
@@ -916,8 +921,7 @@ async fn an_open_claim_waits_for_every_partition_of_task_events_to_deliver_again
     let fresh = process.create("after the restart, on 0").await;
     deliver_once(&process, &world, Topic::Outbox, Route::Outbox, 0).await;
     deliver_picked(&process, &world, on("0"), 0, |m| !is_landed(m)).await;
-    let past_the_claim = relay::CLAIM_HOLDS.max(relay::GRACE) + Duration::from_secs(1);
-    time::test_clock::advance(past_the_claim);
+    advance_past_the_claim();
     deliver_once(&process, &world, Topic::OutboxRetry, Route::OutboxRetry, 0).await;
     let published = || times_published(&world, &id, 1);
     assert_eq!(
@@ -951,7 +955,7 @@ async fn an_open_claim_is_published_once_a_silent_restarted_sidecar_has_had_time
     world.faults.heal();
     process.events.subscriptions_listed();
     deliver_once(&process, &world, Topic::Outbox, Route::Outbox, 0).await;
-    time::test_clock::advance(relay::CLAIM_HOLDS.max(relay::GRACE) + Duration::from_secs(1));
+    advance_past_the_claim();
     deliver_once(&process, &world, Topic::OutboxRetry, Route::OutboxRetry, 0).await;
     assert_eq!(times_published(&world, &id, 1), 0);
     time::test_clock::advance(observer::REJOIN);

@@ -782,13 +782,16 @@ mod tests {
         assert_eq!(leaf_reads(), reads, "no leaf read before or after a write");
         assert_eq!(walk(&chain).await.len(), 3 * CAPACITY);
 
-        // Another process's write makes the ETag kept stale: one read, no lost race counted.
+        // Another process's write makes the ETag kept stale: the write it guards is refused
+        // once, the leaf read afresh, and the entry lands.
         let other_process = Chain::new(store.clone(), "l".into());
         other_process
             .apply(vec![insert(10_000, "x")])
             .await
             .unwrap();
+        let refused = store.refused("l-");
         chain.apply(vec![insert(10_001, "y")]).await.unwrap();
+        assert_eq!(store.refused("l-"), refused + 1);
         let walked = walk(&chain).await;
         assert_eq!(walked.len(), 3 * CAPACITY + 2);
         assert_eq!(walked.last(), Some(&pos(10_001, "y")));

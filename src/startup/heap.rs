@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use tokio::time::MissedTickBehavior;
 
-/// Rare enough to cost nothing measurable: a trim walks the free chunks of every arena.
+/// A trim walks the free chunks of every arena: 6 to 38 µs in an idle app (its `heap trimmed`
+/// debug line times each), not measured under load.
 const EVERY: Duration = Duration::from_secs(10);
 
 /// Trims the heap every [`EVERY`] until `stop` completes.

@@ -477,9 +477,10 @@ impl<S: KeyValueStore> Chain<S> {
                     if let Some(written) = written {
                         // A merge rewrites it (and drops the copy kept); what is still not
                         // kept is read ahead.
-                        self.merge_if_sparse(written.clone()).await;
-                        if !self.kept_ahead(&written.id) {
-                            written_ids.push(written.id);
+                        let id = written.id.clone();
+                        self.merge_if_sparse(written).await;
+                        if !self.kept_ahead(&id) {
+                            written_ids.push(id);
                         }
                     }
                 }

@@ -19,8 +19,15 @@
 //! behind it.
 //!
 //! Concurrent changes stage together: while one publish is in flight, the events staged meanwhile
-//! queue and go out in the next bulk publish, so many writers cost a few calls, and a writer on
-//! its own waits on no timer.
+//! queue and go out together in the next publish, as one message, so many writers cost the
+//! sidecar one call, one stream entry and one delivery, and a writer on its own waits on no
+//! timer. Such a message lists its events (the relay decides each on its own):
+//!
+//! ```json
+//! {"batch":[{"nonce":"8f2a1c0d","staged_at":"…","event":{…}},{"nonce":"…","staged_at":"…","event":{…}}]}
+//! ```
+//!
+//! A batch of one is the event's own message, as are the copies put off to the retry topic.
 
 use std::{
     sync::{
@@ -44,8 +51,9 @@ use crate::{
     telemetry::spans,
 };
 
-/// The most events one staging publish carries.
-const MAX_BATCH: usize = 256;
+/// The most events one staging message carries: at most about 1.5 KB each (a 200-character
+/// title of 4-byte characters, and the rest), well under a broker's usual 1 MiB per message.
+const MAX_BATCH: usize = 128;
 
 /// An event waiting for its change to be confirmed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,6 +113,8 @@ impl StagedEvent {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum OutboxMessage {
     Staged(StagedEvent),
+    /// Events staged together, by concurrent changes.
+    Batch(Vec<StagedEvent>),
     /// A readiness probe: proves the broker takes messages; nothing to do.
     Probe,
 }
@@ -113,10 +123,12 @@ pub(crate) enum OutboxMessage {
 #[serde(try_from = "Wire", into = "Wire")]
 struct Document(OutboxMessage);
 
-#[derive(Serialize, Deserialize)]
+#[derive(Default, Serialize, Deserialize)]
 struct Wire {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     probe: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    batch: Vec<Wire>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     nonce: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -143,46 +155,59 @@ impl TryFrom<Wire> for Document {
     type Error = FieldViolation;
 
     fn try_from(wire: Wire) -> Result<Self, Self::Error> {
-        if wire.probe {
-            return Ok(Document(OutboxMessage::Probe));
-        }
-        let nonce = wire
-            .nonce
-            .as_deref()
-            .and_then(Nonce::parse)
-            .ok_or_else(|| FieldViolation::new("nonce", "is missing or malformed"))?;
-        let staged_at = wire
-            .staged_at
-            .as_deref()
-            .and_then(time::parse)
-            .ok_or_else(|| FieldViolation::new("staged_at", "is missing or malformed"))?;
-        let date_time = |field: &'static str, text: Option<String>| {
-            text.map(|text| {
-                time::parse(&text).ok_or_else(|| FieldViolation::new(field, "is not a date-time"))
-            })
-            .transpose()
+        let message = if wire.probe {
+            OutboxMessage::Probe
+        } else if !wire.batch.is_empty() {
+            OutboxMessage::Batch(
+                wire.batch
+                    .into_iter()
+                    .map(staged_event)
+                    .collect::<Result<_, _>>()?,
+            )
+        } else {
+            OutboxMessage::Staged(staged_event(wire)?)
         };
-        let not_before = date_time("not_before", wire.not_before)?;
-        let grace_until = date_time("grace_until", wire.grace_until)?;
-        let event = wire
-            .event
-            .ok_or_else(|| FieldViolation::new("event", "is missing"))?;
-        let event = TaskEvent::from_json(event.to_string().as_bytes())
-            .map_err(|e| FieldViolation::new("event", e.to_string()))?;
-        if event.revision.is_none() {
-            return Err(FieldViolation::new("event", "has no revision"));
-        }
-        Ok(Document(OutboxMessage::Staged(StagedEvent {
-            event,
-            nonce,
-            staged_at,
-            reschedules: wire.reschedules,
-            attempt: wire.attempt,
-            not_before,
-            grace_until,
-            traceparent: wire.traceparent,
-        })))
+        Ok(Document(message))
     }
+}
+
+fn staged_event(wire: Wire) -> Result<StagedEvent, FieldViolation> {
+    let nonce = wire
+        .nonce
+        .as_deref()
+        .and_then(Nonce::parse)
+        .ok_or_else(|| FieldViolation::new("nonce", "is missing or malformed"))?;
+    let staged_at = wire
+        .staged_at
+        .as_deref()
+        .and_then(time::parse)
+        .ok_or_else(|| FieldViolation::new("staged_at", "is missing or malformed"))?;
+    let date_time = |field: &'static str, text: Option<String>| {
+        text.map(|text| {
+            time::parse(&text).ok_or_else(|| FieldViolation::new(field, "is not a date-time"))
+        })
+        .transpose()
+    };
+    let not_before = date_time("not_before", wire.not_before)?;
+    let grace_until = date_time("grace_until", wire.grace_until)?;
+    let event = wire
+        .event
+        .ok_or_else(|| FieldViolation::new("event", "is missing"))?;
+    let event = TaskEvent::from_json(event.to_string().as_bytes())
+        .map_err(|e| FieldViolation::new("event", e.to_string()))?;
+    if event.revision.is_none() {
+        return Err(FieldViolation::new("event", "has no revision"));
+    }
+    Ok(StagedEvent {
+        event,
+        nonce,
+        staged_at,
+        reschedules: wire.reschedules,
+        attempt: wire.attempt,
+        not_before,
+        grace_until,
+        traceparent: wire.traceparent,
+    })
 }
 
 impl From<Document> for Wire {
@@ -190,27 +215,30 @@ impl From<Document> for Wire {
         match message {
             OutboxMessage::Probe => Wire {
                 probe: true,
-                nonce: None,
-                staged_at: None,
-                event: None,
-                reschedules: false,
-                attempt: 0,
-                not_before: None,
-                grace_until: None,
-                traceparent: None,
+                ..Wire::default()
             },
-            OutboxMessage::Staged(staged) => Wire {
-                probe: false,
-                nonce: Some(staged.nonce.to_string()),
-                staged_at: Some(time::format(staged.staged_at)),
-                // An event is plain JSON: it always reads back.
-                event: serde_json::from_slice(&staged.event.to_json()).ok(),
-                reschedules: staged.reschedules,
-                attempt: staged.attempt,
-                not_before: staged.not_before.map(time::format),
-                grace_until: staged.grace_until.map(time::format),
-                traceparent: staged.traceparent,
+            OutboxMessage::Staged(staged) => staged.into(),
+            OutboxMessage::Batch(batch) => Wire {
+                batch: batch.into_iter().map(Wire::from).collect(),
+                ..Wire::default()
             },
+        }
+    }
+}
+
+impl From<StagedEvent> for Wire {
+    fn from(staged: StagedEvent) -> Self {
+        Wire {
+            nonce: Some(staged.nonce.to_string()),
+            staged_at: Some(time::format(staged.staged_at)),
+            // An event is plain JSON: it always reads back.
+            event: serde_json::from_slice(&staged.event.to_json()).ok(),
+            reschedules: staged.reschedules,
+            attempt: staged.attempt,
+            not_before: staged.not_before.map(time::format),
+            grace_until: staged.grace_until.map(time::format),
+            traceparent: staged.traceparent,
+            ..Wire::default()
         }
     }
 }
@@ -225,18 +253,15 @@ impl OutboxMessage {
     }
 
     /// The message to publish: ids of racing writers' staged events differ by nonce; its
-    /// delivery continues the change's trace.
+    /// delivery continues the change's trace (a batch's, the trace of the publish that staged it).
     pub(crate) fn to_message(&self) -> Message {
         let (id, traceparent) = match self {
-            OutboxMessage::Staged(staged) => (
-                Some(format!(
-                    "{}.{}#{}-{}",
-                    staged.event.task_id,
-                    staged.revision(),
-                    staged.nonce,
-                    staged.attempt
-                )),
-                staged.traceparent.clone(),
+            OutboxMessage::Staged(staged) => (Some(staged_id(staged)), staged.traceparent.clone()),
+            OutboxMessage::Batch(batch) => (
+                batch
+                    .first()
+                    .map(|first| format!("{}+{}", staged_id(first), batch.len() - 1)),
+                None,
             ),
             OutboxMessage::Probe => (None, None),
         };
@@ -248,9 +273,19 @@ impl OutboxMessage {
     }
 }
 
-type Pending = (Message, oneshot::Sender<Result<(), BrokerError>>);
+fn staged_id(staged: &StagedEvent) -> String {
+    format!(
+        "{}.{}#{}-{}",
+        staged.event.task_id,
+        staged.revision(),
+        staged.nonce,
+        staged.attempt
+    )
+}
 
-/// Stages events on the outbox topic, concurrent writers' in one publish.
+type Pending = (StagedEvent, oneshot::Sender<Result<(), BrokerError>>);
+
+/// Stages events on the outbox topic, concurrent writers' in one message.
 #[derive(Clone)]
 pub(crate) struct Outbox<B> {
     broker: B,
@@ -293,8 +328,7 @@ impl<B: Broker> Outbox<B> {
     /// Stages `staged`; returns once the broker took it.
     pub(crate) async fn stage(&self, staged: StagedEvent) -> Result<(), BrokerError> {
         let (done, result) = oneshot::channel();
-        let message = OutboxMessage::Staged(staged).to_message();
-        if self.queue.send((message, done)).is_err() {
+        if self.queue.send((staged, done)).is_err() {
             return Err(stopped());
         }
         result.await.unwrap_or_else(|_| Err(stopped()))
@@ -349,38 +383,83 @@ struct Outcomes {
     failure: Arc<AtomicI64>,
 }
 
-/// Takes every queued event, publishes them in one call, answers each.
+/// Takes every queued event, publishes them in one message, answers each.
 async fn stage_batches<B: Broker>(
     broker: B,
     mut requests: mpsc::UnboundedReceiver<Pending>,
     outcomes: Outcomes,
 ) {
     while let Some(batch) = super::batch::next(&mut requests, MAX_BATCH).await {
-        let (messages, waiters): (Vec<Message>, Vec<_>) = batch.into_iter().unzip();
+        let (mut staged, waiters): (Vec<StagedEvent>, Vec<_>) = batch.into_iter().unzip();
         let span = spans::batch(
             "outbox batch",
-            messages.iter().map(|m| m.traceparent.as_deref()),
+            staged.iter().map(|s| s.traceparent.as_deref()),
         );
-        let results = broker
-            .publish(Topic::Outbox, messages)
+        let message = match staged.len() {
+            1 => OutboxMessage::Staged(staged.remove(0)).to_message(),
+            _ => Message {
+                traceparent: spans::traceparent_of(&span),
+                ..OutboxMessage::Batch(staged).to_message()
+            },
+        };
+        let result = broker
+            .publish(Topic::Outbox, vec![message])
             .instrument(span)
-            .await;
-        let now = time::now().timestamp_micros();
-        if results.iter().any(Result::is_ok) {
-            outcomes.success.store(now, Ordering::Relaxed);
-        }
-        if results.iter().any(Result::is_err) {
-            outcomes.failure.store(now, Ordering::Relaxed);
-        }
-        let mut results = results.into_iter();
-        for waiter in waiters {
-            let result = results.next().unwrap_or_else(|| {
+            .await
+            .pop()
+            .unwrap_or_else(|| {
                 Err(BrokerError::Failed {
-                    source: "the broker answered fewer messages than were sent".into(),
+                    source: "the broker answered no result for the message".into(),
                 })
             });
-            let _ = waiter.send(result);
+        let at = if result.is_ok() {
+            &outcomes.success
+        } else {
+            &outcomes.failure
+        };
+        at.store(time::now().timestamp_micros(), Ordering::Relaxed);
+        let answers = answers(result, waiters.len());
+        for (waiter, answer) in waiters.into_iter().zip(answers) {
+            let _ = waiter.send(answer);
         }
+    }
+}
+
+/// The one message's result, for each of its `n` events.
+fn answers(result: Result<(), BrokerError>, n: usize) -> Vec<Result<(), BrokerError>> {
+    let Err(error) = result else {
+        return (0..n).map(|_| Ok(())).collect();
+    };
+    let (unavailable, source) = match error {
+        BrokerError::Unavailable { source } => (true, source),
+        BrokerError::Failed { source } => (false, source),
+    };
+    let source: Arc<dyn std::error::Error + Send + Sync> = Arc::from(source);
+    (0..n)
+        .map(|_| {
+            let source = Box::new(SharedSource(source.clone()));
+            Err(if unavailable {
+                BrokerError::Unavailable { source }
+            } else {
+                BrokerError::Failed { source }
+            })
+        })
+        .collect()
+}
+
+/// One cause, told to every event of a message that failed.
+#[derive(Debug)]
+struct SharedSource(Arc<dyn std::error::Error + Send + Sync>);
+
+impl std::fmt::Display for SharedSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for SharedSource {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
     }
 }
 
@@ -473,11 +552,34 @@ mod tests {
         assert!(OutboxMessage::from_json(b"not json").is_err());
     }
 
-    #[tokio::test]
-    async fn concurrent_stages_share_publishes_and_each_learns_its_result() {
-        let broker = MemoryBroker::default();
-        let outbox = Outbox::new(broker.clone());
-        let stages: Vec<_> = (0..50)
+    #[test]
+    fn events_staged_together_round_trip_as_one_message() {
+        let mut second = staged();
+        second.event.revision = Some(5);
+        let together = OutboxMessage::Batch(vec![staged(), second]);
+        let json = together.to_json();
+        assert_eq!(OutboxMessage::from_json(&json).unwrap(), together);
+        let wire: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(wire["batch"].as_array().map(Vec::len), Some(2));
+        assert_eq!(
+            together.to_message().id.as_deref(),
+            Some("t-1.4#0badc0de-0+1")
+        );
+        // One malformed event refuses the message, naming its field.
+        let error = OutboxMessage::from_json(br#"{"batch":[{"nonce":"0badc0de"}]}"#).unwrap_err();
+        assert!(
+            error.source.to_string().starts_with("staged_at"),
+            "{}",
+            error.source
+        );
+    }
+
+    /// Events staged by `writers` at once, and what each was answered.
+    async fn stage_at_once(
+        outbox: &Outbox<MemoryBroker>,
+        writers: u64,
+    ) -> Vec<Result<(), BrokerError>> {
+        let stages: Vec<_> = (0..writers)
             .map(|n| {
                 let outbox = outbox.clone();
                 let mut staged = staged();
@@ -485,15 +587,54 @@ mod tests {
                 tokio::spawn(async move { outbox.stage(staged).await })
             })
             .collect();
+        let mut results = Vec::new();
         for stage in stages {
-            stage.await.unwrap().unwrap();
+            results.push(stage.await.unwrap());
         }
-        assert_eq!(broker.published(Topic::Outbox).len(), 50);
+        results
+    }
+
+    #[tokio::test]
+    async fn concurrent_stages_share_messages_and_each_learns_its_result() {
+        let broker = MemoryBroker::default();
+        let outbox = Outbox::new(broker.clone());
+        assert!(stage_at_once(&outbox, 50).await.iter().all(Result::is_ok));
+        let messages = broker.published(Topic::Outbox);
+        let mut revisions: Vec<u64> = messages
+            .iter()
+            .flat_map(|m| match OutboxMessage::from_json(&m.data).unwrap() {
+                OutboxMessage::Staged(one) => vec![one],
+                OutboxMessage::Batch(batch) => batch,
+                OutboxMessage::Probe => vec![],
+            })
+            .map(|s| s.revision())
+            .collect();
+        revisions.sort_unstable();
+        assert_eq!(revisions, (0..50).collect::<Vec<_>>());
         assert!(
-            broker.calls() < 50,
-            "staged together: {} calls for 50 events",
+            messages.len() < 50 && broker.calls() == messages.len(),
+            "staged together: {} messages in {} calls for 50 events",
+            messages.len(),
             broker.calls()
         );
         assert!(outbox.proven_since().is_some());
+    }
+
+    #[tokio::test]
+    async fn when_a_message_is_refused_every_event_in_it_learns_why() {
+        let faults = crate::service::fakes::Faults::default();
+        let broker = MemoryBroker::with_faults(faults.clone());
+        let outbox = Outbox::new(broker.clone());
+        faults.take_down("broker");
+        let results = stage_at_once(&outbox, 20).await;
+        assert_eq!(results.len(), 20);
+        for result in results {
+            let Err(BrokerError::Unavailable { source }) = result else {
+                panic!("not unavailable: {result:?}");
+            };
+            assert!(source.to_string().contains("injected failure"), "{source}");
+        }
+        assert!(broker.published(Topic::Outbox).is_empty());
+        assert!(outbox.proven_since().is_none());
     }
 }

@@ -183,15 +183,36 @@ impl<P: Ports> Relay<P> {
     }
 
     /// Decides a batch of messages from the outbox topics; one outcome per message, in order.
+    /// Each staged event is decided on its own, those of a message staged together too, and a
+    /// message's outcome is the least settled of its events' (see [`least_settled`]).
     pub(crate) async fn relay(&self, messages: &[&[u8]]) -> Vec<Outcome> {
-        let states: Vec<State> = messages.iter().map(|data| open(data)).collect();
+        let mut states = Vec::with_capacity(messages.len());
+        let mut from = Vec::with_capacity(messages.len());
+        for (at, data) in messages.iter().enumerate() {
+            for state in open(data) {
+                states.push(state);
+                from.push(at);
+            }
+        }
         // One span for the batch, linked to each staged change (a child of it when it is one).
         let span = if states.is_empty() {
             tracing::Span::none()
         } else {
             spans::batch("relay", states.iter().map(traceparent))
         };
-        self.relay_states(states).instrument(span).await
+        let outcomes = self.relay_states(states).instrument(span).await;
+        let mut per_message: Vec<Option<Outcome>> = messages.iter().map(|_| None).collect();
+        for (at, outcome) in from.into_iter().zip(outcomes) {
+            let settled = &mut per_message[at];
+            *settled = Some(match settled.take() {
+                None => outcome,
+                Some(so_far) => least_settled(so_far, outcome),
+            });
+        }
+        per_message
+            .into_iter()
+            .map(|outcome| outcome.unwrap_or(Outcome::Success("an empty message")))
+            .collect()
     }
 
     async fn relay_states(&self, mut states: Vec<State>) -> Vec<Outcome> {
@@ -616,25 +637,42 @@ fn later(staged: &StagedEvent) -> StagedEvent {
     staged.put_off(delay)
 }
 
-/// A message parsed: decided at once (a probe, a malformed message) or open.
-fn open(data: &[u8]) -> State {
+/// A message parsed, one state per staged event in it: decided at once (a probe, a malformed
+/// message) or open.
+fn open(data: &[u8]) -> Vec<State> {
     match OutboxMessage::from_json(data) {
-        Ok(OutboxMessage::Probe) => State::Done(Outcome::Success("readiness probe")),
-        Ok(OutboxMessage::Staged(staged)) => match TaskId::parse(&staged.event.task_id) {
-            Ok(id) => State::Open(Open {
-                staged,
-                id,
-                local: None,
-                skipped_by_writer: false,
-            }),
-            Err(violation) => State::Done(Outcome::Dead(format!(
-                "staged event with a bad task id: {violation}"
-            ))),
-        },
-        Err(error) => State::Done(Outcome::Dead(format!(
+        Ok(OutboxMessage::Probe) => vec![State::Done(Outcome::Success("readiness probe"))],
+        Ok(OutboxMessage::Staged(staged)) => vec![open_staged(staged)],
+        Ok(OutboxMessage::Batch(batch)) => batch.into_iter().map(open_staged).collect(),
+        Err(error) => vec![State::Done(Outcome::Dead(format!(
             "not an outbox message: {}",
             super::chain(&error)
+        )))],
+    }
+}
+
+fn open_staged(staged: StagedEvent) -> State {
+    match TaskId::parse(&staged.event.task_id) {
+        Ok(id) => State::Open(Open {
+            staged,
+            id,
+            local: None,
+            skipped_by_writer: false,
+        }),
+        Err(violation) => State::Done(Outcome::Dead(format!(
+            "staged event with a bad task id: {violation}"
         ))),
+    }
+}
+
+/// The outcome of a message from those of two of its events: delivered again if either needs
+/// it (the other is then answered from its ledger), kept as a dead letter if either must be
+/// (the others in it are settled already; a replay settles them again).
+fn least_settled(a: Outcome, b: Outcome) -> Outcome {
+    match (a, b) {
+        (retry @ Outcome::Retry(_), _) | (_, retry @ Outcome::Retry(_)) => retry,
+        (dead @ Outcome::Dead(_), _) | (_, dead @ Outcome::Dead(_)) => dead,
+        (success, Outcome::Success(_)) => success,
     }
 }
 

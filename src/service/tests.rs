@@ -161,30 +161,97 @@ fn stored_tasks(world: &World) -> Vec<TaskId> {
         .collect()
 }
 
-/// Side effects one change makes on its own, crash-free.
-async fn side_effects_of(change: Change) -> usize {
-    let world = World::new();
-    let process = Process::start(&world);
-    let id = before(&process, &world, change).await;
-    let start = world.faults.side_effects();
-    apply(&process, change, id.as_ref()).await.unwrap();
-    settle().await;
-    world.faults.side_effects() - start
+/// What a crash test changes: one change, or every kind at once, each to a task of its own (their
+/// events staged together).
+#[derive(Debug, Clone, Copy)]
+enum Work {
+    One(Change),
+    AllAtOnce,
 }
 
-/// Runs `change`, crashing after `k` side effects (letting the k+1-th land first if `lands`),
-/// then restarts the process and lets it recover; nothing may be lost, invented, duplicated,
-/// resurrected or misfiled, and the jobs must match the tasks.
-async fn crash_and_recover(change: Change, k: usize, lands: bool) {
-    let world = World::new();
-    let first = Process::start(&world);
-    let id = before(&first, &world, change).await;
+impl Work {
+    /// What exists before the work: the task each change is made to (`None` for a create).
+    async fn before(self, process: &Process, world: &World) -> Vec<Option<TaskId>> {
+        let changes = match self {
+            Work::One(change) => vec![change],
+            Work::AllAtOnce => CHANGES.to_vec(),
+        };
+        let mut tasks = Vec::new();
+        for change in changes {
+            tasks.push(before(process, world, change).await);
+        }
+        tasks
+    }
+
+    /// Makes the changes (all at once, for [`Work::AllAtOnce`]).
+    async fn apply(
+        self,
+        process: &Process,
+        tasks: &[Option<TaskId>],
+    ) -> Vec<Result<TaskId, Error>> {
+        let changes: &[Change] = match &self {
+            Work::One(change) => std::slice::from_ref(change),
+            Work::AllAtOnce => &CHANGES,
+        };
+        let applied = changes
+            .iter()
+            .zip(tasks)
+            .map(|(change, id)| apply(process, *change, id.as_ref()));
+        futures::future::join_all(applied).await
+    }
+
+    /// Runs the work crash-free; returns how many side effects it made.
+    async fn run_cleanly(self, process: &Process, world: &World) -> usize {
+        let tasks = self.before(process, world).await;
+        let start = world.faults.side_effects();
+        for result in self.apply(process, &tasks).await {
+            result.unwrap();
+        }
+        settle().await;
+        if let Work::AllAtOnce = self {
+            let together = largest_staging(world);
+            assert!(
+                together > 1,
+                "at most {together} event staged in one message"
+            );
+        }
+        world.faults.side_effects() - start
+    }
+}
+
+/// The most events one message on the outbox topic staged.
+fn largest_staging(world: &World) -> usize {
+    world
+        .broker
+        .published(Topic::Outbox)
+        .iter()
+        .map(|m| match OutboxMessage::from_json(&m.data) {
+            Ok(OutboxMessage::Batch(batch)) => batch.len(),
+            Ok(OutboxMessage::Staged(_)) => 1,
+            Ok(OutboxMessage::Probe) | Err(_) => 0,
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Plans a crash after `k` side effects (letting the k+1-th land first if `lands`).
+fn crash_after(world: &World, k: usize, lands: bool) {
     if lands {
         world.faults.crash_after_landing(k);
     } else {
         world.faults.crash_after(k);
     }
-    let _ = apply(&first, change, id.as_ref()).await;
+}
+
+/// Runs `work`, crashing after `k` side effects (letting the k+1-th land first if `lands`),
+/// then restarts the process and lets it recover; nothing may be lost, invented, duplicated,
+/// resurrected or misfiled, and the jobs must match the tasks.
+async fn crash_and_recover(work: Work, k: usize, lands: bool) {
+    let world = World::new();
+    let first = Process::start(&world);
+    let tasks = work.before(&first, &world).await;
+    crash_after(&world, k, lands);
+    let _ = work.apply(&first, &tasks).await;
     settle().await;
     drop(first);
     world.faults.heal();
@@ -194,11 +261,22 @@ async fn crash_and_recover(change: Change, k: usize, lands: bool) {
     second.deliver(&world).await;
     after_the_confirmation_window();
     second.deliver(&world).await;
-    let context = format!("{change:?} crashed after {k} side effects (lands: {lands})");
-    let audit = audit(&world, &second, &tasks).await;
-    audit.assert_clean(&context);
-    for id in &tasks {
-        let record = second.tasks.records().get(id).await.unwrap().unwrap().value;
+    let context = format!("{work:?} crashed after {k} side effects (lands: {lands})");
+    recovered_cleanly(&world, &second, &tasks, &context).await;
+}
+
+/// Nothing lost, invented, duplicated, resurrected or misfiled, and the jobs match the tasks.
+async fn recovered_cleanly(world: &World, process: &Process, tasks: &[TaskId], context: &str) {
+    audit(world, process, tasks).await.assert_clean(context);
+    for id in tasks {
+        let record = process
+            .tasks
+            .records()
+            .get(id)
+            .await
+            .unwrap()
+            .unwrap()
+            .value;
         let pending = record.pending_alarms();
         for alarm in Alarm::ALL {
             let job = world.scheduler.job(id, alarm).map(|j| (j.alarm, j.at));
@@ -211,12 +289,27 @@ async fn crash_and_recover(change: Change, k: usize, lands: bool) {
 #[tokio::test(start_paused = true)]
 async fn every_change_survives_a_crash_after_any_of_its_side_effects() {
     for change in CHANGES {
-        let effects = side_effects_of(change).await;
+        let world = World::new();
+        let effects = Work::One(change)
+            .run_cleanly(&Process::start(&world), &world)
+            .await;
         assert!(effects >= 2, "{change:?} makes {effects} side effects");
         for k in 0..=effects {
-            crash_and_recover(change, k, false).await;
-            crash_and_recover(change, k, true).await;
+            crash_and_recover(Work::One(change), k, false).await;
+            crash_and_recover(Work::One(change), k, true).await;
         }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn changes_staged_together_survive_a_crash_after_any_of_their_side_effects() {
+    let world = World::new();
+    let effects = Work::AllAtOnce
+        .run_cleanly(&Process::start(&world), &world)
+        .await;
+    for k in 0..=effects {
+        crash_and_recover(Work::AllAtOnce, k, false).await;
+        crash_and_recover(Work::AllAtOnce, k, true).await;
     }
 }
 
@@ -334,6 +427,40 @@ async fn the_relay_decides_each_staged_event_on_its_own() {
     );
     assert!(creation.is_some());
     assert_eq!(process.events.dead_letters().await.unwrap().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_message_of_events_staged_together_answers_for_the_least_settled_of_them() {
+    let world = World::new();
+    let process = Process::start_relaying_only(&world);
+    let id = process.create("together").await;
+    let ghost = staged(&id, 5, TaskEventType::Updated, Duration::ZERO);
+    let mut bad_id = staged(&id, 6, TaskEventType::Updated, Duration::ZERO);
+    bad_id.event.task_id = "not an id".into();
+    let together = |events: Vec<StagedEvent>| OutboxMessage::Batch(events).to_json();
+    let batches = [
+        together(vec![ghost.clone(), ghost.clone()]),
+        together(vec![ghost.clone(), bad_id.clone()]),
+        br#"{"batch":[{"nonce":"0badc0de"}]}"#.to_vec(),
+    ];
+    let deliveries: Vec<Delivery> = batches.iter().map(|d| outbox_delivery(d)).collect();
+    let outcomes = process.events.handle(&deliveries).await;
+    assert_eq!(outcomes[0], Outcome::Success("not decided yet: put off"));
+    assert!(
+        matches!(&outcomes[1], Outcome::Dead(why) if why.contains("bad task id")),
+        "{:?}",
+        outcomes[1]
+    );
+    assert!(matches!(outcomes[2], Outcome::Dead(_)), "{:?}", outcomes[2]);
+    // Each undecided event is put off on its own, the creation (staged alone) published.
+    assert_eq!(world.broker.published(Topic::OutboxRetry).len(), 3);
+    // With the store down, every event waits, and so does each whole message.
+    world.faults.take_down("store");
+    let outcomes = process.events.handle(&deliveries[..2]).await;
+    assert!(
+        outcomes.iter().all(|o| matches!(o, Outcome::Retry(_))),
+        "{outcomes:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -635,20 +762,14 @@ async fn malformed_events_are_kept_as_dead_letters_and_can_be_replayed() {
     assert_eq!((report.handled, report.kept), (0, 1));
 }
 
-/// Runs `change` cleanly, then delivers its events crashing after `k` side effects of the
+/// Runs `work` cleanly, then delivers its events crashing after `k` side effects of the
 /// delivery (letting the k+1-th land first if `lands`), restarts and lets the new process
 /// deliver: every event published exactly once, whatever the crash point.
-async fn crash_while_delivering(change: Change, k: usize, lands: bool) {
+async fn crash_while_delivering(work: Work, k: usize, lands: bool) {
     let world = World::new();
     let first = Process::start_relaying_only(&world);
-    let id = before(&first, &world, change).await;
-    apply(&first, change, id.as_ref()).await.unwrap();
-    settle().await;
-    if lands {
-        world.faults.crash_after_landing(k);
-    } else {
-        world.faults.crash_after(k);
-    }
+    work.run_cleanly(&first, &world).await;
+    crash_after(&world, k, lands);
     first.deliver(&world).await;
     drop(first);
     world.faults.heal();
@@ -658,31 +779,45 @@ async fn crash_while_delivering(change: Change, k: usize, lands: bool) {
     second.deliver(&world).await;
     after_the_confirmation_window();
     second.deliver(&world).await;
-    let context = format!("delivering {change:?}, crashed after {k} side effects (lands: {lands})");
-    audit(&world, &second, &stored_tasks(&world))
-        .await
-        .assert_clean(&context);
+    let context = format!("delivering {work:?}, crashed after {k} side effects (lands: {lands})");
+    recovered_cleanly(&world, &second, &stored_tasks(&world), &context).await;
+}
+
+/// Side effects of delivering what `work` staged and published, crash-free.
+async fn side_effects_of_delivering(work: Work) -> usize {
+    let world = World::new();
+    let process = Process::start_relaying_only(&world);
+    work.run_cleanly(&process, &world).await;
+    let start = world.faults.side_effects();
+    process.deliver(&world).await;
+    world.faults.side_effects() - start
 }
 
 #[tokio::test(start_paused = true)]
 async fn every_event_is_published_once_whatever_point_its_relay_crashes_at() {
     for change in CHANGES {
-        let world = World::new();
-        let process = Process::start_relaying_only(&world);
-        let id = before(&process, &world, change).await;
-        apply(&process, change, id.as_ref()).await.unwrap();
-        settle().await;
-        let start = world.faults.side_effects();
-        process.deliver(&world).await;
-        let effects = world.faults.side_effects() - start;
+        let effects = side_effects_of_delivering(Work::One(change)).await;
         assert!(
             effects >= 3,
             "delivering {change:?} makes {effects} side effects"
         );
         for k in 0..=effects {
-            crash_while_delivering(change, k, false).await;
-            crash_while_delivering(change, k, true).await;
+            crash_while_delivering(Work::One(change), k, false).await;
+            crash_while_delivering(Work::One(change), k, true).await;
         }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn events_staged_together_are_published_once_whatever_point_their_relay_crashes_at() {
+    let effects = side_effects_of_delivering(Work::AllAtOnce).await;
+    assert!(
+        effects >= 3 * CHANGES.len(),
+        "delivering makes {effects} side effects"
+    );
+    for k in 0..=effects {
+        crash_while_delivering(Work::AllAtOnce, k, false).await;
+        crash_while_delivering(Work::AllAtOnce, k, true).await;
     }
 }
 

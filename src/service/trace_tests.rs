@@ -139,7 +139,12 @@ async fn a_relay_batch_of_several_changes_is_linked_to_each_and_a_child_of_none(
         process.create("two").instrument(second),
     );
     assert_ne!(a, b);
-    assert_eq!(world.broker.unacknowledged(Topic::Outbox, 10).len(), 2);
+    let staged = world.broker.unacknowledged(Topic::Outbox, 10);
+    assert_eq!(staged.len(), 1, "staged together");
+    let Ok(OutboxMessage::Batch(batch)) = OutboxMessage::from_json(&staged[0].message.data) else {
+        panic!("not a batch of staged events");
+    };
+    assert_eq!(batch.len(), 2);
     process.deliver(&world).await;
     let outline = recorded.outline();
 
@@ -157,6 +162,19 @@ async fn a_relay_batch_of_several_changes_is_linked_to_each_and_a_child_of_none(
     assert_eq!(relay.parent_span_id, SpanId::INVALID, "{outline}");
     assert!(relay.links.iter().all(|l| l.attributes.is_empty()));
     assert!(stages.iter().all(|s| linked(&relay).contains(s)));
+    // The message continues the publish that staged both, which is linked to each change.
+    let publish = recorded.one("outbox batch");
+    assert!(stages.iter().all(|s| linked(&publish).contains(s)));
+    assert_eq!(
+        named_by(staged[0].message.traceparent.as_deref()).span_id(),
+        id(&publish)
+    );
+    // Each event in it carries its own change's context.
+    let contexts: Vec<SpanId> = batch
+        .iter()
+        .map(|event| named_by(event.traceparent.as_deref()).span_id())
+        .collect();
+    assert!(stages.iter().all(|s| contexts.contains(s)), "{outline}");
     // Each publish still continues its own change.
     let parents: Vec<SpanId> = recorded
         .named("publish task.created")

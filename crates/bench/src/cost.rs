@@ -5,7 +5,8 @@
 //! Each build gets a fresh system (servers, both apps, their sidecars). At each concurrency:
 //! CreateTask runs for the set time; UpdateTaskStatus then completes the tasks it created, and
 //! DeleteTask deletes them (each run ends early if it uses them all up). Between runs the
-//! benchmark waits until every event has been handled.
+//! benchmark waits until every event has been handled, and the CPU task-api and its daprd used
+//! from a run's start until then is divided by the run's successful requests.
 
 use std::{path::PathBuf, time::Duration};
 
@@ -40,6 +41,14 @@ pub struct Row {
     pub scenario: &'static str,
     pub concurrency: usize,
     pub figures: Figures,
+    pub cpu: CpuPerRequest,
+}
+
+/// CPU milliseconds per successful request, from a run's start until its events were handled.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct CpuPerRequest {
+    pub task_api_ms: Option<f64>,
+    pub daprd_ms: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -109,11 +118,14 @@ async fn measure(
     rows: &mut Vec<Row>,
 ) -> Result<()> {
     let broker = system.event_broker()?;
+    let watched = [system.task_api.pid(), system.task_api.sidecar_pid()];
+    let ticks = move || watched.map(|pid| procfs::cpu_ticks(pid).unwrap_or(0));
     let max = args.concurrency.iter().copied().max().unwrap_or(1);
     let clients = system.task_clients(max.div_ceil(16)).await?;
     for &c in &args.concurrency {
         let (created, completed) = (Pool::default(), Pool::default());
         let pool = created.clone();
+        let start = ticks();
         let figures = timed(args, &clients, c, move |mut client| {
             let created = pool.clone();
             async move {
@@ -122,10 +134,12 @@ async fn measure(
             }
         })
         .await;
-        record(rows, store, build, "CreateTask", c, figures);
         settle(&broker).await?;
+        let cpu = per_request(start, ticks(), figures.succeeded);
+        record(rows, (store, build, "CreateTask", c), figures, cpu);
 
         let pools = (created.clone(), completed.clone());
+        let start = ticks();
         let figures = timed(args, &clients, c, move |mut client| {
             let (created, completed) = pools.clone();
             async move {
@@ -138,9 +152,11 @@ async fn measure(
             }
         })
         .await;
-        record(rows, store, build, "UpdateTaskStatus", c, figures);
         settle(&broker).await?;
+        let cpu = per_request(start, ticks(), figures.succeeded);
+        record(rows, (store, build, "UpdateTaskStatus", c), figures, cpu);
 
+        let start = ticks();
         let figures = timed(args, &clients, c, move |mut client| {
             let completed = completed.clone();
             async move {
@@ -152,8 +168,9 @@ async fn measure(
             }
         })
         .await;
-        record(rows, store, build, "DeleteTask", c, figures);
         settle(&broker).await?;
+        let cpu = per_request(start, ticks(), figures.succeeded);
+        record(rows, (store, build, "DeleteTask", c), figures, cpu);
         system.check_running()?;
     }
     Ok(())
@@ -161,18 +178,18 @@ async fn measure(
 
 fn record(
     rows: &mut Vec<Row>,
-    store: ComponentSet,
-    build: &str,
-    scenario: &'static str,
-    concurrency: usize,
+    (store, build, scenario, concurrency): (ComponentSet, &str, &'static str, usize),
     figures: Figures,
+    cpu: CpuPerRequest,
 ) {
     say(&format!(
-        "{} / {build}: {scenario} at {concurrency}: {:.0} rps, p50 {} ms, p99 {} ms, errors {}",
+        "{} / {build}: {scenario} at {concurrency}: {:.0} rps, p50 {} ms, p99 {} ms, CPU per request task-api {} ms / daprd {} ms, errors {}",
         store_name(store),
         figures.rps,
         ms(figures.p50_ms),
         ms(figures.p99_ms),
+        cpu_ms(cpu.task_api_ms),
+        cpu_ms(cpu.daprd_ms),
         figures.errors
     ));
     rows.push(Row {
@@ -181,7 +198,25 @@ fn record(
         scenario,
         concurrency,
         figures,
+        cpu,
     });
+}
+
+/// CPU per request of task-api and its daprd between two readings of their ticks.
+fn per_request(start: [u64; 2], end: [u64; 2], requests: u64) -> CpuPerRequest {
+    let per_second = procfs::clock_ticks_per_second();
+    let ms = |i: usize| {
+        (requests > 0)
+            .then(|| end[i].saturating_sub(start[i]) as f64 / per_second * 1000.0 / requests as f64)
+    };
+    CpuPerRequest {
+        task_api_ms: ms(0),
+        daprd_ms: ms(1),
+    }
+}
+
+fn cpu_ms(value: Option<f64>) -> String {
+    value.map_or_else(|| "-".into(), |v| format!("{v:.3}"))
 }
 
 async fn settle(broker: &EventBroker) -> Result<()> {
@@ -201,7 +236,7 @@ pub fn ms(value: Option<f64>) -> String {
 /// The comparison table: each scenario, store and concurrency with both builds side by side.
 pub fn table(rows: &[Row], baseline: &str) -> String {
     let mut out = format!(
-        "| scenario | store | in flight | {baseline} rps | this build rps | change | p99 ms {baseline} / this build | errors |\n|---|---|---:|---:|---:|---:|---:|---:|\n"
+        "| scenario | store | in flight | {baseline} rps | this build rps | change | p99 ms {baseline} / this build | daprd CPU ms/req {baseline} / this build | change | task-api CPU ms/req {baseline} / this build | errors |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     );
     for row in rows.iter().filter(|r| r.build == baseline) {
         let Some(this) = rows.iter().find(|r| {
@@ -212,16 +247,27 @@ pub fn table(rows: &[Row], baseline: &str) -> String {
         }) else {
             continue;
         };
-        let change = (this.figures.rps / row.figures.rps.max(0.001) - 1.0) * 100.0;
+        let change = |before: f64, after: f64| {
+            format!("{:+.0}%", (after / before.max(0.000_001) - 1.0) * 100.0)
+        };
+        let daprd_change = match (row.cpu.daprd_ms, this.cpu.daprd_ms) {
+            (Some(before), Some(after)) => change(before, after),
+            _ => "-".into(),
+        };
         out.push_str(&format!(
-            "| {} | {} | {} | {:.0} | {:.0} | {change:+.0}% | {} / {} | {} |\n",
+            "| {} | {} | {} | {:.0} | {:.0} | {} | {} / {} | {} / {} | {daprd_change} | {} / {} | {} |\n",
             row.scenario,
             row.store,
             row.concurrency,
             row.figures.rps,
             this.figures.rps,
+            change(row.figures.rps, this.figures.rps),
             ms(row.figures.p99_ms),
             ms(this.figures.p99_ms),
+            cpu_ms(row.cpu.daprd_ms),
+            cpu_ms(this.cpu.daprd_ms),
+            cpu_ms(row.cpu.task_api_ms),
+            cpu_ms(this.cpu.task_api_ms),
             row.figures.errors + this.figures.errors,
         ));
     }

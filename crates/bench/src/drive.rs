@@ -27,6 +27,8 @@ pub enum Called {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Figures {
     pub calls: u64,
+    /// Successful calls, the warm-up's too: what CPU counted from the run's start is divided by.
+    pub succeeded: u64,
     pub errors: u64,
     pub measured_secs: f64,
     pub rps: f64,
@@ -39,6 +41,7 @@ pub struct Figures {
 #[derive(Default)]
 struct Tally {
     latencies: Vec<Duration>,
+    succeeded: u64,
     errors: u64,
     first_error: Option<String>,
     last_end: Option<Instant>,
@@ -67,7 +70,10 @@ where
                 let counted = began >= measure_from;
                 let error = match outcome {
                     Ok(Ok(Called::Exhausted)) => return,
-                    Ok(Ok(Called::Done)) => None,
+                    Ok(Ok(Called::Done)) => {
+                        tally.succeeded += 1;
+                        None
+                    }
                     Ok(Err(error)) => Some(error.to_string()),
                     Err(_) => Some(CallError::Timeout(CALL_TIMEOUT).to_string()),
                 };
@@ -109,6 +115,7 @@ fn figures(mut tally: Tally, measure_from: Instant, deadline: Instant) -> Figure
     };
     Figures {
         calls: tally.latencies.len() as u64,
+        succeeded: tally.succeeded,
         errors: tally.errors,
         measured_secs,
         rps: tally.latencies.len() as f64 / measured_secs.max(0.001),

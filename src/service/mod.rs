@@ -205,17 +205,18 @@ impl Error {
     }
 }
 
-/// An error shared by several waiters (one batched write answers them all).
+/// An error shared by several waiters (one batched write, or one staging message, answers them
+/// all).
 #[derive(Debug)]
-pub(crate) struct SharedCause(pub(crate) std::sync::Arc<IndexError>);
+pub(crate) struct SharedCause<E: ?Sized = IndexError>(pub(crate) std::sync::Arc<E>);
 
-impl fmt::Display for SharedCause {
+impl<E: fmt::Display + ?Sized> fmt::Display for SharedCause<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
     }
 }
 
-impl std::error::Error for SharedCause {
+impl<E: std::error::Error + ?Sized> std::error::Error for SharedCause<E> {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         self.0.source()
     }

@@ -43,6 +43,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use super::{
+    SharedCause,
     ports::{Broker, BrokerError, Message, Topic},
     store::{decode, encode},
 };
@@ -437,7 +438,7 @@ fn answers(result: Result<(), BrokerError>, n: usize) -> Vec<Result<(), BrokerEr
     let source: Arc<dyn std::error::Error + Send + Sync> = Arc::from(source);
     (0..n)
         .map(|_| {
-            let source = Box::new(SharedSource(source.clone()));
+            let source = Box::new(SharedCause(source.clone()));
             Err(if unavailable {
                 BrokerError::Unavailable { source }
             } else {
@@ -445,22 +446,6 @@ fn answers(result: Result<(), BrokerError>, n: usize) -> Vec<Result<(), BrokerEr
             })
         })
         .collect()
-}
-
-/// One cause, told to every event of a message that failed.
-#[derive(Debug)]
-struct SharedSource(Arc<dyn std::error::Error + Send + Sync>);
-
-impl std::fmt::Display for SharedSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl std::error::Error for SharedSource {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.0.source()
-    }
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ use crate::{
     backlog::EventBroker,
     drive::{Called, Figures, Pool, drive},
     error::{CallError, Result, setup},
+    load::Watched,
     ops::{self, TaskClient},
     procfs,
     system::System,
@@ -118,14 +119,16 @@ async fn measure(
     rows: &mut Vec<Row>,
 ) -> Result<()> {
     let broker = system.event_broker()?;
-    let watched = [system.task_api.pid(), system.task_api.sidecar_pid()];
-    let ticks = move || watched.map(|pid| procfs::cpu_ticks(pid).unwrap_or(0));
+    let watched = Watched {
+        task_api: system.task_api.pid(),
+        daprd: system.task_api.sidecar_pid(),
+    };
     let max = args.concurrency.iter().copied().max().unwrap_or(1);
     let clients = system.task_clients(max.div_ceil(16)).await?;
     for &c in &args.concurrency {
         let (created, completed) = (Pool::default(), Pool::default());
         let pool = created.clone();
-        let start = ticks();
+        let start = watched.ticks();
         let figures = timed(args, &clients, c, move |mut client| {
             let created = pool.clone();
             async move {
@@ -135,11 +138,11 @@ async fn measure(
         })
         .await;
         settle(&broker).await?;
-        let cpu = per_request(start, ticks(), figures.succeeded);
+        let cpu = per_request(watched.cpu_since(start), figures.succeeded);
         record(rows, (store, build, "CreateTask", c), figures, cpu);
 
         let pools = (created.clone(), completed.clone());
-        let start = ticks();
+        let start = watched.ticks();
         let figures = timed(args, &clients, c, move |mut client| {
             let (created, completed) = pools.clone();
             async move {
@@ -153,10 +156,10 @@ async fn measure(
         })
         .await;
         settle(&broker).await?;
-        let cpu = per_request(start, ticks(), figures.succeeded);
+        let cpu = per_request(watched.cpu_since(start), figures.succeeded);
         record(rows, (store, build, "UpdateTaskStatus", c), figures, cpu);
 
-        let start = ticks();
+        let start = watched.ticks();
         let figures = timed(args, &clients, c, move |mut client| {
             let completed = completed.clone();
             async move {
@@ -169,7 +172,7 @@ async fn measure(
         })
         .await;
         settle(&broker).await?;
-        let cpu = per_request(start, ticks(), figures.succeeded);
+        let cpu = per_request(watched.cpu_since(start), figures.succeeded);
         record(rows, (store, build, "DeleteTask", c), figures, cpu);
         system.check_running()?;
     }
@@ -202,16 +205,13 @@ fn record(
     });
 }
 
-/// CPU per request of task-api and its daprd between two readings of their ticks.
-fn per_request(start: [u64; 2], end: [u64; 2], requests: u64) -> CpuPerRequest {
-    let per_second = procfs::clock_ticks_per_second();
-    let ms = |i: usize| {
-        (requests > 0)
-            .then(|| end[i].saturating_sub(start[i]) as f64 / per_second * 1000.0 / requests as f64)
-    };
+/// CPU per request of task-api and its daprd, from the seconds each used (as
+/// [`Watched::cpu_since`] gives them).
+fn per_request([task_api, daprd, _]: [f64; 3], requests: u64) -> CpuPerRequest {
+    let ms = |seconds: f64| (requests > 0).then(|| seconds * 1000.0 / requests as f64);
     CpuPerRequest {
-        task_api_ms: ms(0),
-        daprd_ms: ms(1),
+        task_api_ms: ms(task_api),
+        daprd_ms: ms(daprd),
     }
 }
 

@@ -22,7 +22,10 @@ pub use deadline::Alarm;
 pub(crate) use deadline::{Deadline, DeadlineChange};
 pub use event::{EventParseError, TaskEvent, TaskEventType};
 pub use notification::Notification;
-pub(crate) use notification::{IDEMPOTENCY_KEY, NotificationParseError};
+pub(crate) use notification::{
+    BatchReceipts, IDEMPOTENCY_KEY, KeyedNotification, NOTIFY_BATCH_MAX, NOTIFY_BATCH_METHOD,
+    NotificationBatch, NotificationParseError, Receipt,
+};
 pub use record::{Planned, TaskRecord, TaskState, Tombstone};
 pub use signature::EventKey;
 pub use status::{TaskStatus, UnknownStatus};

@@ -76,6 +76,12 @@ impl Notification {
     pub(crate) fn from_json(bytes: &[u8]) -> Result<Self, NotificationParseError> {
         let notification: Notification =
             serde_json::from_slice(bytes).map_err(NotificationParseError::Malformed)?;
+        notification.checked()
+    }
+
+    /// The notification, if its fields are within their rules.
+    pub(crate) fn checked(self) -> Result<Self, NotificationParseError> {
+        let notification = self;
         let invalid = |field, rule: &str| NotificationParseError::Invalid {
             field,
             rule: rule.to_string(),
@@ -95,6 +101,55 @@ impl Notification {
             return Err(invalid("message", "must be 1 to 1000 characters"));
         }
         Ok(notification)
+    }
+}
+
+/// The method of notification-service that takes several notifications in one call. `notify`
+/// takes one, as the original's receiver does; a receiver without this method is sent them
+/// one at a time.
+pub(crate) const NOTIFY_BATCH_METHOD: &str = "notify-batch";
+
+/// The most notifications one `notify-batch` call may carry.
+pub(crate) const NOTIFY_BATCH_MAX: usize = 256;
+
+/// The body of `notify-batch`: notifications, each with the key it is kept under once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct NotificationBatch {
+    pub(crate) notifications: Vec<KeyedNotification>,
+}
+
+/// A notification and its idempotency key (what `notify` takes in the `idempotency-key`
+/// metadata).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct KeyedNotification {
+    pub(crate) key: String,
+    pub(crate) notification: Notification,
+}
+
+/// The answer of `notify-batch`: a receipt for each notification, in the order sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct BatchReceipts {
+    pub(crate) receipts: Vec<Receipt>,
+}
+
+/// What became of one notification of a batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub(crate) enum Receipt {
+    /// Kept now.
+    Kept,
+    /// Its key was kept before: nothing more to do.
+    Duplicate,
+    /// Invalid: sending it again will not help.
+    Refused { reason: String },
+    /// Not kept now (its store did not answer): send it again.
+    Unavailable { reason: String },
+}
+
+impl BatchReceipts {
+    pub(crate) fn to_json(&self) -> Vec<u8> {
+        // Tags and strings: serialising cannot fail.
+        serde_json::to_vec(self).expect("receipts serialise to JSON")
     }
 }
 
@@ -123,5 +178,35 @@ mod tests {
                 .is_err()
         );
         assert!(Notification::from_json(&Notification::task_completed("t").to_json()).is_ok());
+    }
+
+    #[test]
+    fn batches_and_receipts_have_a_stable_shape() {
+        let batch = NotificationBatch {
+            notifications: vec![KeyedNotification {
+                key: "t1.2".into(),
+                notification: Notification::task_completed("t1"),
+            }],
+        };
+        assert_eq!(
+            serde_json::to_value(&batch).unwrap(),
+            serde_json::json!({"notifications": [{"key": "t1.2", "notification":
+                {"type": "task_completed", "task_id": "t1", "message": "Task t1 has been completed"}}]})
+        );
+        let receipts = BatchReceipts {
+            receipts: vec![
+                Receipt::Kept,
+                Receipt::Duplicate,
+                Receipt::Refused { reason: "r".into() },
+                Receipt::Unavailable { reason: "u".into() },
+            ],
+        };
+        let json = serde_json::json!({"receipts": [{"outcome": "kept"}, {"outcome": "duplicate"},
+            {"outcome": "refused", "reason": "r"}, {"outcome": "unavailable", "reason": "u"}]});
+        assert_eq!(serde_json::to_value(&receipts).unwrap(), json);
+        assert_eq!(
+            serde_json::from_slice::<BatchReceipts>(&receipts.to_json()).unwrap(),
+            receipts
+        );
     }
 }

@@ -33,8 +33,8 @@ use super::{
 };
 use crate::{
     domain::{
-        EventKey, Notification, TaskEvent, TaskEventType, TaskId, TaskRecord, TaskStatus,
-        Versioned, text::echo, time,
+        EventKey, KeyedNotification, Notification, TaskEvent, TaskEventType, TaskId, TaskRecord,
+        TaskStatus, Versioned, text::echo, time,
     },
     telemetry::{
         metrics::{METRICS, seconds_since},
@@ -161,9 +161,37 @@ struct Seen {
     events: Vec<(TaskId, u64)>,
 }
 
+/// An event whose notification is to be sent, with its place in the batch and its span.
+struct Wanted {
+    index: usize,
+    span: tracing::Span,
+    event: TaskEvent,
+    item: KeyedNotification,
+}
+
+/// Counts a notification's outcome, and when sent, how long after its change.
+fn count_notification(wanted: &Wanted, result: &Result<(), NotifyError>) {
+    let kind = wanted.item.notification.kind.as_str();
+    let outcome = match result {
+        Ok(()) => "sent",
+        Err(NotifyError::Refused { .. }) => "refused",
+        Err(NotifyError::Unavailable { .. }) => "retry",
+    };
+    METRICS
+        .notifications
+        .with_label_values(&[kind, outcome])
+        .inc();
+    if result.is_ok() {
+        METRICS
+            .notification_latency
+            .with_label_values(&[kind])
+            .observe(seconds_since(wanted.event.timestamp));
+    }
+}
+
 /// An event that calls for a notification, checked.
 enum Checked {
-    Notify(TaskEvent, Notification, String),
+    Notify(TaskEvent, KeyedNotification),
     Done(Outcome),
 }
 
@@ -286,13 +314,20 @@ impl<P: Ports> EventHandler<P> {
             }
         };
         let seen = self.published_by_task_api(deliveries, &parsed);
-        let work = deliveries.iter().zip(parsed).map(|(delivery, event)| {
+        let checked = deliveries.iter().zip(parsed).map(|(delivery, event)| {
             // Each event continues the trace it was published in.
             let span = spans::handle(delivery.route.label(), delivery.traceparent);
-            self.handle_one(delivery, event, &stored).instrument(span)
+            let checked = match event {
+                Ok(event) => {
+                    span.in_scope(|| spans::verify().in_scope(|| self.check(&event, &stored)))
+                }
+                Err(outcome) => Checked::Done(outcome),
+            };
+            (span, checked)
         });
+        let notified = self.notify(deliveries, checked.collect());
         let observed = self.relay.observe(&seen.events).instrument(batch);
-        let (mut outcomes, settled) = futures::join!(join_all(work), observed);
+        let (mut outcomes, settled) = futures::join!(notified, observed);
         // Only once this batch's events are in their ledgers may the relay take its partitions
         // as caught up: a relay deciding in between would find a landed copy's partition
         // delivering and its ledger without it, and publish it again. After a sidecar restart
@@ -312,25 +347,6 @@ impl<P: Ports> EventHandler<P> {
             }
         }
         outcomes
-    }
-
-    /// One delivered task event: checked (the `verify` span), then notified if it calls for it.
-    async fn handle_one(
-        &self,
-        delivery: &Delivery<'_>,
-        event: Result<TaskEvent, Outcome>,
-        stored: &[(TaskId, Versioned<TaskRecord>)],
-    ) -> Outcome {
-        let event = match event {
-            Ok(event) => event,
-            Err(outcome) => return outcome,
-        };
-        match spans::verify().in_scope(|| self.check(&event, stored)) {
-            Checked::Done(outcome) => outcome,
-            Checked::Notify(event, notification, key) => {
-                self.notify(delivery, &event, &notification, &key).await
-            }
-        }
     }
 
     /// The events of `task-events` that task-api's relay published (signed), as (task,
@@ -392,7 +408,7 @@ impl<P: Ports> EventHandler<P> {
                 .map(|revision| event_id(&event.task_id, revision)),
         };
         match key {
-            Some(key) => Checked::Notify(event.clone(), notification, key),
+            Some(key) => Checked::Notify(event.clone(), KeyedNotification { key, notification }),
             None => {
                 tracing::warn!(
                     task_id = %echo(&event.task_id),
@@ -405,47 +421,85 @@ impl<P: Ports> EventHandler<P> {
         }
     }
 
-    /// Sends one notification. A failure on `task-events` moves the event to the retry topic
-    /// (so the events behind it go on); on the retry topic it is answered RETRY.
+    /// Sends the notifications the checked events call for, all in one call: one alone in its
+    /// event's span, several in a span linked to each. A failure on `task-events` moves the
+    /// event to the retry topic (so the events behind it go on); on the retry topic it is
+    /// answered RETRY. One outcome per delivery, in order.
     async fn notify(
         &self,
-        delivery: &Delivery<'_>,
-        event: &TaskEvent,
-        notification: &Notification,
-        key: &str,
-    ) -> Outcome {
-        let kind = notification.kind.as_str();
-        let result = self.notifier.notify(notification, key).await;
-        let outcome = match &result {
-            Ok(()) => "sent",
-            Err(NotifyError::Refused { .. }) => "refused",
-            Err(NotifyError::Unavailable { .. }) => "retry",
-        };
-        METRICS
-            .notifications
-            .with_label_values(&[kind, outcome])
-            .inc();
-        if result.is_ok() {
-            METRICS
-                .notification_latency
-                .with_label_values(&[kind])
-                .observe(seconds_since(event.timestamp));
+        deliveries: &[&Delivery<'_>],
+        checked: Vec<(tracing::Span, Checked)>,
+    ) -> Vec<Outcome> {
+        let mut outcomes = Vec::with_capacity(checked.len());
+        let mut wanted = Vec::new();
+        for (index, (span, checked)) in checked.into_iter().enumerate() {
+            match checked {
+                Checked::Done(outcome) => outcomes.push(Some(outcome)),
+                Checked::Notify(event, item) => {
+                    outcomes.push(None);
+                    wanted.push(Wanted {
+                        index,
+                        span,
+                        event,
+                        item,
+                    });
+                }
+            }
         }
-        match result {
-            Ok(()) => Outcome::Success("notification sent"),
-            Err(NotifyError::Refused { source }) => Outcome::Dead(format!(
-                "notification refused as invalid: {}",
-                super::chain(source.as_ref())
-            )),
-            Err(error @ NotifyError::Unavailable { .. }) if delivery.route != Route::Retry => {
-                let message = Message {
-                    id: Some(delivery.id.to_string()),
+        if wanted.is_empty() {
+            return outcomes.into_iter().flatten().collect();
+        }
+        let span = match wanted.as_slice() {
+            [one] => one.span.clone(),
+            many => spans::batch(
+                "notify batch",
+                many.iter()
+                    .map(|w| spans::traceparent_of(&w.span))
+                    .collect::<Vec<_>>()
+                    .iter()
+                    .map(Option::as_deref),
+            ),
+        };
+        let items: Vec<KeyedNotification> = wanted.iter().map(|w| w.item.clone()).collect();
+        let results = self.notifier.notify(&items).instrument(span.clone()).await;
+        let mut moving = Vec::new();
+        for (wanted, result) in wanted.into_iter().zip(results) {
+            let delivery = deliveries[wanted.index];
+            count_notification(&wanted, &result);
+            outcomes[wanted.index] = Some(match result {
+                Ok(()) => Outcome::Success("notification sent"),
+                Err(NotifyError::Refused { source }) => Outcome::Dead(format!(
+                    "notification refused as invalid: {}",
+                    super::chain(source.as_ref())
+                )),
+                Err(error) if delivery.route != Route::Retry => {
+                    moving.push((wanted.index, wanted.event, error));
+                    continue;
+                }
+                Err(error) => Outcome::Retry(format!(
+                    "notification not delivered yet: {}",
+                    super::chain(&error)
+                )),
+            });
+        }
+        if !moving.is_empty() {
+            let messages = moving
+                .iter()
+                .map(|(index, event, _)| Message {
+                    id: Some(deliveries[*index].id.to_string()),
                     data: event.to_json(),
                     // Its next attempt continues the same trace.
-                    traceparent: delivery.traceparent.map(str::to_string),
-                };
-                let moved = self.broker.publish(Topic::Retry, vec![message]).await;
-                match moved.into_iter().next() {
+                    traceparent: deliveries[*index].traceparent.map(str::to_string),
+                })
+                .collect();
+            let moved = self
+                .broker
+                .publish(Topic::Retry, messages)
+                .instrument(span)
+                .await;
+            let mut moved = moved.into_iter();
+            for (index, _, error) in moving {
+                outcomes[index] = Some(match moved.next() {
                     Some(Ok(())) => {
                         Outcome::Success("notification not delivered yet: moved to the retry topic")
                     }
@@ -453,13 +507,13 @@ impl<P: Ports> EventHandler<P> {
                         "notification not delivered yet: {}",
                         super::chain(&error)
                     )),
-                }
+                });
             }
-            Err(error) => Outcome::Retry(format!(
-                "notification not delivered yet: {}",
-                super::chain(&error)
-            )),
         }
+        outcomes
+            .into_iter()
+            .map(|outcome| outcome.unwrap_or_else(|| Outcome::Retry("not notified".into())))
+            .collect()
     }
 
     /// Summaries of the kept dead letters, oldest first.

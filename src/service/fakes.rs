@@ -18,7 +18,7 @@ use super::ports::{
     AlarmJob, Broker, BrokerError, Cause, Condition, KeyValueStore, Message, Notifier, NotifyError,
     Ports, Scheduler, SchedulerError, StoreError, Topic, Write,
 };
-use crate::domain::{Alarm, Notification, TaskId, Versioned};
+use crate::domain::{Alarm, KeyedNotification, Notification, TaskId, Versioned};
 
 /// Why a fake refused: the test made it fail.
 #[derive(Debug, thiserror::Error)]
@@ -482,6 +482,10 @@ pub(crate) struct MemoryNotifier {
     received: Arc<Mutex<Vec<(String, Notification)>>>,
     /// Deliveries attempted, per key, kept or not.
     attempts: Arc<Mutex<HashMap<String, usize>>>,
+    /// Calls made (one per batch).
+    calls: Arc<Mutex<usize>>,
+    /// Keys whose notifications the receiver refuses as invalid.
+    refused: Arc<Mutex<Vec<String>>>,
     faults: Faults,
 }
 
@@ -498,6 +502,17 @@ impl MemoryNotifier {
         self.received.lock().unwrap().clone()
     }
 
+    /// Refuses, from now on, the notification under `key` (as invalid); the others of its batch
+    /// are kept.
+    pub(crate) fn refuse(&self, key: &str) {
+        self.refused.lock().unwrap().push(key.to_string());
+    }
+
+    /// How many calls were made (a batch is one).
+    pub(crate) fn calls(&self) -> usize {
+        *self.calls.lock().unwrap()
+    }
+
     /// How many times a notification with `key` was sent.
     pub(crate) fn attempts(&self, key: &str) -> usize {
         self.attempts.lock().unwrap().get(key).copied().unwrap_or(0)
@@ -505,28 +520,46 @@ impl MemoryNotifier {
 }
 
 impl Notifier for MemoryNotifier {
-    async fn notify(&self, notification: &Notification, key: &str) -> Result<(), NotifyError> {
+    /// One call for the whole batch, as the real receiver takes it: one side effect, which
+    /// lands or fails for all of them.
+    async fn notify(&self, notifications: &[KeyedNotification]) -> Vec<Result<(), NotifyError>> {
         tokio::task::yield_now().await;
-        *self
-            .attempts
-            .lock()
-            .unwrap()
-            .entry(key.to_string())
-            .or_default() += 1;
-        let lands = self
-            .faults
-            .effect("notifier")
-            .map_err(|source| NotifyError::Unavailable { source })?;
-        let mut received = self.received.lock().unwrap();
-        if !received.iter().any(|(k, _)| k == key) {
-            received.push((key.to_string(), notification.clone()));
+        *self.calls.lock().unwrap() += 1;
+        {
+            let mut attempts = self.attempts.lock().unwrap();
+            for item in notifications {
+                *attempts.entry(item.key.clone()).or_default() += 1;
+            }
         }
+        let failed = |source| {
+            super::shared_causes(source, notifications.len())
+                .map(|source| Err(NotifyError::Unavailable { source }))
+                .collect()
+        };
+        let lands = match self.faults.effect("notifier") {
+            Ok(lands) => lands,
+            Err(source) => return failed(source),
+        };
+        let refused = self.refused.lock().unwrap().clone();
+        let mut results = Vec::with_capacity(notifications.len());
+        let mut received = self.received.lock().unwrap();
+        for item in notifications {
+            if refused.contains(&item.key) {
+                results.push(Err(NotifyError::Refused {
+                    source: injected("notifier (refused)"),
+                }));
+                continue;
+            }
+            if !received.iter().any(|(k, _)| *k == item.key) {
+                received.push((item.key.clone(), item.notification.clone()));
+            }
+            results.push(Ok(()));
+        }
+        drop(received);
         if lands {
-            Ok(())
+            results
         } else {
-            Err(NotifyError::Unavailable {
-                source: injected("notifier (landed)"),
-            })
+            failed(injected("notifier (landed)"))
         }
     }
 }

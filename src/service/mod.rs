@@ -222,6 +222,12 @@ impl<E: std::error::Error + ?Sized> std::error::Error for SharedCause<E> {
     }
 }
 
+/// `n` causes that are one: what each waiter on one failed call is told.
+pub(crate) fn shared_causes(source: ports::Cause, n: usize) -> impl Iterator<Item = ports::Cause> {
+    let shared: std::sync::Arc<dyn std::error::Error + Send + Sync> = std::sync::Arc::from(source);
+    (0..n).map(move |_| Box::new(SharedCause(shared.clone())) as ports::Cause)
+}
+
 impl From<StoreError> for Error {
     fn from(error: StoreError) -> Self {
         Error::from_store(error, None, false)

@@ -43,7 +43,6 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use super::{
-    SharedCause,
     ports::{Broker, BrokerError, Message, Topic},
     store::{decode, encode},
 };
@@ -435,10 +434,8 @@ fn answers(result: Result<(), BrokerError>, n: usize) -> Vec<Result<(), BrokerEr
         BrokerError::Unavailable { source } => (true, source),
         BrokerError::Failed { source } => (false, source),
     };
-    let source: Arc<dyn std::error::Error + Send + Sync> = Arc::from(source);
-    (0..n)
-        .map(|_| {
-            let source = Box::new(SharedCause(source.clone()));
+    super::shared_causes(source, n)
+        .map(|source| {
             Err(if unavailable {
                 BrokerError::Unavailable { source }
             } else {

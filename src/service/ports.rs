@@ -11,7 +11,7 @@
 
 use std::{future::Future, time::Duration};
 
-use crate::domain::{Alarm, Notification, TaskId, Versioned};
+use crate::domain::{Alarm, KeyedNotification, TaskId, Versioned};
 
 /// The cause of a failure in a dependency, kept as it was (e.g. the sidecar's `tonic::Status`).
 pub(crate) type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -218,12 +218,13 @@ pub(crate) enum NotifyError {
 
 /// Delivery of notifications to notification-service.
 pub(crate) trait Notifier: Clone + Send + Sync + 'static {
-    /// Delivers `notification`; the receiver keeps one per `key` however often it arrives.
+    /// Delivers each notification; the receiver keeps one per key however often it arrives.
+    /// One result each, in order: one may be refused while the others are kept. Several are
+    /// sent in one call where the receiver takes them so.
     fn notify(
         &self,
-        notification: &Notification,
-        key: &str,
-    ) -> impl Future<Output = Result<(), NotifyError>> + Send;
+        notifications: &[KeyedNotification],
+    ) -> impl Future<Output = Vec<Result<(), NotifyError>>> + Send;
 }
 
 /// The set of implementations the use cases run on.

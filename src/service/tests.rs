@@ -664,6 +664,77 @@ async fn a_notification_that_fails_moves_to_the_retry_topic_and_is_sent_from_the
 }
 
 #[tokio::test(start_paused = true)]
+async fn completions_delivered_together_are_notified_in_one_call_each_with_its_own_outcome() {
+    let world = World::new();
+    let process = Process::start(&world);
+    let mut events = Vec::new();
+    for n in 0..5 {
+        let id = process.create(&format!("task {n}")).await;
+        events.push(completion(&id, Some(2), true));
+    }
+    let refused = event_id(&events[3].task_id, 2);
+    world.notifier.refuse(&refused);
+    let calls = world.notifier.calls();
+    let outcomes = on_task_events(&process, Route::Notify, &events).await;
+    assert_eq!(world.notifier.calls() - calls, 1, "one call for the batch");
+    for (n, outcome) in outcomes.iter().enumerate() {
+        if n == 3 {
+            assert!(
+                matches!(outcome, Outcome::Dead(reason) if reason.contains("refused as invalid")),
+                "{outcome:?}"
+            );
+        } else {
+            assert_eq!(*outcome, Outcome::Success("notification sent"));
+        }
+    }
+    let received: Vec<String> = world
+        .notifier
+        .received()
+        .into_iter()
+        .map(|(key, _)| key)
+        .collect();
+    assert_eq!(received.len(), 4);
+    assert!(!received.contains(&refused));
+    let letters = process.events.dead_letters().await.unwrap();
+    assert_eq!(
+        letters.len(),
+        1,
+        "only the refused one is kept: {letters:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_of_notifications_that_fails_moves_to_the_retry_topic_together_and_goes_out_from_there()
+ {
+    let world = World::new();
+    let process = Process::start(&world);
+    let mut events = Vec::new();
+    for n in 0..4 {
+        let id = process.create(&format!("task {n}")).await;
+        events.push(completion(&id, Some(2), true));
+    }
+    world.faults.take_down("notifier");
+    let outcomes = on_task_events(&process, Route::Notify, &events).await;
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| *o
+                == Outcome::Success("notification not delivered yet: moved to the retry topic")),
+        "{outcomes:?}"
+    );
+    let moved = world.broker.published(Topic::Retry);
+    assert_eq!(moved.len(), 4, "each event moved once");
+    world.faults.bring_up("notifier");
+    process.deliver(&world).await;
+    let received = world.notifier.received();
+    assert_eq!(received.len(), 4);
+    for event in &events {
+        let key = event_id(&event.task_id, 2);
+        assert!(received.iter().any(|(k, _)| *k == key), "{key} notified");
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_batch_whose_publish_partly_fails_retries_only_what_failed() {
     let world = World::new();
     let process = Process::start_relaying_only(&world);

@@ -185,6 +185,42 @@ async fn a_relay_batch_of_several_changes_is_linked_to_each_and_a_child_of_none(
     assert!(stages.iter().all(|s| parents.contains(s)), "{outline}");
 }
 
+#[tokio::test(start_paused = true)]
+async fn notifications_sent_together_are_linked_to_each_event_and_a_child_of_none() {
+    let (_default, recorded) = recorded::record();
+    let world = World::new();
+    let process = Process::start(&world);
+    let (a, b) = (process.create("one").await, process.create("two").await);
+    process.deliver(&world).await;
+    let complete = |task| {
+        let request = spans::server("/task.v1.TaskService/UpdateTaskStatus", None);
+        let tasks = process.tasks.clone();
+        async move {
+            tasks
+                .change_status(&task, TaskStatus::Completed, None)
+                .await
+                .unwrap()
+        }
+        .instrument(request)
+    };
+    tokio::join!(complete(a), complete(b));
+    let calls = world.notifier.calls();
+    process.deliver(&world).await;
+    assert_eq!(world.notifier.calls() - calls, 1, "notified in one call");
+    assert_eq!(world.notifier.received().len(), 2);
+    let outline = recorded.outline();
+
+    let handles: Vec<SpanId> = recorded.named("handle notify").iter().map(id).collect();
+    assert_eq!(handles.len(), 2, "{outline}");
+    let batch = recorded.one("notify batch");
+    assert_eq!(batch.parent_span_id, SpanId::INVALID, "{outline}");
+    assert_eq!(linked(&batch).len(), 2, "{outline}");
+    assert!(
+        handles.iter().all(|h| linked(&batch).contains(h)),
+        "{outline}"
+    );
+}
+
 /// Without spans exported, nothing is added to the staged events or the messages.
 #[tokio::test(start_paused = true)]
 async fn without_an_exporter_messages_carry_no_trace_context() {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::common::{Options, TestApp, create, eventually, kubernetes};
+use crate::common::{Options, Scrape, TestApp, create, eventually, kubernetes};
 use dapr::dapr::proto::{
     common::v1::{HttpExtension, InvokeRequest, http_extension::Verb},
     runtime::v1::{InvokeServiceRequest, dapr_client::DaprClient},
@@ -58,63 +58,102 @@ async fn only_task_api_may_notify() {
     .await;
     let app = TestApp::task_api(&stack, Options::default()).await;
 
-    // Allowed: task-api's completion reaches notification-service.
+    // Allowed: task-api's completions reach notification-service, a lone one through `notify`,
+    // several at once through `notify-batch` (the policy allows both).
+    let invocations = || async {
+        Scrape::of(app.sidecar.metrics_port(), "/").await.sum(
+            "dapr_grpc_io_server_completed_rpcs",
+            &[(
+                "grpc_server_method",
+                "/dapr.proto.runtime.v1.Dapr/InvokeService",
+            )],
+        )
+    };
+    let before = invocations().await;
     let mut client = app.client().await;
-    let task = create(&mut client, "allowed", None).await;
-    client
-        .update_task_status(pb::UpdateTaskStatusRequest {
-            id: task.id.clone(),
-            status: pb::TaskStatus::Completed as i32,
-            etag: String::new(),
-        })
-        .await
-        .unwrap();
-    let mut reader = notifications.notifications_client().await;
-    eventually(Duration::from_secs(20), || {
-        let mut reader = reader.clone();
-        let task_id = task.id.clone();
+    let mut ids = Vec::new();
+    for n in 0..20 {
+        ids.push(create(&mut client, &format!("allowed {n}"), None).await.id);
+    }
+    let complete = |id: String| {
+        let mut client = client.clone();
         async move {
-            let list = reader
-                .list_notifications(ListNotificationsRequest { task_id })
+            client
+                .update_task_status(pb::UpdateTaskStatusRequest {
+                    id,
+                    status: pb::TaskStatus::Completed as i32,
+                    etag: String::new(),
+                })
                 .await
-                .ok()?
-                .into_inner();
-            (list.notifications.len() == 1).then_some(())
+                .unwrap();
         }
-    })
-    .await;
+    };
+    complete(ids[0].clone()).await;
+    futures::future::join_all(ids[1..].iter().cloned().map(complete)).await;
+    let mut reader = notifications.notifications_client().await;
+    for id in &ids {
+        eventually(Duration::from_secs(20), || {
+            let mut reader = reader.clone();
+            let task_id = id.clone();
+            async move {
+                let list = reader
+                    .list_notifications(ListNotificationsRequest { task_id })
+                    .await
+                    .ok()?
+                    .into_inner();
+                (list.notifications.len() == 1).then_some(())
+            }
+        })
+        .await;
+    }
 
-    // Denied: the same call from any other app id.
+    // Had the policy refused notify-batch, task-api would have sent them one at a time: one
+    // invocation each, and one more for the refused batch.
+    let calls = invocations().await - before;
+    assert!(
+        calls < ids.len() as f64,
+        "{} completions in {calls} invocations",
+        ids.len()
+    );
+
+    // Denied: the same calls from any other app id.
     let intruder = stack.sidecar("intruder").unwrap().start().await.unwrap();
     let mut dapr = DaprClient::new(intruder.channel().await.unwrap());
-    let denied = dapr
-        .invoke_service(InvokeServiceRequest {
-            id: "notification-service".into(),
-            message: Some(InvokeRequest {
-                method: "notify".into(),
-                data: Some(prost_types::Any {
-                    type_url: String::new(),
-                    value: Notification::task_completed("forged").to_json(),
+    let forged = Notification::task_completed("forged");
+    let batch = serde_json::json!({"notifications": [{"key": "forged.1", "notification": forged}]});
+    for (method, body) in [
+        ("notify", forged.to_json()),
+        ("notify-batch", serde_json::to_vec(&batch).unwrap()),
+    ] {
+        let denied = dapr
+            .invoke_service(InvokeServiceRequest {
+                id: "notification-service".into(),
+                message: Some(InvokeRequest {
+                    method: method.into(),
+                    data: Some(prost_types::Any {
+                        type_url: String::new(),
+                        value: body,
+                    }),
+                    content_type: "application/json".into(),
+                    http_extension: Some(HttpExtension {
+                        verb: Verb::Post as i32,
+                        querystring: String::new(),
+                    }),
                 }),
-                content_type: "application/json".into(),
-                http_extension: Some(HttpExtension {
-                    verb: Verb::Post as i32,
-                    querystring: String::new(),
-                }),
-            }),
-        })
-        .await
-        .unwrap_err();
-    // The callee's sidecar refuses with PERMISSION_DENIED; the caller's sidecar hands that on
-    // wrapped in INTERNAL.
-    assert_eq!(denied.code(), Code::Internal, "{denied:?}");
-    assert!(
-        denied.message().contains("PermissionDenied")
-            && denied.message().contains(
-                "access control policy has denied access to id: spiffe://public/ns/default/intruder"
-            ),
-        "{denied:?}"
-    );
+            })
+            .await
+            .unwrap_err();
+        // The callee's sidecar refuses with PERMISSION_DENIED; the caller's sidecar hands that
+        // on wrapped in INTERNAL.
+        assert_eq!(denied.code(), Code::Internal, "{method}: {denied:?}");
+        assert!(
+            denied.message().contains("PermissionDenied")
+                && denied.message().contains(
+                    "access control policy has denied access to id: spiffe://public/ns/default/intruder"
+                ),
+            "{method}: {denied:?}"
+        );
+    }
     let forged = reader
         .list_notifications(ListNotificationsRequest {
             task_id: "forged".into(),

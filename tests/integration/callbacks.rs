@@ -233,6 +233,143 @@ per_store! {
     a_transient_failure_is_retried_until_the_notification_goes_out_on_kafka => Kafka,
 }
 
+/// The `InvokeService` calls task-api's sidecar has served (task-api's only invocations are its
+/// notifications), read from daprd's own metrics.
+async fn invocations(sidecar: &devstack::Sidecar) -> f64 {
+    Scrape::of(sidecar.metrics_port(), "/").await.sum(
+        "dapr_grpc_io_server_completed_rpcs",
+        &[(
+            "grpc_server_method",
+            "/dapr.proto.runtime.v1.Dapr/InvokeService",
+        )],
+    )
+}
+
+/// Completes `count` fresh tasks at once (so their events travel together); their ids.
+async fn complete_at_once(app: &TestApp, count: usize) -> Vec<String> {
+    let mut client = app.client().await;
+    let mut ids = Vec::with_capacity(count);
+    for n in 0..count {
+        ids.push(create(&mut client, &format!("burst {n}"), None).await.id);
+    }
+    let completions = ids.iter().map(|id| async move {
+        let mut client = app.client().await;
+        complete(&mut client, id).await;
+    });
+    futures::future::join_all(completions).await;
+    ids
+}
+
+/// Completions that arrive together are notified together: each once, in fewer invocations
+/// than notifications (method `notify-batch` of the real notification-service, through both
+/// sidecars).
+#[tokio::test]
+async fn completions_that_arrive_together_are_notified_once_each_in_fewer_calls() {
+    let stack = redis_stack().await;
+    let (app, notifications) =
+        TestApp::task_api_with_notifications(&stack, Options::default()).await;
+    let before = invocations(&app.sidecar).await;
+    let ids = complete_at_once(&app, 40).await;
+    for id in &ids {
+        expect_exactly(&stack, &notifications, id, 1, Duration::from_secs(30)).await;
+    }
+    let calls = invocations(&app.sidecar).await - before;
+    println!("40 completions notified in {calls} invocations");
+    assert!(
+        (1.0..40.0).contains(&calls),
+        "40 notifications in {calls} invocations"
+    );
+}
+
+/// A receiver with only `notify` (the original's notification-service has no `notify-batch`):
+/// it gets each completion once through `notify`, under its idempotency key, and is asked for
+/// `notify-batch` once, not on every batch.
+#[derive(Clone, Default)]
+struct NotifyOnly {
+    keys: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    batches_asked: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl dapr_app::App for NotifyOnly {
+    async fn on_invoke(
+        &self,
+        call: dapr_app::Invocation,
+    ) -> Result<dapr_app::Reply, tonic::Status> {
+        match call.method.as_str() {
+            "notify" => {
+                let key = call.header("idempotency-key").unwrap_or_default();
+                self.keys.lock().unwrap().push(key.to_string());
+                Ok(dapr_app::Reply::json(b"{}".to_vec()))
+            }
+            method => {
+                if method == "notify-batch" {
+                    self.batches_asked
+                        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                Err(tonic::Status::not_found(format!("no method {method}")))
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_receiver_without_notify_batch_gets_every_completion_through_notify() {
+    let stack = redis_stack().await;
+    let receiver = NotifyOnly::default();
+    let listener = dapr_app::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(dapr_app::serve(
+        listener,
+        dapr_app::Callbacks::new(receiver.clone()),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let _receiver_sidecar = stack
+        .sidecar("notification-service")
+        .unwrap()
+        .app_port(port)
+        .start()
+        .await
+        .unwrap();
+    let app = TestApp::task_api(&stack, Options::default()).await;
+    let asked = || {
+        receiver
+            .batches_asked
+            .load(std::sync::atomic::Ordering::SeqCst)
+    };
+    let mut ids = Vec::new();
+    let mut asked_per_burst = Vec::new();
+    for _ in 0..2 {
+        ids.extend(complete_at_once(&app, 40).await);
+        eventually(Duration::from_secs(30), || async {
+            (receiver.keys.lock().unwrap().len() >= ids.len()).then_some(())
+        })
+        .await;
+        wait_until_handled(&stack, &["task-events", "task-events-retry"]).await;
+        asked_per_burst.push(asked() - asked_per_burst.iter().sum::<usize>());
+    }
+    let keys = receiver.keys.lock().unwrap().clone();
+    println!(
+        "notify-batch asked {asked_per_burst:?} times in two bursts; {} notify calls",
+        keys.len()
+    );
+    let expected: std::collections::BTreeSet<String> =
+        ids.iter().map(|id| format!("{id}.2")).collect();
+    let distinct: std::collections::BTreeSet<String> = keys.iter().cloned().collect();
+    assert_eq!(distinct, expected, "every completion, under its key");
+    assert_eq!(keys.len(), ids.len(), "each once");
+    // Asked by the first deliveries of several completions (those in flight before the first
+    // answer), then not again.
+    assert!(asked_per_burst[0] >= 1, "{asked_per_burst:?}");
+    assert_eq!(asked_per_burst[1], 0, "{asked_per_burst:?}");
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+}
+
 /// What can never be handled is kept as a dead letter (and acknowledged, so it does not come
 /// round again), readable and replayable through invocation.
 async fn poison_messages_are_kept_as_dead_letters(set: ComponentSet) {

@@ -396,6 +396,25 @@ per_store! {
     concurrent_updates_lose_nothing_on_postgres => Postgres,
 }
 
+/// The call's answer, sent again (up to 5 times, 200 ms apart) while it is UNAVAILABLE.
+async fn until_available<T, F, Fut>(mut call: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    for _ in 0..5 {
+        match call().await {
+            Ok(response) => return response.into_inner(),
+            Err(status) if status.code() == Code::Unavailable => {
+                eprintln!("UNAVAILABLE, sent again: {status:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(status) => panic!("{status:?}"),
+        }
+    }
+    call().await.unwrap().into_inner()
+}
+
 async fn list_filters_and_pages(components: ComponentSet) {
     let stack = stack(components).await;
     let (app, _notifications) =
@@ -403,21 +422,41 @@ async fn list_filters_and_pages(components: ComponentSet) {
     let mut client = app.client().await;
 
     // 300 tasks created concurrently, priorities 1 to 5 in turn (so every list is used), every
-    // third completed.
+    // third completed. Each call is sent again on UNAVAILABLE, as the API asks of its clients
+    // (a create under its request_id): 300 at once on two cores can outlast a read's deadline.
     let mut creators = tokio::task::JoinSet::new();
     for n in 0..300 {
-        let mut client = client.clone();
+        let client = client.clone();
         creators.spawn(async move {
-            let task = create(&mut client, &format!("task {n:03}"), Some(n % 5 + 1)).await;
+            let task = until_available(|| {
+                let mut client = client.clone();
+                async move {
+                    client
+                        .create_task(pb::CreateTaskRequest {
+                            title: format!("task {n:03}"),
+                            priority: Some(n % 5 + 1),
+                            request_id: format!("list-{n}"),
+                            ..Default::default()
+                        })
+                        .await
+                }
+            })
+            .await;
             if n % 3 == 0 {
-                client
-                    .update_task_status(pb::UpdateTaskStatusRequest {
-                        id: task.id.clone(),
-                        status: TaskStatus::Completed as i32,
-                        etag: String::new(),
-                    })
-                    .await
-                    .unwrap();
+                until_available(|| {
+                    let mut client = client.clone();
+                    let id = task.id.clone();
+                    async move {
+                        client
+                            .update_task_status(pb::UpdateTaskStatusRequest {
+                                id,
+                                status: TaskStatus::Completed as i32,
+                                etag: String::new(),
+                            })
+                            .await
+                    }
+                })
+                .await;
             }
             task.id
         });

@@ -1,5 +1,7 @@
 //! notification-service's use case: keep each notification once, and tell what was kept.
 
+use std::collections::HashMap;
+
 use futures::future::join_all;
 
 use super::store::{NotificationStore, ReceivedNotification, Recorded};
@@ -88,19 +90,15 @@ impl<S: KeyValueStore> Inbox<S> {
         }
         // A task's notifications share one document: kept one after another, so they do not
         // race each other's ETags; different tasks' at once.
-        let mut by_task: Vec<Vec<usize>> = Vec::new();
+        let mut by_task: HashMap<&str, Vec<usize>> = HashMap::new();
         for (index, item) in batch.notifications.iter().enumerate() {
-            let task_id = &item.notification.task_id;
-            match by_task
-                .iter_mut()
-                .find(|group| &batch.notifications[group[0]].notification.task_id == task_id)
-            {
-                Some(group) => group.push(index),
-                None => by_task.push(vec![index]),
-            }
+            by_task
+                .entry(item.notification.task_id.as_str())
+                .or_default()
+                .push(index);
         }
         let notifications = &batch.notifications;
-        let groups = by_task.into_iter().map(|group| async move {
+        let groups = by_task.into_values().map(|group| async move {
             let mut receipts = Vec::with_capacity(group.len());
             for index in group {
                 let item = &notifications[index];

@@ -4,6 +4,7 @@
 use std::{
     collections::HashMap,
     net::{IpAddr, Ipv4Addr, SocketAddr},
+    num::NonZeroUsize,
     str::FromStr,
     time::Duration,
 };
@@ -16,6 +17,10 @@ pub(crate) const TASK_API_DEFAULT_PORT: u16 = 50051;
 pub(crate) const NOTIFICATION_DEFAULT_PORT: u16 = 50052;
 
 /// Names of the Dapr resources task-api uses; the manifests and components must match them.
+/// Enough to keep two cores busy through every call's waits on the sidecar; the benchmarks'
+/// highest level of calls in flight.
+pub(crate) const DEFAULT_MAX_CONCURRENT_CALLS: NonZeroUsize =
+    NonZeroUsize::new(64).expect("64 is not 0");
 pub(crate) const DEFAULT_STATE_STORE: &str = "statestore";
 pub(crate) const DEFAULT_PUBSUB: &str = "pubsub";
 pub(crate) const DEFAULT_TASK_EVENTS_TOPIC: &str = "task-events";
@@ -165,6 +170,9 @@ pub struct ServerConfig {
     pub log_format: LogFormat,
     /// `METRICS_PORT`: where `/metrics` is served (Prometheus text); none when unset.
     pub(crate) metrics_port: Option<u16>,
+    /// `MAX_CONCURRENT_CALLS` (default 64): callers' calls worked on at once; more wait their
+    /// turn (see [`crate::admission`]).
+    pub(crate) max_concurrent_calls: usize,
 }
 
 impl ServerConfig {
@@ -177,6 +185,9 @@ impl ServerConfig {
                 .get("METRICS_PORT")
                 .map(|_| settings.parsed("METRICS_PORT", 0u16))
                 .transpose()?,
+            max_concurrent_calls: settings
+                .parsed::<NonZeroUsize>("MAX_CONCURRENT_CALLS", DEFAULT_MAX_CONCURRENT_CALLS)?
+                .get(),
         })
     }
 

@@ -26,6 +26,7 @@
 
 #![warn(unreachable_pub)]
 
+pub(crate) mod admission;
 pub(crate) mod adopt;
 pub(crate) mod api;
 pub(crate) mod auth;

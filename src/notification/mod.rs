@@ -52,6 +52,7 @@ pub async fn build(config: NotificationConfig) -> Result<Application, StartupErr
     )
     .with_sidecar_wait(config.sidecar.wait)
     .with_metrics(config.server.metrics_address())
+    .with_max_concurrent_calls(config.server.max_concurrent_calls)
     .with_requirement(Requirement::new(
         "state",
         &config.state_store,

@@ -33,7 +33,7 @@ pub use components::StartupError;
 
 use crate::{
     auth::{ApiKey, AuthPolicy},
-    config::TaskApiConfig,
+    config::{DEFAULT_MAX_CONCURRENT_CALLS, TaskApiConfig},
     health::Readiness,
     sidecar::{Dependencies, Sidecar, secrets::ApiKeySecret},
     telemetry::metrics,
@@ -59,6 +59,7 @@ pub(crate) struct AppSpec {
     readiness: Readiness,
     api_key: Option<KeyRefresh>,
     metrics: Option<SocketAddr>,
+    max_concurrent_calls: usize,
 }
 
 impl AppSpec {
@@ -84,12 +85,19 @@ impl AppSpec {
             readiness,
             api_key: None,
             metrics: None,
+            max_concurrent_calls: DEFAULT_MAX_CONCURRENT_CALLS.get(),
         }
     }
 
     /// Serves `/metrics` on `address` too.
     pub(crate) fn with_metrics(mut self, address: Option<SocketAddr>) -> Self {
         self.metrics = address;
+        self
+    }
+
+    /// Callers' calls worked on at once (see [`crate::admission`]).
+    pub(crate) fn with_max_concurrent_calls(mut self, calls: usize) -> Self {
+        self.max_concurrent_calls = calls;
         self
     }
 
@@ -179,6 +187,7 @@ impl Application {
             descriptors,
             auth,
             readiness,
+            max_concurrent_calls,
             ..
         } = spec;
         tracing::info!(app = name, address = ?listener.local_addr().ok(), "listening; waiting for the Dapr sidecar at {} (up to {:?})", spec.sidecar.endpoint(), spec.sidecar_wait);
@@ -202,6 +211,7 @@ impl Application {
             routes,
             descriptors,
             auth,
+            max_concurrent_calls,
         };
         server
             .serve(listener, shutdown, fatal, readiness, stop, stopped)

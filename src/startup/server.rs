@@ -1,5 +1,5 @@
-//! The tonic server of an app: its layers (request log, metadata limits, authentication),
-//! server reflection, and a bounded drain on shutdown.
+//! The tonic server of an app: its layers (request log, metadata limits, authentication,
+//! admission), server reflection, and a bounded drain on shutdown.
 
 use std::time::Duration;
 
@@ -12,6 +12,7 @@ use tonic::service::Routes;
 
 use super::{StartupError, until};
 use crate::{
+    admission::AdmissionLayer,
     auth::AuthPolicy,
     gate::GateLayer,
     health::Readiness,
@@ -29,6 +30,8 @@ pub(super) struct Server {
     pub(crate) routes: Routes,
     pub(crate) descriptors: &'static [u8],
     pub(crate) auth: AuthPolicy,
+    /// Callers' calls worked on at once.
+    pub(crate) max_concurrent_calls: usize,
 }
 
 impl Server {
@@ -58,6 +61,7 @@ impl Server {
             .layer(RequestLogLayer)
             .layer(GateLayer(MetadataLimit))
             .layer(GateLayer(self.auth))
+            .layer(AdmissionLayer::new(self.max_concurrent_calls))
             .add_routes(with_reflection(self.routes, self.descriptors))
             .serve_with_incoming_shutdown(incoming(listener), draining);
         let drain_limit = async {

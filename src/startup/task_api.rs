@@ -159,7 +159,8 @@ pub(crate) async fn spec(config: TaskApiConfig) -> Result<AppSpec, StartupError>
     )
     .with_sidecar_wait(config.sidecar.wait)
     .with_dependencies(dependencies)
-    .with_metrics(config.server.metrics_address());
+    .with_metrics(config.server.metrics_address())
+    .with_max_concurrent_calls(config.server.max_concurrent_calls);
     for requirement in requirements(&config) {
         spec = spec.with_requirement(requirement);
     }

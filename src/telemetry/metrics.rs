@@ -19,6 +19,7 @@
 //! | `task_api_list_page_reads` | store calls one ListTasks page took |
 //! | `task_api_jobs_scheduled_total`, `task_api_jobs_fired_total{outcome}` | alarm jobs |
 //! | `task_api_ready` | 1 while ready |
+//! | `rpc_server_calls_waiting` | callers' calls waiting for their turn ([`crate::admission`]) |
 //! | `notification_service_notifications_total{outcome}` | notifications kept (new) or recognised (duplicate) |
 
 use std::{
@@ -64,6 +65,7 @@ pub(crate) struct Metrics {
     pub(crate) jobs_scheduled: IntCounter,
     pub(crate) jobs_fired: IntCounterVec,
     pub(crate) ready: IntGauge,
+    pub(crate) calls_waiting: IntGauge,
     pub(crate) notifications_received: IntCounterVec,
     /// Refreshes the gauges that are read from state, not counted as things happen.
     refresh: Mutex<Vec<Refresh>>,
@@ -114,6 +116,12 @@ const OUTBOX_OLDEST_AGE: Def = Def {
 const RELAY_LAG: Def = Def {
     name: "task_api_relay_lag_seconds",
     help: "From a change staged to its event published",
+    labels: &[],
+};
+
+const CALLS_WAITING: Def = Def {
+    name: "rpc_server_calls_waiting",
+    help: "Callers' calls waiting for their turn (MAX_CONCURRENT_CALLS are worked on at once)",
     labels: &[],
 };
 
@@ -239,6 +247,7 @@ impl Metrics {
             jobs_scheduled: int_counter(&JOBS_SCHEDULED),
             jobs_fired: counter(&JOBS_FIRED),
             ready: int_gauge(&READY),
+            calls_waiting: int_gauge(&CALLS_WAITING),
             notifications_received: counter(&NOTIFICATIONS_RECEIVED),
             refresh: Mutex::new(Vec::new()),
         };
@@ -264,6 +273,7 @@ impl Metrics {
             Box::new(self.jobs_scheduled.clone()),
             Box::new(self.jobs_fired.clone()),
             Box::new(self.ready.clone()),
+            Box::new(self.calls_waiting.clone()),
             Box::new(self.notifications_received.clone()),
         ];
         for collector in collectors {
@@ -402,6 +412,7 @@ mod tests {
             "task_api_relay_lag_seconds_sum",
             "task_api_ready",
             "task_api_outbox_pending_events",
+            "rpc_server_calls_waiting",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }

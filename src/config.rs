@@ -16,11 +16,12 @@ pub(crate) const TASK_API_DEFAULT_PORT: u16 = 50051;
 /// Default port of notification-service.
 pub(crate) const NOTIFICATION_DEFAULT_PORT: u16 = 50052;
 
-/// Names of the Dapr resources task-api uses; the manifests and components must match them.
 /// Enough to keep two cores busy through every call's waits on the sidecar; the benchmarks'
 /// highest level of calls in flight.
 pub(crate) const DEFAULT_MAX_CONCURRENT_CALLS: NonZeroUsize =
     NonZeroUsize::new(64).expect("64 is not 0");
+
+/// Names of the Dapr resources task-api uses; the manifests and components must match them.
 pub(crate) const DEFAULT_STATE_STORE: &str = "statestore";
 pub(crate) const DEFAULT_PUBSUB: &str = "pubsub";
 pub(crate) const DEFAULT_TASK_EVENTS_TOPIC: &str = "task-events";

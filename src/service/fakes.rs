@@ -122,6 +122,8 @@ pub(crate) struct MemoryStore {
     versions: Arc<AtomicU64>,
     /// The keys each read call asked for, in order.
     read_calls: Arc<Mutex<Vec<Vec<String>>>>,
+    /// The keys each write call (`put` or `put_many`) carried, in order.
+    write_calls: Arc<Mutex<Vec<Vec<String>>>>,
     /// The keys of conditional writes refused, in order.
     refused: Arc<Mutex<Vec<String>>>,
     /// Whether a write answers with its new ETag, as a store whose ETags count writes does.
@@ -191,6 +193,17 @@ impl MemoryStore {
                     .any(|key| prefixes.iter().any(|p| key.starts_with(p)))
             })
             .count()
+    }
+
+    /// The keys of each write call so far that wrote a key starting with `prefix`.
+    pub(crate) fn write_calls_of(&self, prefix: &str) -> Vec<Vec<String>> {
+        self.write_calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|keys| keys.iter().any(|key| key.starts_with(prefix)))
+            .cloned()
+            .collect()
     }
 
     /// Conditional writes refused so far under a key starting with `prefix`.
@@ -278,12 +291,20 @@ impl KeyValueStore for MemoryStore {
 
     async fn put(&self, write: Write) -> Result<Option<String>, StoreError> {
         tokio::task::yield_now().await;
+        self.write_calls
+            .lock()
+            .unwrap()
+            .push(vec![write.key.clone()]);
         let etag = self.apply(write)?;
         Ok(self.tells_etags.then_some(etag))
     }
 
     async fn put_many(&self, writes: Vec<Write>) -> Result<(), StoreError> {
         tokio::task::yield_now().await;
+        self.write_calls
+            .lock()
+            .unwrap()
+            .push(writes.iter().map(|w| w.key.clone()).collect());
         let mut first_error = None;
         for write in writes {
             if let Err(error) = self.apply(write) {

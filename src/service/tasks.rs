@@ -14,6 +14,9 @@
 //! the end of this file crash each kind of change after each of its side effects and check
 //! exactly that.
 //!
+//! The record's read and its write are each made together with those of the changes in flight
+//! at the same time ([`grouped`](super::store::grouped)); a change on its own waits for nothing.
+//!
 //! The ETag callers see is the task's revision: it changes with every change, and a write
 //! answers with it without reading the task back (the store's own ETag, which guards every
 //! write, only comes with a read).
@@ -514,7 +517,7 @@ impl<P: Ports> Tasks<P> {
         let ((), staged) = tokio::try_join!(enter, stage)?;
         match self
             .records
-            .put(&record, current.map(|c| c.etag.as_str()))
+            .put(&record, nonce, current.map(|c| c.etag.as_str()))
             .await
         {
             Ok(()) => {

@@ -1273,6 +1273,49 @@ async fn a_change_reads_its_record_and_ledger_once_and_records_its_event_without
 }
 
 #[tokio::test(start_paused = true)]
+async fn changes_in_flight_together_read_and_write_their_records_together() {
+    const CHANGED: usize = 24;
+    let world = World::new();
+    let process = Process::start(&world);
+    let mut ids = Vec::new();
+    for n in 0..CHANGED {
+        ids.push(process.create(&format!("task {n}")).await);
+    }
+    settle().await;
+    let reads = world.store.reads_of(&["task-"]);
+    let writes = world.store.write_calls_of("task-").len();
+    let completions = ids
+        .iter()
+        .map(|id| process.tasks.change_status(id, TaskStatus::Completed, None));
+    for completed in futures::future::join_all(completions).await {
+        assert_eq!(completed.unwrap().value.status, TaskStatus::Completed);
+    }
+    settle().await;
+    // The first few go alone, at once; those that came while they were out go together.
+    let record_reads = world.store.reads_of(&["task-"]) - reads;
+    assert!(
+        record_reads < CHANGED,
+        "{record_reads} reads of the records"
+    );
+    let record_writes: Vec<Vec<String>> = world.store.write_calls_of("task-")[writes..].to_vec();
+    let written: usize = record_writes.iter().map(Vec::len).sum();
+    assert_eq!(written, CHANGED, "writes of the records: {record_writes:?}");
+    assert!(
+        record_writes.len() < CHANGED && record_writes.iter().any(|keys| keys.len() > 1),
+        "writes of the records: {record_writes:?}"
+    );
+    process.deliver(&world).await;
+    audit(&world, &process, &ids)
+        .await
+        .assert_clean("changes in flight together");
+    assert_eq!(
+        world.notifier.received().len(),
+        CHANGED,
+        "every completion notified"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn changes_one_after_another_write_their_ledger_without_losing_a_race_to_their_own() {
     let world = World::new();
     let process = Process::start(&world);

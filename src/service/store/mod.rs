@@ -6,6 +6,7 @@
 //! that does not read is reported with its key ([`CorruptDocument`]), never skipped silently.
 
 pub(crate) mod dead_letters;
+pub(crate) mod grouped;
 pub(crate) mod published;
 pub(crate) mod records;
 pub(crate) mod requests;

@@ -34,6 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     CorruptDocument, ReadError, decode, encode,
+    grouped::{Grouped, Reads, RecordWrite, RecordWrites},
     published::{LedgerAsRead, ledger_key},
 };
 use crate::{
@@ -311,16 +312,32 @@ fn record_of(
     })
 }
 
-#[derive(Debug, Clone)]
-pub(crate) struct TaskRecords<S> {
+/// Task records over a store. A change's read of its record and its write go through
+/// [`grouped`](super::grouped): those of changes in flight at once are made together.
+pub(crate) struct TaskRecords<S: KeyValueStore> {
     store: S,
     /// How long a deleted task's tombstone is kept.
     tombstone_ttl: Duration,
+    reads: Grouped<Reads<S>>,
+    writes: Grouped<RecordWrites<S>>,
+}
+
+impl<S: KeyValueStore> Clone for TaskRecords<S> {
+    fn clone(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+            tombstone_ttl: self.tombstone_ttl,
+            reads: self.reads.clone(),
+            writes: self.writes.clone(),
+        }
+    }
 }
 
 impl<S: KeyValueStore> TaskRecords<S> {
     pub(crate) fn new(store: S, tombstone_ttl: Duration) -> Self {
         Self {
+            reads: Grouped::new(Reads(store.clone())),
+            writes: Grouped::new(RecordWrites(store.clone())),
             store,
             tombstone_ttl,
         }
@@ -343,7 +360,14 @@ impl<S: KeyValueStore> TaskRecords<S> {
         id: &TaskId,
     ) -> Result<(Option<Versioned<TaskRecord>>, Option<LedgerAsRead>), ReadError> {
         let keys = [task_key(id), ledger_key(id)];
-        let mut stored = self.store.get_many(&keys).await?.into_iter();
+        let mut stored = self
+            .reads
+            .call(keys.to_vec())
+            .await
+            .map_err(|unanswered| StoreError::Unavailable {
+                source: Box::new(unanswered),
+            })??
+            .into_iter();
         let record = stored
             .next()
             .flatten()
@@ -371,11 +395,13 @@ impl<S: KeyValueStore> TaskRecords<S> {
         super::get_many(&self.store, &keys, from_json).await
     }
 
-    /// Writes `record` if its key holds nothing (`etag` `None`: a new task) or still holds the
-    /// ETag `etag`; [`StoreError::Conflict`] otherwise. A tombstone is written to expire.
+    /// Writes `record`, which makes the change `nonce`, if its key holds nothing (`etag`
+    /// `None`: a new task) or still holds the ETag `etag`; [`StoreError::Conflict`] otherwise.
+    /// A tombstone is written to expire.
     pub(crate) async fn put(
         &self,
         record: &TaskRecord,
+        nonce: Nonce,
         etag: Option<&str>,
     ) -> Result<(), StoreError> {
         let ttl = record.is_deleted().then_some(self.tombstone_ttl);
@@ -385,7 +411,18 @@ impl<S: KeyValueStore> TaskRecords<S> {
             Condition::replacing(etag),
         )
         .expiring(ttl);
-        self.store.put(write).await.map(drop)
+        let job = RecordWrite {
+            write,
+            revision: record.revision,
+            nonce,
+        };
+        // Its outcome is unknown if the batch answered nothing.
+        self.writes
+            .call(job)
+            .await
+            .map_err(|unanswered| StoreError::Unavailable {
+                source: Box::new(unanswered),
+            })?
     }
 }
 

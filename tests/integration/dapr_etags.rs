@@ -6,6 +6,11 @@
 //! task-api knows a list leaf's ETag once it has written it, and its next write to that leaf
 //! needs no read first (`sidecar::store_kind`). On `state.postgresql` (v2) every write draws a
 //! random UUID, which only a read tells.
+//!
+//! A save of several keys, one under a stale ETag, fails as a whole (ABORTED) and, on both
+//! stores, writes the others: daprd writes each key on its own (neither component has a bulk
+//! write of its own). A store that wrote them in one transaction would write none; task-api's
+//! `grouped` reads such a batch back and tells each write apart, so it is right either way.
 
 use std::collections::HashMap;
 
@@ -16,29 +21,99 @@ use dapr::dapr::proto::{
 use devstack::{ComponentSet, Stack};
 use tonic::{Code, transport::Channel};
 
+/// task-api's conditional write of `key`: under an ETag, or with none "only if absent".
+fn item(key: &str, value: &str, etag: Option<&str>) -> StateItem {
+    StateItem {
+        key: key.into(),
+        value: format!("{{\"key\":\"{key}\",\"value\":\"{value}\"}}").into_bytes(),
+        etag: etag.map(|value| Etag {
+            value: value.to_string(),
+        }),
+        metadata: HashMap::new(),
+        options: Some(StateOptions {
+            concurrency: StateConcurrency::ConcurrencyFirstWrite as i32,
+            consistency: 0,
+        }),
+    }
+}
+
+async fn save_all(
+    dapr: &mut DaprClient<Channel>,
+    states: Vec<StateItem>,
+) -> Result<(), tonic::Status> {
+    dapr.save_state(SaveStateRequest {
+        store_name: "statestore".into(),
+        states,
+    })
+    .await
+    .map(drop)
+}
+
 async fn save(
     dapr: &mut DaprClient<Channel>,
     key: &str,
     etag: Option<&str>,
 ) -> Result<(), tonic::Status> {
-    dapr.save_state(SaveStateRequest {
-        store_name: "statestore".into(),
-        states: vec![StateItem {
+    save_all(dapr, vec![item(key, "first", etag)]).await
+}
+
+async fn value_of(dapr: &mut DaprClient<Channel>, key: &str) -> String {
+    let data = dapr
+        .get_state(GetStateRequest {
+            store_name: "statestore".into(),
             key: key.into(),
-            value: format!("{{\"key\":\"{key}\"}}").into_bytes(),
-            etag: etag.map(|value| Etag {
-                value: value.to_string(),
-            }),
-            metadata: HashMap::new(),
-            // task-api's conditional writes: an ETag, or none and "only if absent".
-            options: Some(StateOptions {
-                concurrency: StateConcurrency::ConcurrencyFirstWrite as i32,
-                consistency: 0,
-            }),
-        }],
-    })
-    .await
-    .map(drop)
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .data;
+    String::from_utf8_lossy(&data).into_owned()
+}
+
+/// On a store of `components`, saves three keys in one call, the middle one under a stale ETag:
+/// the call's status, and which of the three hold the value that call wrote.
+async fn save_with_one_stale(components: ComponentSet) -> (Code, Vec<bool>) {
+    let stack = Stack::builder()
+        .components(components)
+        .start()
+        .await
+        .unwrap();
+    let sidecar = stack.sidecar("etag-probe").unwrap().start().await.unwrap();
+    let mut dapr = DaprClient::new(sidecar.channel().await.unwrap());
+    let keys = ["bulk-a", "bulk-b", "bulk-c"];
+    let mut etags = Vec::new();
+    for key in keys {
+        save(&mut dapr, key, None).await.unwrap();
+        etags.push(etag_of(&mut dapr, key).await);
+    }
+    let stale = etags[1].clone();
+    save(&mut dapr, keys[1], Some(&stale)).await.unwrap();
+    let states = keys
+        .iter()
+        .zip(&etags)
+        .map(|(key, etag)| item(key, "second", Some(etag)))
+        .collect();
+    let status = save_all(&mut dapr, states).await.unwrap_err();
+    let mut written = Vec::new();
+    for key in keys {
+        written.push(value_of(&mut dapr, key).await.contains("second"));
+    }
+    (status.code(), written)
+}
+
+#[tokio::test]
+async fn on_redis_a_save_of_several_keys_refused_for_one_writes_the_others() {
+    let (code, written) = save_with_one_stale(ComponentSet::Redis).await;
+    assert_eq!(code, Code::Aborted);
+    assert_eq!(written, [true, false, true]);
+}
+
+#[tokio::test]
+async fn on_postgresql_a_save_of_several_keys_refused_for_one_writes_the_others() {
+    let (code, written) = save_with_one_stale(ComponentSet::Postgres).await;
+    assert_eq!(code, Code::Aborted);
+    assert_eq!(written, [true, false, true]);
 }
 
 async fn etag_of(dapr: &mut DaprClient<Channel>, key: &str) -> String {

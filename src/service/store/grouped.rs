@@ -58,7 +58,7 @@ struct Queue<B: Batch> {
     waiting: VecDeque<Waiter<B>>,
 }
 
-/// Calls of one kind, made one batch at a time. Cheap to clone.
+/// Calls of one kind, made in batches, at most [`MAX_OUT`] at a time. Cheap to clone.
 pub(crate) struct Grouped<B: Batch> {
     batch: Arc<B>,
     queue: Arc<Mutex<Queue<B>>>,

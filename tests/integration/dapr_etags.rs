@@ -16,7 +16,7 @@ use std::collections::HashMap;
 
 use dapr::dapr::proto::{
     common::v1::{Etag, StateItem, StateOptions, state_options::StateConcurrency},
-    runtime::v1::{GetStateRequest, SaveStateRequest, dapr_client::DaprClient},
+    runtime::v1::{GetStateRequest, GetStateResponse, SaveStateRequest, dapr_client::DaprClient},
 };
 use devstack::{ComponentSet, Stack};
 use tonic::{Code, transport::Channel};
@@ -57,30 +57,34 @@ async fn save(
     save_all(dapr, vec![item(key, "first", etag)]).await
 }
 
-async fn value_of(dapr: &mut DaprClient<Channel>, key: &str) -> String {
-    let data = dapr
-        .get_state(GetStateRequest {
-            store_name: "statestore".into(),
-            key: key.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .data;
-    String::from_utf8_lossy(&data).into_owned()
+async fn read(dapr: &mut DaprClient<Channel>, key: &str) -> GetStateResponse {
+    dapr.get_state(GetStateRequest {
+        store_name: "statestore".into(),
+        key: key.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
 }
 
-/// On a store of `components`, saves three keys in one call, the middle one under a stale ETag:
-/// the call's status, and which of the three hold the value that call wrote.
-async fn save_with_one_stale(components: ComponentSet) -> (Code, Vec<bool>) {
+/// A sidecar of its own on a store of `components`, and a client of it (the stack and sidecar
+/// are kept alive with it).
+async fn probe(components: ComponentSet) -> (Stack, devstack::Sidecar, DaprClient<Channel>) {
     let stack = Stack::builder()
         .components(components)
         .start()
         .await
         .unwrap();
     let sidecar = stack.sidecar("etag-probe").unwrap().start().await.unwrap();
-    let mut dapr = DaprClient::new(sidecar.channel().await.unwrap());
+    let dapr = DaprClient::new(sidecar.channel().await.unwrap());
+    (stack, sidecar, dapr)
+}
+
+/// On a store of `components`, saves three keys in one call, the middle one under a stale ETag:
+/// the call's status, and which of the three hold the value that call wrote.
+async fn save_with_one_stale(components: ComponentSet) -> (Code, Vec<bool>) {
+    let (_stack, _sidecar, mut dapr) = probe(components).await;
     let keys = ["bulk-a", "bulk-b", "bulk-c"];
     let mut etags = Vec::new();
     for key in keys {
@@ -97,7 +101,8 @@ async fn save_with_one_stale(components: ComponentSet) -> (Code, Vec<bool>) {
     let status = save_all(&mut dapr, states).await.unwrap_err();
     let mut written = Vec::new();
     for key in keys {
-        written.push(value_of(&mut dapr, key).await.contains("second"));
+        let data = read(&mut dapr, key).await.data;
+        written.push(String::from_utf8_lossy(&data).contains("second"));
     }
     (status.code(), written)
 }
@@ -117,27 +122,13 @@ async fn on_postgresql_a_save_of_several_keys_refused_for_one_writes_the_others(
 }
 
 async fn etag_of(dapr: &mut DaprClient<Channel>, key: &str) -> String {
-    dapr.get_state(GetStateRequest {
-        store_name: "statestore".into(),
-        key: key.into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .etag
+    read(dapr, key).await.etag
 }
 
 /// On a store of `components`, writes three keys, each created and then rewritten five times
 /// under the ETag it had; the ETag each write left, as read back.
 async fn etags_left(components: ComponentSet) -> Vec<Vec<String>> {
-    let stack = Stack::builder()
-        .components(components)
-        .start()
-        .await
-        .unwrap();
-    let sidecar = stack.sidecar("etag-probe").unwrap().start().await.unwrap();
-    let mut dapr = DaprClient::new(sidecar.channel().await.unwrap());
+    let (_stack, _sidecar, mut dapr) = probe(components).await;
     let mut all = Vec::new();
     for key in ["etag-a", "etag-b", "etag-c"] {
         save(&mut dapr, key, None).await.unwrap();

@@ -158,16 +158,22 @@ fn print_costs(rows: [(&str, &BTreeMap<String, f64>); 3]) {
     }
 }
 
-#[tokio::test]
-async fn each_write_costs_the_sidecar_what_its_guarantees_need_and_no_more() {
+/// The system with both apps as their binaries, settled, and a client of task-api.
+async fn start() -> (devstack::Stack, BinaryApp, BinaryApp, Client) {
     let stack = devstack::Stack::builder().start().await.unwrap();
-    let _notifications = BinaryApp::start(&stack, "notification-service", &[]).await;
+    let notifications = BinaryApp::start(&stack, "notification-service", &[]).await;
     let app = BinaryApp::start(&stack, "task-api", &[]).await;
-    let mut client: Client = pb::task_service_client::TaskServiceClient::with_interceptor(
+    let client: Client = pb::task_service_client::TaskServiceClient::with_interceptor(
         app.channel().await,
         WithHeader("x-api-key", stack.api_key().to_string()),
     );
     settle().await;
+    (stack, notifications, app, client)
+}
+
+#[tokio::test]
+async fn each_write_costs_the_sidecar_what_its_guarantees_need_and_no_more() {
+    let (_stack, _notifications, app, mut client) = start().await;
     let (ids, creates) = creates(&mut client, &app.sidecar).await;
     let completions = completions(&mut client, &app.sidecar, &ids).await;
     let gets = gets(&mut client, &app.sidecar, &ids).await;
@@ -238,14 +244,7 @@ fn state_calls(costs: &BTreeMap<String, f64>) -> f64 {
 
 #[tokio::test]
 async fn changes_in_flight_together_share_their_state_calls() {
-    let stack = devstack::Stack::builder().start().await.unwrap();
-    let _notifications = BinaryApp::start(&stack, "notification-service", &[]).await;
-    let app = BinaryApp::start(&stack, "task-api", &[]).await;
-    let mut client: Client = pb::task_service_client::TaskServiceClient::with_interceptor(
-        app.channel().await,
-        WithHeader("x-api-key", stack.api_key().to_string()),
-    );
-    settle().await;
+    let (_stack, _notifications, app, mut client) = start().await;
     let (ids, _) = creates(&mut client, &app.sidecar).await;
     let (alone, together) = ids.split_at(REQUESTS / 2);
     let one_at_a_time = completions(&mut client, &app.sidecar, alone).await;

@@ -203,6 +203,18 @@ async fn each_write_costs_the_sidecar_what_its_guarantees_need_and_no_more() {
     // A read is one read.
     assert!((total(&gets, "api:") - 1.0).abs() < 0.1, "{gets:?}");
     assert!((total(&gets, "state:") - 1.0).abs() < 0.1, "{gets:?}");
+    // Every staged copy came back to the relay readable (one per change, as each was staged
+    // alone), and no delivery was kept as a dead letter.
+    let relayed = async |outcome| {
+        app.metric(
+            "task_api_events_handled_total",
+            &[("route", "outbox"), ("outcome", outcome)],
+        )
+        .await
+    };
+    assert!(relayed("success").await >= 2.0 * REQUESTS as f64);
+    assert_eq!(relayed("dead_letter").await, 0.0);
+    assert_eq!(app.metric("task_api_dead_letters_total", &[]).await, 0.0);
 }
 
 /// Completes `ids` from `callers` clients at once: what a completion costs then.

@@ -4,7 +4,7 @@ use std::{path::PathBuf, time::Duration};
 
 pub const USAGE: &str = "usage: task-api-bench [options]
        task-api-bench sustained [--brokers LIST] [--rate N | --start-rate N --max-rate N --step-secs N] [--hold-secs N] [--out PATH] [--smoke]
-       task-api-bench cost --baseline DIR [--label NAME] [--stores LIST] [--concurrency LIST] [--duration-secs N] [--smoke]
+       task-api-bench cost --baseline DIR [--label NAME] [--stores LIST] [--concurrency LIST] [--duration-secs N] [--rounds N] [--smoke]
        task-api-bench list [--stores LIST] [--sizes LIST] [--duration-secs N] [--smoke]
        task-api-bench brokers [--brokers LIST] [--concurrency LIST] [--duration-secs N] [--smoke]
        task-api-bench observe [--concurrency N] [--duration-secs N] [--warmup-secs X] [--rounds N] [--get-pool N] [--out PATH] [--smoke]
@@ -21,7 +21,9 @@ stops is timed too (default brokers redis,kafka).
 
 cost: CreateTask, UpdateTaskStatus and DeleteTask through the task-api and notification-service
 binaries in DIR (an earlier build) and through this build, on each store (default
-redis,postgresql; concurrency 16,64; 10 s per run).
+redis,postgresql; concurrency 16,64; 10 s per run). Both run at once, each on a system of its
+own, loaded in turn: --rounds rounds (default 3), the builds' order alternating; medians and
+the median of the per-round ratios are reported.
 
 list: ListTasks' first page at 1,000, 10,000 and 100,000 tasks (--sizes), unfiltered and by the
 status 1% of tasks have, one caller and 8 at once, on each store.
@@ -180,12 +182,14 @@ fn parse_cost(args: impl IntoIterator<Item = String>) -> Result<Parsed, UsageErr
         concurrency: if smoke { vec![4] } else { vec![16, 64] },
         warmup: Duration::from_millis(if smoke { 300 } else { 1000 }),
         duration: Duration::from_secs(if smoke { 1 } else { 10 }),
+        rounds: if smoke { 1 } else { 3 },
     };
     for (name, value) in options {
         let value = value.unwrap_or_default();
         match name.as_str() {
             "-h" | "--help" => return Ok(Parsed::Help),
             "--smoke" => {}
+            "--rounds" => cost.rounds = number(&name, &value, 1, 20)?,
             "--baseline" => cost.baseline = value.into(),
             "--label" => cost.baseline_label = value,
             "--stores" => cost.stores = parse_stores(&value)?,

@@ -184,6 +184,14 @@ impl<'a> SidecarBuilder<'a> {
         if self.api_logging {
             command.arg("--enable-api-logging");
         }
+        // Where daprd's CPU goes: `go tool pprof http://127.0.0.1:<port>/debug/pprof/profile`.
+        if self.app_id == "task-api"
+            && let Ok(port) = std::env::var("DEVSTACK_DAPRD_PROFILE_PORT")
+        {
+            command
+                .arg("--enable-profiling")
+                .args(["--profile-port", &port]);
+        }
         if let Some(token) = &self.app_api_token {
             command.env("APP_API_TOKEN", token);
         }

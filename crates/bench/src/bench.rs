@@ -21,7 +21,8 @@ use crate::{
     load::{self, Pools, RunResult, Scenario, Shared, Target, Watched, Worker},
     ops::{self, Credential, Plain, TaskClient},
     procfs,
-    report::{self, Events, Measurement, Memory, RunCpu, ScenarioResult},
+    report::{self, Events, Measurement, Memory, RunCost, ScenarioResult},
+    store_ops::StoreCounter,
     system::{self, System},
 };
 
@@ -51,7 +52,7 @@ pub enum Side {
 pub struct Run {
     pub result: RunResult,
     pub shared: Arc<Shared>,
-    pub cpu: RunCpu,
+    pub cpu: RunCost,
 }
 
 /// Everything measured on one broker.
@@ -82,6 +83,7 @@ pub struct Bench<'a> {
     pub args: &'a Args,
     broker: EventBroker,
     watched: Watched,
+    store: StoreCounter,
     task_clients: Vec<TaskClient>,
     plains: Vec<Plain>,
     notifications: (Channel, Credential),
@@ -131,6 +133,7 @@ impl<'a> Bench<'a> {
                 task_api: system.task_api.pid(),
                 daprd: system.task_api.sidecar_pid(),
             },
+            store: StoreCounter::of(system),
             task_clients,
             plains,
             notifications,
@@ -183,14 +186,18 @@ impl<'a> Bench<'a> {
             })
             .collect();
         let (warmup, duration) = (self.args.warmup, self.args.duration);
+        let store_before = self.store.snapshot()?;
         let result = load::run(workers, shared.clone(), warmup, duration, self.watched).await;
         let drained_after_secs = match side {
             Side::TaskApi => self.settle(scenario.name()).await?.map(|d| d.as_secs_f64()),
             Side::Plain => None,
         };
-        let cpu = RunCpu {
+        let cpu = RunCost {
             seconds: self.watched.cpu_since(result.start_ticks),
             drained_after_secs,
+            store_ops: self
+                .store
+                .per_request_since(&store_before, result.succeeded)?,
         };
         Ok(Run {
             result,

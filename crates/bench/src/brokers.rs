@@ -16,7 +16,7 @@ use crate::{
     events::{self, DeliverySummary},
     load::{self, Pools, Scenario, Shared, Target, Watched, Worker},
     ops::{self, Plain},
-    report::{Measurement, RunCpu},
+    report::{Measurement, RunCost},
     system::{self, System},
 };
 
@@ -107,7 +107,7 @@ async fn status_changes(
     args: &BrokerArgs,
     concurrency: usize,
     system: &mut System,
-) -> Result<(load::RunResult, Arc<Shared>, RunCpu)> {
+) -> Result<(load::RunResult, Arc<Shared>, RunCost)> {
     let clients = system.task_clients(concurrency.div_ceil(16)).await?;
     let sidecar = system::channel(system.task_api.sidecar.grpc_port(), "task-api's daprd").await?;
     let mut writer = Plain::new(sidecar, ops::new_task()?);
@@ -128,9 +128,10 @@ async fn status_changes(
         daprd: system.task_api.sidecar_pid(),
     };
     let result = load::run(workers, shared.clone(), args.warmup, args.duration, watched).await;
-    let cpu = RunCpu {
+    let cpu = RunCost {
         seconds: watched.cpu_since(result.start_ticks),
         drained_after_secs: None,
+        store_ops: None,
     };
     Ok((result, shared, cpu))
 }

@@ -25,6 +25,7 @@ use crate::{
     observe_report::median,
     ops::{self, TaskClient},
     procfs,
+    store_ops::{OpsPerRequest, StoreCounter, StoreOps},
     system::System,
 };
 
@@ -51,14 +52,16 @@ pub struct Row {
     pub scenario: &'static str,
     pub concurrency: usize,
     pub figures: Figures,
-    pub cpu: CpuPerRequest,
+    pub cpu: PerRequest,
 }
 
-/// CPU milliseconds per successful request, from a run's start until its events were handled.
+/// What a successful request cost, from a run's start until its events were handled: CPU
+/// milliseconds, and the Redis commands the sidecars sent (with tasks on Redis).
 #[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct CpuPerRequest {
+pub struct PerRequest {
     pub task_api_ms: Option<f64>,
     pub daprd_ms: Option<f64>,
+    pub store_ops: Option<OpsPerRequest>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -122,6 +125,7 @@ struct Build {
     clients: Vec<TaskClient>,
     broker: EventBroker,
     watched: Watched,
+    store: StoreCounter,
 }
 
 impl Build {
@@ -152,6 +156,7 @@ impl Build {
         };
         Ok(Self {
             name: name.to_string(),
+            store: StoreCounter::of(&system),
             system,
             clients,
             broker,
@@ -209,7 +214,6 @@ async fn measure(
         name,
         clients,
         broker,
-        watched,
         ..
     } = build;
     let at = |scenario| Run {
@@ -221,7 +225,7 @@ async fn measure(
     };
     let (created, completed) = (Pool::default(), Pool::default());
     let pool = created.clone();
-    let start = watched.ticks();
+    let start = Start::of(build)?;
     let figures = timed(args, clients, c, move |mut client| {
         let created = pool.clone();
         async move {
@@ -231,11 +235,11 @@ async fn measure(
     })
     .await;
     settle(broker).await?;
-    let cpu = per_request(watched.cpu_since(start), figures.succeeded);
+    let cpu = start.per_request(build, figures.succeeded)?;
     record(rows, at("CreateTask"), figures, cpu);
 
     let pools = (created.clone(), completed.clone());
-    let start = watched.ticks();
+    let start = Start::of(build)?;
     let figures = timed(args, clients, c, move |mut client| {
         let (created, completed) = pools.clone();
         async move {
@@ -249,10 +253,10 @@ async fn measure(
     })
     .await;
     settle(broker).await?;
-    let cpu = per_request(watched.cpu_since(start), figures.succeeded);
+    let cpu = start.per_request(build, figures.succeeded)?;
     record(rows, at("UpdateTaskStatus"), figures, cpu);
 
-    let start = watched.ticks();
+    let start = Start::of(build)?;
     let figures = timed(args, clients, c, move |mut client| {
         let completed = completed.clone();
         async move {
@@ -265,7 +269,7 @@ async fn measure(
     })
     .await;
     settle(broker).await?;
-    let cpu = per_request(watched.cpu_since(start), figures.succeeded);
+    let cpu = start.per_request(build, figures.succeeded)?;
     record(rows, at("DeleteTask"), figures, cpu);
     Ok(())
 }
@@ -279,7 +283,7 @@ struct Run<'a> {
     concurrency: usize,
 }
 
-fn record(rows: &mut Vec<Row>, run: Run<'_>, figures: Figures, cpu: CpuPerRequest) {
+fn record(rows: &mut Vec<Row>, run: Run<'_>, figures: Figures, cpu: PerRequest) {
     let Run {
         store,
         build,
@@ -288,13 +292,14 @@ fn record(rows: &mut Vec<Row>, run: Run<'_>, figures: Figures, cpu: CpuPerReques
         concurrency,
     } = run;
     say(&format!(
-        "{} / {build} / round {round}: {scenario} at {concurrency}: {:.0} rps, p50 {} ms, p99 {} ms, CPU per request task-api {} ms / daprd {} ms, errors {}",
+        "{} / {build} / round {round}: {scenario} at {concurrency}: {:.0} rps, p50 {} ms, p99 {} ms, CPU per request task-api {} ms / daprd {} ms, store ops per request {}, errors {}",
         store_name(store),
         figures.rps,
         ms(figures.p50_ms),
         ms(figures.p99_ms),
         cpu_ms(cpu.task_api_ms),
         cpu_ms(cpu.daprd_ms),
+        count(cpu.store_ops.map(|o| o.total())),
         figures.errors
     ));
     rows.push(Row {
@@ -308,14 +313,34 @@ fn record(rows: &mut Vec<Row>, run: Run<'_>, figures: Figures, cpu: CpuPerReques
     });
 }
 
-/// CPU per request of task-api and its daprd, from the seconds each used (as
-/// [`Watched::cpu_since`] gives them).
-fn per_request([task_api, daprd, _]: [f64; 3], requests: u64) -> CpuPerRequest {
-    let ms = |seconds: f64| (requests > 0).then(|| seconds * 1000.0 / requests as f64);
-    CpuPerRequest {
-        task_api_ms: ms(task_api),
-        daprd_ms: ms(daprd),
+/// Where a run started: the CPU ticks of task-api and its daprd, and the store operations.
+struct Start {
+    ticks: [u64; 3],
+    store: StoreOps,
+}
+
+impl Start {
+    fn of(build: &Build) -> Result<Self> {
+        Ok(Self {
+            ticks: build.watched.ticks(),
+            store: build.store.snapshot()?,
+        })
     }
+
+    /// What each of `requests` cost from this start until now.
+    fn per_request(&self, build: &Build, requests: u64) -> Result<PerRequest> {
+        let [task_api, daprd, _] = build.watched.cpu_since(self.ticks);
+        let ms = |seconds: f64| (requests > 0).then(|| seconds * 1000.0 / requests as f64);
+        Ok(PerRequest {
+            task_api_ms: ms(task_api),
+            daprd_ms: ms(daprd),
+            store_ops: build.store.per_request_since(&self.store, requests)?,
+        })
+    }
+}
+
+fn count(value: Option<f64>) -> String {
+    value.map_or_else(|| "-".into(), |v| format!("{v:.2}"))
 }
 
 fn cpu_ms(value: Option<f64>) -> String {
@@ -340,7 +365,7 @@ pub fn ms(value: Option<f64>) -> String {
 /// the median of the rounds for each build and the median of the per-round changes.
 pub fn table(rows: &[Row], baseline: &str) -> String {
     let mut out = format!(
-        "| scenario | store | in flight | {baseline} rps | this build rps | change | p99 ms {baseline} / this build | daprd CPU ms/req {baseline} / this build | change | task-api CPU ms/req {baseline} / this build | errors |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        "| scenario | store | in flight | {baseline} rps | this build rps | change | p99 ms {baseline} / this build | daprd CPU ms/req {baseline} / this build | change | task-api CPU ms/req {baseline} / this build | store ops/req {baseline} / this build | errors |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     );
     let mut seen: Vec<(&str, &str, usize)> = Vec::new();
     for row in rows.iter().filter(|r| r.build == baseline) {
@@ -379,9 +404,10 @@ pub fn table(rows: &[Row], baseline: &str) -> String {
         let p99 = |r: &Row| r.figures.p99_ms;
         let daprd = |r: &Row| r.cpu.daprd_ms;
         let task_api = |r: &Row| r.cpu.task_api_ms;
+        let store_ops = |r: &Row| r.cpu.store_ops.map(|o| o.total());
         let errors: u64 = before.iter().chain(&after).map(|r| r.figures.errors).sum();
         out.push_str(&format!(
-            "| {} | {} | {} | {:.0} | {:.0} | {} | {} / {} | {} / {} | {} | {} / {} | {errors} |\n",
+            "| {} | {} | {} | {:.0} | {:.0} | {} | {} / {} | {} / {} | {} | {} / {} | {} / {} | {errors} |\n",
             row.scenario,
             row.store,
             row.concurrency,
@@ -395,6 +421,8 @@ pub fn table(rows: &[Row], baseline: &str) -> String {
             change(daprd),
             cpu_ms(middle(&before, task_api)),
             cpu_ms(middle(&after, task_api)),
+            count(middle(&before, store_ops)),
+            count(middle(&after, store_ops)),
         ));
     }
     out
@@ -417,9 +445,14 @@ mod tests {
                 errors: 1,
                 ..Figures::default()
             },
-            cpu: CpuPerRequest {
+            cpu: PerRequest {
                 task_api_ms: Some(0.2),
                 daprd_ms: Some(daprd_ms),
+                store_ops: Some(OpsPerRequest {
+                    state_reads: Some(1.0),
+                    state_writes: Some(round as f64),
+                    stream: None,
+                }),
             },
         }
     }
@@ -439,7 +472,7 @@ mod tests {
         let line = table.lines().nth(2).unwrap();
         assert_eq!(
             line,
-            "| CreateTask | redis | 16 | 900 | 990 | +10% | 10.0 / 10.0 | 0.600 / 0.540 | -10% | 0.200 / 0.200 | 6 |"
+            "| CreateTask | redis | 16 | 900 | 990 | +10% | 10.0 / 10.0 | 0.600 / 0.540 | -10% | 0.200 / 0.200 | 3.00 / 3.00 | 6 |"
         );
         assert_eq!(table.lines().count(), 3);
     }

@@ -23,6 +23,7 @@ mod offsets;
 mod ops;
 mod procfs;
 mod report;
+mod store_ops;
 mod sustained;
 mod system;
 
@@ -137,6 +138,10 @@ async fn run_main(args: &Args) -> Result<Option<String>> {
 fn print_report(report: &BrokerReport) {
     println!("\n## {}\n", report.broker);
     println!("{}", report::table(&report.scenarios));
+    println!(
+        "Store operations per request (Redis commands the sidecars sent, counted by the servers, from a run's start until its events were handled):\n"
+    );
+    println!("{}", report::store_ops_table(&report.scenarios));
     println!("{}", report::memory_line(&report.memory));
     println!("{}", report::events_line(&report.events));
     if let Some(problem) = &report.events.overall.first_problem {

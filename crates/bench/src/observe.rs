@@ -50,7 +50,7 @@ use crate::{
     observe_report::{self, ConfigRun, PairRun, RequestRun, SystemSeen},
     ops::TaskClient,
     procfs,
-    report::{Measurement, RunCpu},
+    report::{Measurement, RunCost},
     system::{Otlp, System, Telemetry},
 };
 
@@ -269,9 +269,10 @@ impl<'a> Context<'a> {
         let backends_cpu = cpu_since(&pids.backends, &backends_before);
         let system_cpu = cpu_since(&pids.system, &system_before);
         let per_request = |cpu: f64| cpu * 1_000.0 / result.succeeded as f64;
-        let cpu = RunCpu {
+        let cpu = RunCost {
             seconds: self.watched.cpu_since(result.start_ticks),
             drained_after_secs: Some(drained.as_secs_f64()),
+            store_ops: None,
         };
         self.served += result.succeeded;
         Ok(RequestRun {

@@ -538,7 +538,7 @@ mod tests {
     use super::*;
     use crate::{
         load::{RunResult, Scenario},
-        report::RunCpu,
+        report::RunCost,
     };
 
     fn run(config: Config, round: usize, get_rps: u32, create_rps: u32) -> ConfigRun {
@@ -551,7 +551,7 @@ mod tests {
             result.latencies[0] = vec![1_000; rps as usize];
             RequestRun {
                 request: scenario.name(),
-                figures: Measurement::of(&result, scenario, RunCpu::default()),
+                figures: Measurement::of(&result, scenario, RunCost::default()),
                 backends_cpu_ms_per_req: None,
                 system_cpu_ms_per_req: Some(1_000.0 / f64::from(rps)),
             }

@@ -7,6 +7,7 @@ use serde::Serialize;
 use crate::{
     events::DeliverySummary,
     load::{Op, RunResult, Scenario},
+    store_ops::OpsPerRequest,
 };
 
 /// Nearest-rank percentile of sorted microseconds, in milliseconds.
@@ -31,13 +32,15 @@ pub struct OpSummary {
     pub errors: u64,
 }
 
-/// CPU a run used, from the start of its warm-up until task-api had handled every event it
-/// published: task-api, its daprd, the load client (seconds).
+/// What a run cost, from the start of its warm-up until task-api had handled every event it
+/// published: the CPU of task-api, its daprd and the load client (seconds), and the store
+/// operations per successful request (where the mode counts them).
 #[derive(Debug, Clone, Copy, Default)]
-pub struct RunCpu {
+pub struct RunCost {
     pub seconds: [f64; 3],
     /// How long after the load ended the events took to be handled (task-api's runs).
     pub drained_after_secs: Option<f64>,
+    pub store_ops: Option<OpsPerRequest>,
 }
 
 fn per_request_ms(cpu_seconds: f64, requests: u64) -> Option<f64> {
@@ -69,6 +72,9 @@ pub struct Measurement {
     pub daprd_cpu_ms_per_req_in_window: Option<f64>,
     /// Seconds from the end of the load until task-api had handled every event of the run.
     pub events_drained_after_secs: Option<f64>,
+    /// Redis commands the sidecars sent per successful request (warm-up included), from the
+    /// run's start until its events were handled (see `store_ops`).
+    pub store_ops_per_req: Option<OpsPerRequest>,
     /// Highest VmRSS sampled during the measured window.
     pub task_api_rss_max_mib: Option<f64>,
     pub daprd_rss_max_mib: Option<f64>,
@@ -97,7 +103,7 @@ fn op_summaries(run: &RunResult, secs: f64) -> BTreeMap<&'static str, OpSummary>
 }
 
 impl Measurement {
-    pub fn of(run: &RunResult, scenario: Scenario, cpu: RunCpu) -> Self {
+    pub fn of(run: &RunResult, scenario: Scenario, cpu: RunCost) -> Self {
         let mut all: Vec<u32> = run.latencies.iter().flatten().copied().collect();
         all.sort_unstable();
         let requests = all.len();
@@ -124,6 +130,7 @@ impl Measurement {
             task_api_cpu_ms_per_req_in_window: in_window(run.cpu_task_api),
             daprd_cpu_ms_per_req_in_window: in_window(run.cpu_daprd),
             events_drained_after_secs: cpu.drained_after_secs,
+            store_ops_per_req: cpu.store_ops,
             task_api_rss_max_mib: run.rss_task_api.iter().max().map(|kib| kib_to_mib(*kib)),
             daprd_rss_max_mib: run.rss_daprd.iter().max().map(|kib| kib_to_mib(*kib)),
             ops: if scenario == Scenario::Mixed {
@@ -155,6 +162,8 @@ pub struct ScenarioResult {
     pub p99_ratio: Option<f64>,
     /// task-api's daprd CPU per request over the same daprd's per plain request.
     pub daprd_cpu_ratio: Option<f64>,
+    /// task-api's store operations per request over the plain app's (all that were counted).
+    pub store_ops_ratio: Option<f64>,
 }
 
 impl ScenarioResult {
@@ -172,6 +181,10 @@ impl ScenarioResult {
             p90_ratio: quotient(task_api.p90_ms, plain.p90_ms),
             p99_ratio: quotient(task_api.p99_ms, plain.p99_ms),
             daprd_cpu_ratio: quotient(task_api.daprd_cpu_ms_per_req, plain.daprd_cpu_ms_per_req),
+            store_ops_ratio: quotient(
+                task_api.store_ops_per_req.map(|o| o.total()),
+                plain.store_ops_per_req.map(|o| o.total()),
+            ),
             task_api,
             plain,
         }
@@ -421,6 +434,43 @@ pub fn table(results: &[ScenarioResult]) -> String {
     out
 }
 
+/// Store operations per request, task-api against the plain app: state reads, state writes and
+/// Redis streams commands, and the ratio of all counted.
+pub fn store_ops_table(results: &[ScenarioResult]) -> String {
+    let mut out = String::from(
+        "| scenario | in flight | task-api: state reads / writes / stream commands per request | plain: state reads / writes / stream commands per request | total (task-api / plain) | ratio |\n\
+         |---|---:|---:|---:|---:|---:|\n",
+    );
+    let count = |n: Option<f64>| n.map_or_else(|| "-".into(), |n| format!("{n:.2}"));
+    let split = |o: &Option<OpsPerRequest>| match o {
+        Some(o) => format!(
+            "{} / {} / {}",
+            count(o.state_reads),
+            count(o.state_writes),
+            count(o.stream)
+        ),
+        None => "-".into(),
+    };
+    let total = |o: &Option<OpsPerRequest>| count(o.map(|o| o.total()));
+    for r in results {
+        let (a, p) = (&r.task_api.store_ops_per_req, &r.plain.store_ops_per_req);
+        if a.is_none() && p.is_none() {
+            continue;
+        }
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} / {} | {} |\n",
+            r.scenario,
+            r.concurrency,
+            split(a),
+            split(p),
+            total(a),
+            total(p),
+            ratio(r.store_ops_ratio),
+        ));
+    }
+    out
+}
+
 pub fn memory_line(memory: &Memory) -> String {
     format!(
         "Memory: task-api peak (VmHWM) {}; VmRSS during the {}-in-flight runs max {}, mean {} ({} samples); its daprd VmRSS max {}, mean {}, peak {}.",
@@ -487,9 +537,10 @@ mod tests {
             ..Default::default()
         };
         run.latencies[0] = vec![1_000; 200];
-        let cpu = |daprd| RunCpu {
+        let cpu = |daprd| RunCost {
             seconds: [0.1, daprd, 0.1],
             drained_after_secs: None,
+            store_ops: None,
         };
         let api = Measurement::of(&run, Scenario::Create, cpu(0.4));
         run.latencies[0] = vec![1_000; 400];

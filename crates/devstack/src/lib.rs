@@ -50,7 +50,7 @@ pub use ports::{ensure_free, free_port};
 pub use postgres::Postgres;
 pub use process::{LogSink, ManagedProcess};
 pub use prometheus::{Prometheus, ScrapeTarget};
-pub use redis::{GroupBacklog, Redis, ping as redis_answers};
+pub use redis::{GroupBacklog, Redis, command_calls as redis_command_calls, ping as redis_answers};
 pub use resources::{ComponentSet, cache_dir, repo_root};
 pub use scheduler::Scheduler;
 pub use sentry::Sentry;

@@ -3,6 +3,7 @@
 //! in a test) comes back with its data.
 
 use std::{
+    collections::BTreeMap,
     path::{Path, PathBuf},
     process::Command,
     time::Duration,
@@ -106,19 +107,7 @@ impl Redis {
     /// Runs `redis-cli` against this server and returns its output (for tests that look at what
     /// Dapr stored, or write data the way another implementation would have).
     pub fn cli(&self, args: &[&str]) -> Result<String, Error> {
-        let program = which("redis-cli").ok_or_else(|| Error::Missing {
-            what: "redis-cli",
-            detail: "not found on PATH".into(),
-            install: INSTALL_REDIS.into(),
-        })?;
-        let output = Command::new(program)
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .map_err(Error::io("redis-cli"))?;
-        Ok(String::from_utf8_lossy(&output.stdout)
-            .trim_end()
-            .to_string())
+        cli_at(self.port, args)
     }
 }
 
@@ -179,6 +168,53 @@ impl Redis {
     pub fn stream_length(&self, stream: &str) -> Result<u64, Error> {
         Ok(self.cli(&["XLEN", stream])?.trim().parse().unwrap_or(0))
     }
+
+    /// See [`command_calls`].
+    pub fn command_calls(&self) -> Result<BTreeMap<String, u64>, Error> {
+        command_calls(self.port)
+    }
+}
+
+/// `redis-cli` against the server on 127.0.0.1:`port`; its output.
+fn cli_at(port: u16, args: &[&str]) -> Result<String, Error> {
+    let program = which("redis-cli").ok_or_else(|| Error::Missing {
+        what: "redis-cli",
+        detail: "not found on PATH".into(),
+        install: INSTALL_REDIS.into(),
+    })?;
+    let output = Command::new(program)
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .map_err(Error::io("redis-cli"))?;
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .trim_end()
+        .to_string())
+}
+
+/// How often each command ran on the server on 127.0.0.1:`port` since it started, by its
+/// lower-case name (`INFO commandstats`). Redis counts the commands a script runs as well as
+/// the script.
+pub fn command_calls(port: u16) -> Result<BTreeMap<String, u64>, Error> {
+    Ok(parse_command_calls(&cli_at(
+        port,
+        &["INFO", "commandstats"],
+    )?))
+}
+
+/// `cmdstat_<name>:calls=<n>,...` lines into name -> calls.
+fn parse_command_calls(info: &str) -> BTreeMap<String, u64> {
+    info.lines()
+        .filter_map(|line| {
+            let (name, stats) = line.trim().strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = stats
+                .split(',')
+                .find_map(|field| field.strip_prefix("calls="))?
+                .parse()
+                .ok()?;
+            Some((name.to_string(), calls))
+        })
+        .collect()
 }
 
 /// Whether a Redis server answers PING on 127.0.0.1:`port`.
@@ -202,4 +238,21 @@ pub(crate) fn which(program: &str) -> Option<std::path::PathBuf> {
         .chain(["/usr/sbin", "/usr/bin"].map(Into::into))
         .map(|dir| dir.join(program))
         .find(|candidate| candidate.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_calls_are_read_from_commandstats() {
+        let info = "# Commandstats\r\n\
+            cmdstat_eval:calls=6376,usec=91011,usec_per_call=14.27,rejected_calls=0,failed_calls=0\r\n\
+            cmdstat_xgroup|create:calls=4,usec=40,usec_per_call=10.00,rejected_calls=0,failed_calls=2\r\n\
+            not a stat line\r\n";
+        let calls = parse_command_calls(info);
+        assert_eq!(calls.get("eval"), Some(&6376));
+        assert_eq!(calls.get("xgroup|create"), Some(&4));
+        assert_eq!(calls.len(), 2);
+    }
 }

@@ -2,7 +2,10 @@
 //! `notifications-task-<id>`.
 //!
 //! Recording is one ETag-guarded update of the task's document that first looks for the
-//! idempotency key, so a notification delivered twice, even concurrently, is kept once.
+//! idempotency key, so a notification delivered twice, even concurrently, is kept once. A task
+//! this process has not seen a document of is tried first as the document's first write, which
+//! needs no read: a task's first notification is most often its only one (its completion).
+//! Only if the document exists after all is it read and updated as above.
 //!
 //! Bounded: a document keeps a task's newest [`KEPT_PER_TASK`] notifications, and the store
 //! forgets a document a retention period (`NOTIFICATION_RETENTION_SECONDS`, 30 days by default)
@@ -10,7 +13,11 @@
 //! recognised; task-api publishes a change's event under one id and notifies it under one key,
 //! so in practice only a replay older than that could be notified twice.
 
-use std::time::Duration;
+use std::{
+    collections::{HashSet, VecDeque},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +29,8 @@ use crate::service::{
 
 /// Notifications kept per task; the oldest go first.
 pub(crate) const KEPT_PER_TASK: usize = 1000;
+/// Documents remembered as existing (a few megabytes at most).
+const REMEMBERED: usize = 16_384;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) struct ReceivedNotification {
@@ -52,6 +61,38 @@ pub(super) struct NotificationStore<S> {
     store: S,
     kept_per_task: usize,
     retention: Duration,
+    existing: Existing,
+}
+
+/// Keys of the documents this process wrote or found lately: their next notification is
+/// merged into what is there (a first write would be refused, a call for nothing).
+#[derive(Debug, Clone, Default)]
+struct Existing(Arc<Mutex<Remembered>>);
+
+#[derive(Debug, Default)]
+struct Remembered {
+    keys: HashSet<String>,
+    order: VecDeque<String>,
+}
+
+impl Existing {
+    fn contains(&self, key: &str) -> bool {
+        let remembered = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        remembered.keys.contains(key)
+    }
+
+    fn note(&self, key: &str) {
+        let mut remembered = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if !remembered.keys.insert(key.to_string()) {
+            return;
+        }
+        remembered.order.push_back(key.to_string());
+        while remembered.order.len() > REMEMBERED {
+            if let Some(oldest) = remembered.order.pop_front() {
+                remembered.keys.remove(&oldest);
+            }
+        }
+    }
 }
 
 impl<S: KeyValueStore> NotificationStore<S> {
@@ -60,6 +101,7 @@ impl<S: KeyValueStore> NotificationStore<S> {
             store,
             retention,
             kept_per_task: KEPT_PER_TASK,
+            existing: Existing::default(),
         }
     }
 
@@ -72,6 +114,22 @@ impl<S: KeyValueStore> NotificationStore<S> {
         notification: ReceivedNotification,
     ) -> Result<Recorded, ReadError> {
         let key = Self::key(&notification.task_id);
+        if !self.existing.contains(&key) {
+            let first = Document {
+                notifications: vec![notification.clone()],
+            };
+            let write = Write::new(key.clone(), encode(&first), Condition::IfAbsent)
+                .expiring(Some(self.retention));
+            match self.store.put(write).await {
+                Ok(_) => {
+                    self.existing.note(&key);
+                    return Ok(Recorded::New);
+                }
+                // There is a document: this one may be in it already.
+                Err(StoreError::Conflict { .. }) => self.existing.note(&key),
+                Err(error) => return Err(error.into()),
+            }
+        }
         let mut attempt = 0;
         loop {
             let stored = self.store.get(&key).await?;
@@ -154,5 +212,52 @@ mod tests {
         let kept = store.for_task("t1").await.unwrap();
         assert_eq!(kept.len(), 20);
         assert_eq!(kept.last().unwrap().id, "k24");
+    }
+
+    /// The keys task t1's document keeps, oldest first.
+    async fn kept_ids(store: &NotificationStore<MemoryStore>) -> Vec<String> {
+        let kept = store.for_task("t1").await.unwrap();
+        kept.into_iter().map(|n| n.id).collect()
+    }
+
+    #[tokio::test]
+    async fn a_tasks_first_notification_is_written_without_a_read() {
+        let memory = MemoryStore::new();
+        let store = NotificationStore::new(memory.clone(), Duration::from_secs(3600));
+        let reads = || memory.reads_of(&["notifications-task-"]);
+        assert_eq!(
+            store.record(notification("first")).await.unwrap(),
+            Recorded::New
+        );
+        assert_eq!(reads(), 0);
+        // The document is known to exist now: the next is merged into it after a read.
+        assert_eq!(
+            store.record(notification("second")).await.unwrap(),
+            Recorded::New
+        );
+        assert_eq!(reads(), 1);
+        assert_eq!(memory.refused("notifications-task-"), 0);
+        assert_eq!(kept_ids(&store).await, ["first", "second"]);
+    }
+
+    #[tokio::test]
+    async fn a_document_another_process_wrote_is_found_by_a_refused_first_write() {
+        let memory = MemoryStore::new();
+        let elsewhere = NotificationStore::new(memory.clone(), Duration::from_secs(3600));
+        elsewhere.record(notification("there")).await.unwrap();
+        // A process that has not seen the document (another replica, or after a restart).
+        let here = NotificationStore::new(memory.clone(), Duration::from_secs(3600));
+        assert_eq!(
+            here.record(notification("there")).await.unwrap(),
+            Recorded::Duplicate
+        );
+        let fresh = NotificationStore::new(memory.clone(), Duration::from_secs(3600));
+        assert_eq!(
+            fresh.record(notification("new")).await.unwrap(),
+            Recorded::New
+        );
+        assert_eq!(kept_ids(&here).await, ["there", "new"]);
+        // Each refused once, then merged; nothing overwritten.
+        assert_eq!(memory.refused("notifications-task-"), 2);
     }
 }

@@ -25,6 +25,7 @@ use crate::{
     observe_report::median,
     ops::{self, TaskClient},
     procfs,
+    report::count,
     store_ops::{OpsPerRequest, StoreCounter, StoreOps},
     system::System,
 };
@@ -337,10 +338,6 @@ impl Start {
             store_ops: build.store.per_request_since(&self.store, requests)?,
         })
     }
-}
-
-fn count(value: Option<f64>) -> String {
-    value.map_or_else(|| "-".into(), |v| format!("{v:.2}"))
 }
 
 fn cpu_ms(value: Option<f64>) -> String {

@@ -434,6 +434,11 @@ pub fn table(results: &[ScenarioResult]) -> String {
     out
 }
 
+/// A count per request, to two decimals (`-` when not counted).
+pub fn count(n: Option<f64>) -> String {
+    n.map_or_else(|| "-".into(), |n| format!("{n:.2}"))
+}
+
 /// Store operations per request, task-api against the plain app: state reads, state writes and
 /// Redis streams commands, and the ratio of all counted.
 pub fn store_ops_table(results: &[ScenarioResult]) -> String {
@@ -441,7 +446,6 @@ pub fn store_ops_table(results: &[ScenarioResult]) -> String {
         "| scenario | in flight | task-api: state reads / writes / stream commands per request | plain: state reads / writes / stream commands per request | total (task-api / plain) | ratio |\n\
          |---|---:|---:|---:|---:|---:|\n",
     );
-    let count = |n: Option<f64>| n.map_or_else(|| "-".into(), |n| format!("{n:.2}"));
     let split = |o: &Option<OpsPerRequest>| match o {
         Some(o) => format!(
             "{} / {} / {}",

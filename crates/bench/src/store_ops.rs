@@ -111,7 +111,7 @@ impl OpsPerRequest {
 #[derive(Debug, Clone, Default)]
 pub struct StoreCounter {
     ports: Vec<u16>,
-    pub counted: Counted,
+    counted: Counted,
 }
 
 impl StoreCounter {

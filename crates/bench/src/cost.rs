@@ -25,7 +25,7 @@ use crate::{
     observe_report::median,
     ops::{self, TaskClient},
     procfs,
-    report::count,
+    report::{count, cpu},
     store_ops::{OpsPerRequest, StoreCounter, StoreOps},
     system::System,
 };
@@ -284,7 +284,7 @@ struct Run<'a> {
     concurrency: usize,
 }
 
-fn record(rows: &mut Vec<Row>, run: Run<'_>, figures: Figures, cpu: PerRequest) {
+fn record(rows: &mut Vec<Row>, run: Run<'_>, figures: Figures, cost: PerRequest) {
     let Run {
         store,
         build,
@@ -298,9 +298,9 @@ fn record(rows: &mut Vec<Row>, run: Run<'_>, figures: Figures, cpu: PerRequest) 
         figures.rps,
         ms(figures.p50_ms),
         ms(figures.p99_ms),
-        cpu_ms(cpu.task_api_ms),
-        cpu_ms(cpu.daprd_ms),
-        count(cpu.store_ops.map(|o| o.total())),
+        cpu(cost.task_api_ms),
+        cpu(cost.daprd_ms),
+        count(cost.store_ops.map(|o| o.total())),
         figures.errors
     ));
     rows.push(Row {
@@ -310,7 +310,7 @@ fn record(rows: &mut Vec<Row>, run: Run<'_>, figures: Figures, cpu: PerRequest) 
         scenario,
         concurrency,
         figures,
-        cpu,
+        cpu: cost,
     });
 }
 
@@ -338,10 +338,6 @@ impl Start {
             store_ops: build.store.per_request_since(&self.store, requests)?,
         })
     }
-}
-
-fn cpu_ms(value: Option<f64>) -> String {
-    value.map_or_else(|| "-".into(), |v| format!("{v:.3}"))
 }
 
 async fn settle(broker: &EventBroker) -> Result<()> {
@@ -413,11 +409,11 @@ pub fn table(rows: &[Row], baseline: &str) -> String {
             change(rps),
             ms(middle(&before, p99)),
             ms(middle(&after, p99)),
-            cpu_ms(middle(&before, daprd)),
-            cpu_ms(middle(&after, daprd)),
+            cpu(middle(&before, daprd)),
+            cpu(middle(&after, daprd)),
             change(daprd),
-            cpu_ms(middle(&before, task_api)),
-            cpu_ms(middle(&after, task_api)),
+            cpu(middle(&before, task_api)),
+            cpu(middle(&after, task_api)),
             count(middle(&before, store_ops)),
             count(middle(&after, store_ops)),
         ));

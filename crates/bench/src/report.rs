@@ -384,7 +384,8 @@ fn mib(value: Option<f64>) -> String {
     value.map_or_else(|| "-".into(), |v| format!("{v:.1} MiB"))
 }
 
-fn cpu(value: Option<f64>) -> String {
+/// CPU milliseconds per request, to three decimals (`-` when not measured).
+pub fn cpu(value: Option<f64>) -> String {
     value.map_or_else(|| "-".into(), |v| format!("{v:.3}"))
 }
 

@@ -22,7 +22,8 @@
 //!
 //! The public surface is what the binaries, the integration tests and the tools need: the
 //! settings ([`config`]), starting an app ([`startup`], [`notification::build`]), the wire
-//! types ([`proto`], [`domain`]), health ([`health`]) and the stored documents ([`stored`]).
+//! types ([`proto`], [`domain`], [`record_message`]), health ([`health`]) and the stored
+//! documents ([`stored`]).
 
 #![warn(unreachable_pub)]
 
@@ -47,3 +48,4 @@ pub mod stored;
 pub(crate) mod telemetry;
 
 pub use adopt::run as adopt;
+pub use api::convert::record_message;

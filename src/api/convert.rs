@@ -5,14 +5,23 @@ use chrono::{DateTime, Utc};
 use crate::{
     domain::{
         Deadline, DeadlineChange, FieldViolation, NewTask, Priority, RequestId, Task, TaskChanges,
-        TaskId, TaskStatus, Versioned, Violations, time,
+        TaskId, TaskRecord, TaskStatus, Versioned, Violations, time,
     },
     proto::task::v1 as pb,
     service::ListQuery,
 };
 
 pub(crate) fn task(task: &Versioned<Task>) -> pb::Task {
-    let t = &task.value;
+    message(&task.value, task.etag.clone())
+}
+
+/// The message task-api answers for a stored record (`None` for a deleted task), for programs
+/// that answer TaskService calls with task-api's messages (the benchmark's simple app).
+pub fn record_message(record: &TaskRecord) -> Option<pb::Task> {
+    record.live().map(|task| message(task, record.etag()))
+}
+
+fn message(t: &Task, etag: String) -> pb::Task {
     pb::Task {
         id: t.id.to_string(),
         title: t.title.as_str().to_string(),
@@ -21,7 +30,7 @@ pub(crate) fn task(task: &Versioned<Task>) -> pb::Task {
         priority: i32::from(t.priority.value()),
         created_at: Some(timestamp(t.created_at)),
         updated_at: Some(timestamp(t.updated_at)),
-        etag: task.etag.clone(),
+        etag,
         due_at: t.deadline.due_at.map(timestamp),
         remind_at: t.deadline.remind_at.map(timestamp),
     }

@@ -8,6 +8,7 @@ pub const USAGE: &str = "usage: task-api-bench [options]
        task-api-bench list [--stores LIST] [--sizes LIST] [--duration-secs N] [--smoke]
        task-api-bench brokers [--brokers LIST] [--concurrency LIST] [--duration-secs N] [--smoke]
        task-api-bench observe [--concurrency N] [--duration-secs N] [--warmup-secs X] [--rounds N] [--get-pool N] [--out PATH] [--smoke]
+       task-api-bench simple-app [--brokers LIST] [--concurrency LIST] [--duration-secs N] [--warmup-secs X] [--pool N] [--out PATH] [--smoke]
 
 Without a command: on each broker (tasks on Redis; events on Redis streams, then Kafka), starts
 the servers, notification-service and task-api with their Dapr sidecars, then measures every
@@ -44,6 +45,13 @@ Exit status 2 when an export did not arrive: Prometheus did not scrape every tar
 every call, Jaeger holds no trace of a request with task-api's and its daprd's spans, or an app
 dropped spans. --smoke: one round of each, 0.5 s warm-up + 2 s per request.
 
+simple-app: what an app between the caller and its sidecar costs on its own. Each write and
+GetTask three ways, one after the other at each level (default Redis streams; concurrency
+1,16,64; 10 s per run): the plain calls straight to task-api's daprd, the same calls made by the
+simple app (this benchmark's binary serving TaskService with nothing but those calls, through a
+daprd of its own), and task-api (target/bench/simple-app.json). --smoke: concurrency 4, 1 s per
+run.
+
   --brokers LIST         redis, kafka or both, comma-separated (default redis,kafka; --broker NAME
                          for one)
   --concurrency LIST     in-flight requests per level, comma-separated (default 1,16,64)
@@ -78,8 +86,14 @@ pub enum Parsed {
     Brokers(crate::brokers::BrokerArgs),
     Sustained(crate::sustained::SustainedArgs),
     Observe(crate::observe::ObserveArgs),
+    SimpleApp(crate::simple_app::SimpleAppArgs),
+    /// Serve the simple app (how `simple-app` starts it).
+    ServeSimpleApp,
     Help,
 }
+
+/// The command that makes this binary serve the simple app.
+pub const SERVE_SIMPLE_APP: &str = "serve-simple-app";
 
 /// Why the command line was refused: said to the user, with the usage.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -123,6 +137,11 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, UsageErro
             args.next();
             crate::observe::parse(options(args)?)
         }
+        Some("simple-app") => {
+            args.next();
+            crate::simple_app::parse(options(args)?)
+        }
+        Some(SERVE_SIMPLE_APP) => Ok(Parsed::ServeSimpleApp),
         _ => parse_main(args),
     }
 }

@@ -106,6 +106,9 @@ pub enum CallError {
     /// An answer that is not what the call asked for.
     #[error("{0}")]
     Wrong(String),
+    /// The task the call is about is not there: never written, or deleted.
+    #[error("{0}")]
+    NotThere(String),
     /// What the call would write breaks a rule.
     #[error("{what} is invalid: {source}")]
     Invalid {

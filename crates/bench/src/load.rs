@@ -111,11 +111,15 @@ impl Op {
     }
 }
 
-/// Who is measured: task-api, or the plain app's calls sent straight to its daprd.
+/// Who is measured: task-api, the plain app's calls sent straight to its daprd, or the simple
+/// app making those calls (`simple-app`).
 #[derive(Clone)]
 pub enum Target {
     TaskApi(TaskClient),
     Plain(Plain),
+    /// Works on the plain app's keys, as the plain calls do: it reads the `plain_get_keys`,
+    /// changes the cycled keys (status changes included) and deletes each key of `once`.
+    SimpleApp(TaskClient),
 }
 
 /// A completed status change whose notification is timed later.
@@ -302,14 +306,36 @@ impl Worker {
 
     async fn call(&mut self, op: Op) -> Result<Done, OpError> {
         match self.target.clone() {
-            Target::TaskApi(mut client) => self.call_task_api(&mut client, op).await,
+            Target::TaskApi(mut client) => self.call_task_api(&mut client, op, false).await,
             Target::Plain(mut plain) => self.call_plain(&mut plain, op).await,
+            Target::SimpleApp(mut client) => self.call_task_api(&mut client, op, true).await,
         }
     }
 
-    async fn call_task_api(&mut self, client: &mut TaskClient, op: Op) -> Result<Done, OpError> {
+    /// A TaskService call, to task-api or (`plain_keys`) to the simple app, which works on the
+    /// plain app's keys as [`Worker::call_plain`] does.
+    async fn call_task_api(
+        &mut self,
+        client: &mut TaskClient,
+        op: Op,
+        plain_keys: bool,
+    ) -> Result<Done, OpError> {
         let failed = |e| OpError::Failed(op, e);
         match op {
+            Op::Get if plain_keys => {
+                let keys = self.shared.plain_get_keys;
+                if keys == 0 {
+                    return Err(OpError::PoolEmpty);
+                }
+                let key = ops::plain_get_key(self.rng.usize(0..keys));
+                ops::get(client, &key).await.map_err(failed)?;
+                Ok(Done::of(op))
+            }
+            Op::Complete if plain_keys => {
+                let key = self.next_in_cycle()?;
+                ops::complete(client, &key).await.map_err(failed)?;
+                Ok(Done::of(op))
+            }
             Op::Create => {
                 let id = ops::create(client).await.map_err(failed)?;
                 Ok(Done {
@@ -340,7 +366,7 @@ impl Worker {
                 // In the mix, creates refill the pool as fast as status changes drain it;
                 // should it run dry anyway, this slot creates a task instead.
                 None if self.scenario == Scenario::Mixed => {
-                    Box::pin(self.call_task_api(client, Op::Create)).await
+                    Box::pin(self.call_task_api(client, Op::Create, false)).await
                 }
                 None => Err(OpError::PoolEmpty),
             },

@@ -23,6 +23,7 @@ mod offsets;
 mod ops;
 mod procfs;
 mod report;
+mod simple_app;
 mod store_ops;
 mod sustained;
 mod system;
@@ -52,6 +53,8 @@ async fn main() -> ExitCode {
         Ok(Parsed::Brokers(brokers)) => return run_brokers(&brokers).await,
         Ok(Parsed::Sustained(sustained)) => return sustained::main(&sustained).await,
         Ok(Parsed::Observe(observe)) => return observe::main(&observe).await,
+        Ok(Parsed::SimpleApp(simple_app)) => return simple_app::main(&simple_app).await,
+        Ok(Parsed::ServeSimpleApp) => return simple_app::server::main().await,
         Ok(Parsed::Help) => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;

@@ -94,7 +94,7 @@ pub fn task_client(channel: Channel, api_key: &str) -> Result<TaskClient> {
 /// A failed call, in one line of at most about 300 characters.
 /// The plain app found a task deleted that it was to change.
 fn not_live() -> CallError {
-    CallError::Wrong("not live".into())
+    CallError::NotThere("the task was deleted".into())
 }
 
 pub fn describe(status: &Status) -> String {
@@ -215,7 +215,7 @@ pub async fn list(client: &mut TaskClient) -> std::result::Result<(), CallError>
 }
 
 /// A plain key read like a pooled task by GetTask.
-fn plain_get_key(n: usize) -> String {
+pub fn plain_get_key(n: usize) -> String {
     format!("bench-plain-get-{n}")
 }
 
@@ -316,7 +316,7 @@ impl Plain {
     async fn read(&mut self, key: &str) -> std::result::Result<(TaskRecord, String), CallError> {
         let (data, etag) = self.get_state(key).await?;
         if data.is_empty() {
-            return Err(CallError::Wrong(format!("{key} is missing")));
+            return Err(CallError::NotThere(format!("{key} is missing")));
         }
         let record = read_task_document(key, &data).map_err(|source| CallError::Unreadable {
             key: key.to_string(),
@@ -373,15 +373,28 @@ impl Plain {
 
     /// CreateTask: a first-write save of the new task, then its event. The new key.
     pub async fn create(&mut self) -> std::result::Result<String, CallError> {
-        let planned = TaskRecord::create(pending_task(&self.template), Nonce::random());
+        let template = self.template.clone();
+        self.create_task(template).await.map(|(key, _)| key)
+    }
+
+    /// CreateTask of `new`: the new key and the record written.
+    pub async fn create_task(
+        &mut self,
+        new: NewTask,
+    ) -> std::result::Result<(String, TaskRecord), CallError> {
+        let planned = TaskRecord::create(
+            Task::create(TaskId::generate(), new, time::now()),
+            Nonce::random(),
+        );
         let key = plain_new_key(planned.record.id());
+        let record = settled(planned.record.clone());
         let item = StateItem {
             options: options(StateConcurrency::ConcurrencyFirstWrite),
-            ..state_item(key.clone(), encode(&settled(planned.record.clone())), None)
+            ..state_item(key.clone(), encode(&record), None)
         };
         self.save(vec![item]).await?;
         self.publish(&planned).await?;
-        Ok(key)
+        Ok((key, record))
     }
 
     /// GetTask: one get.
@@ -394,24 +407,48 @@ impl Plain {
         Ok(())
     }
 
-    /// Writes `planned` over the record read with `etag`, then publishes its event.
-    async fn write_and_publish(&mut self, key: &str, planned: Planned, etag: String) -> CallResult {
-        let document = encode(&settled(planned.record.clone()));
-        self.save(vec![state_item(key.to_string(), document, Some(etag))])
-            .await?;
-        self.publish(&planned).await
+    /// GetTask as an app answers it: one get, decoded.
+    pub async fn get_task(&mut self, key: &str) -> std::result::Result<TaskRecord, CallError> {
+        self.read(key).await.map(|(record, _)| record)
+    }
+
+    /// Writes `planned` over the record read with `etag`, then publishes its event; the record
+    /// written.
+    async fn write_and_publish(
+        &mut self,
+        key: &str,
+        planned: Planned,
+        etag: String,
+    ) -> std::result::Result<TaskRecord, CallError> {
+        let record = settled(planned.record.clone());
+        self.save(vec![state_item(
+            key.to_string(),
+            encode(&record),
+            Some(etag),
+        )])
+        .await?;
+        self.publish(&planned).await?;
+        Ok(record)
     }
 
     /// UpdateTask (a new title): get, ETag-guarded save, publish.
     pub async fn update(&mut self, key: &str, n: u64) -> CallResult {
+        self.retitle(key, &edited_title(n)).await.map(drop)
+    }
+
+    /// UpdateTask to `title`: get, ETag-guarded save, publish; the record written.
+    pub async fn retitle(
+        &mut self,
+        key: &str,
+        title: &str,
+    ) -> std::result::Result<TaskRecord, CallError> {
         let (record, etag) = self.read(key).await?;
         let mut task = record.live().cloned().ok_or_else(not_live)?;
-        let changes = TaskChanges::parse(Some(&edited_title(n)), None, None).map_err(|source| {
-            CallError::Invalid {
+        let changes =
+            TaskChanges::parse(Some(title), None, None).map_err(|source| CallError::Invalid {
                 what: "the new title",
                 source,
-            }
-        })?;
+            })?;
         task.apply(&changes, time::now())
             .map_err(|source| CallError::Invalid {
                 what: "the change",
@@ -426,15 +463,20 @@ impl Plain {
     /// UpdateTaskStatus to completed: get, ETag-guarded save, publish. (A key changed before
     /// is written as completed again: the plain app does not look.)
     pub async fn complete(&mut self, key: &str) -> CallResult {
+        self.set_status(key, TaskStatus::Completed).await.map(drop)
+    }
+
+    /// UpdateTaskStatus to `status`: get, ETag-guarded save, publish; the record written.
+    pub async fn set_status(
+        &mut self,
+        key: &str,
+        status: TaskStatus,
+    ) -> std::result::Result<TaskRecord, CallError> {
         let (record, etag) = self.read(key).await?;
         let mut task = record.live().cloned().ok_or_else(not_live)?;
-        task.set_status(TaskStatus::Completed, time::now());
+        task.set_status(status, time::now());
         let planned = record
-            .update(
-                task,
-                TaskEventType::StatusChanged(TaskStatus::Completed),
-                Nonce::random(),
-            )
+            .update(task, TaskEventType::StatusChanged(status), Nonce::random())
             .ok_or_else(not_live)?;
         self.write_and_publish(key, planned, etag).await
     }

@@ -48,7 +48,7 @@ fn per_request_ms(cpu_seconds: f64, requests: u64) -> Option<f64> {
 }
 
 /// One side (task-api or the plain app) of one scenario at one concurrency.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Measurement {
     pub requests: usize,
     pub rps: f64,

@@ -82,7 +82,7 @@ impl App {
     }
 
     /// The app first, so it finishes its requests while its sidecar still answers.
-    fn stop(&mut self) {
+    pub fn stop(&mut self) {
         self.process.stop(STOP_GRACE);
         self.sidecar.stop(STOP_GRACE);
     }
@@ -148,6 +148,22 @@ impl System {
             notifications,
             stack,
         })
+    }
+
+    /// Starts the simple app (this benchmark's own binary, serving it) with a sidecar of its
+    /// own, on this system's servers.
+    pub async fn start_simple_app(&self) -> Result<App> {
+        let exe =
+            std::env::current_exe().map_err(failed("cannot tell where the benchmark runs from"))?;
+        let mut command = Command::new(exe);
+        command.arg(crate::args::SERVE_SIMPLE_APP);
+        start_app_with(
+            &self.stack,
+            crate::simple_app::server::APP_ID,
+            command,
+            &Telemetry::default(),
+        )
+        .await
     }
 
     /// The broker task-api's events wait on, which says when every event has been handled.
@@ -241,9 +257,18 @@ async fn start_app(
     binary: &Path,
     telemetry: &Telemetry,
 ) -> Result<App> {
+    start_app_with(stack, name, Command::new(binary), telemetry).await
+}
+
+/// [`start_app`] of `command` (its program and arguments).
+async fn start_app_with(
+    stack: &Stack,
+    name: &'static str,
+    mut command: Command,
+    telemetry: &Telemetry,
+) -> Result<App> {
     let port = free_port()?;
     let sidecar = stack.sidecar(name)?.app_port(port).log_level("warn");
-    let mut command = Command::new(binary);
     // A clean environment, so settings of the calling shell (AUTH_DISABLED, ...) cannot change
     // what is measured. Logging at warn: under load, info lines would cost more than the work.
     command
@@ -348,7 +373,8 @@ fn endpoint(port: u16, what: &str) -> Result<Endpoint> {
         })
 }
 
-fn lazy_channel(port: u16, what: &str) -> Result<Channel> {
+/// A connection to `port` made at the first call.
+pub fn lazy_channel(port: u16, what: &str) -> Result<Channel> {
     Ok(endpoint(port, what)?.connect_lazy())
 }
 

@@ -91,12 +91,12 @@ pub fn task_client(channel: Channel, api_key: &str) -> Result<TaskClient> {
     ))
 }
 
-/// A failed call, in one line of at most about 300 characters.
 /// The plain app found a task deleted that it was to change.
 fn not_live() -> CallError {
     CallError::NotThere("the task was deleted".into())
 }
 
+/// A failed call, in one line of at most about 300 characters.
 pub fn describe(status: &Status) -> String {
     let message = status.message();
     match message.char_indices().nth(300) {

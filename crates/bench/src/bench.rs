@@ -244,9 +244,9 @@ impl<'a> Bench<'a> {
     /// with a margin, within --max-pool.
     fn pool_size(&self, plain: &Run, c: usize, margin: f64) -> usize {
         let calls = plain.result.latencies.iter().map(Vec::len).sum::<usize>() as f64;
-        let seconds = self.args.warmup.as_secs_f64() + self.args.duration.as_secs_f64();
-        let expected = calls / plain.result.measured_secs.max(0.001) * seconds;
-        ((expected * margin) as usize + 4 * c).min(self.args.max_pool)
+        let rps = calls / plain.result.measured_secs.max(0.001);
+        load::tasks_for(rps, self.args.warmup + self.args.duration, margin, c)
+            .min(self.args.max_pool)
     }
 
     /// Deletes the tasks a level left in the list index, so every level starts from the same

@@ -564,6 +564,12 @@ impl RunResult {
     }
 }
 
+/// Tasks enough for a run of `window` (warm-up included) that uses each once, at `rps` with
+/// `margin`, and a few per caller of the `c` in flight.
+pub fn tasks_for(rps: f64, window: Duration, margin: f64, c: usize) -> usize {
+    (rps * window.as_secs_f64() * margin) as usize + 4 * c
+}
+
 /// Runs `concurrency` workers for `warmup + duration`.
 pub async fn run(
     workers: Vec<Worker>,

@@ -192,7 +192,11 @@ struct Sides {
     simple_writer: Plain,
     /// task-api's tasks that GetTask reads and UpdateTask changes.
     task_ids: Arc<Vec<String>>,
+    /// The plain keys written for each plain side: GetTask reads `bench-plain-get-N` below
+    /// this many, UpdateTask and UpdateTaskStatus change `plain_cycle`.
     keys: usize,
+    plain_cycle: Arc<Vec<String>>,
+    broker_name: &'static str,
     watch_task_api: Watched,
     watch_simple_app: Watched,
     /// The plain calls' and the simple app's CreateTask rates at this level, which size their
@@ -219,6 +223,8 @@ async fn on_system(
     let connections = max_concurrency.div_ceil(WORKERS_PER_CONNECTION);
     let api_key = system.stack.api_key().to_string();
     let template = ops::new_task()?;
+    // At least two keys per worker, so no two changes share a key.
+    let keys = args.pool.max(2 * max_concurrency);
     let mut sides = Sides {
         broker: system.event_broker()?,
         plain: Vec::new(),
@@ -229,8 +235,9 @@ async fn on_system(
             template.clone(),
         ),
         task_ids: Arc::new(Vec::new()),
-        // At least two keys per worker, so no two changes share a key.
-        keys: args.pool.max(2 * max_concurrency),
+        keys,
+        plain_cycle: Arc::new((0..keys).map(ops::plain_task_key).collect()),
+        broker_name: broker_name(broker),
         watch_task_api: Watched {
             task_api: system.task_api.pid(),
             daprd: system.task_api.sidecar_pid(),
@@ -274,11 +281,7 @@ async fn on_system(
         ));
         sides.created = None;
         for scenario in SCENARIOS {
-            let row = sides.scenario(scenario, c).await?;
-            rows.push(Row {
-                broker: broker_name(broker),
-                ..row
-            });
+            rows.push(sides.scenario(scenario, c).await?);
         }
         system.check_running()?;
         simple.check_running()?;
@@ -291,7 +294,7 @@ impl Sides {
     async fn scenario(&mut self, scenario: Scenario, c: usize) -> Result<Row> {
         let plain_pools = |sides: &Self, once: Vec<String>| Pools {
             plain_get_keys: sides.keys,
-            cycle: Arc::new((0..sides.keys).map(ops::plain_task_key).collect()),
+            cycle: sides.plain_cycle.clone(),
             once,
             ..Pools::default()
         };
@@ -340,7 +343,7 @@ impl Sides {
             task_api.rps
         ));
         Ok(Row {
-            broker: "",
+            broker: self.broker_name,
             scenario: scenario.name(),
             concurrency: c,
             plain,
@@ -351,8 +354,7 @@ impl Sides {
 
     /// Tasks enough for a run at `rps` that uses each once, warm-up included, with `margin`.
     fn enough(&self, rps: f64, margin: f64, c: usize) -> usize {
-        let seconds = (self.warmup + self.duration).as_secs_f64();
-        (rps * seconds * margin) as usize + 4 * c
+        load::tasks_for(rps, self.warmup + self.duration, margin, c)
     }
 
     async fn measure(

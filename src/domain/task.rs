@@ -24,11 +24,23 @@ impl TaskId {
     }
 
     pub(crate) fn parse(text: &str) -> Result<Self, FieldViolation> {
+        Self::check(text)?;
+        Ok(Self(text.to_string()))
+    }
+
+    /// As [`TaskId::parse`], keeping `text` instead of copying it (ids read back in bulk).
+    pub(crate) fn parse_owned(text: String) -> Result<Self, FieldViolation> {
+        Self::check(&text)?;
+        Ok(Self(text))
+    }
+
+    fn check(text: &str) -> Result<(), FieldViolation> {
         if text.is_empty() {
             return Err(FieldViolation::new("id", "is required"));
         }
-        let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
-        if text.chars().count() > ID_MAX_CHARS || !text.chars().all(allowed) {
+        // Every allowed character is ASCII, so bytes count characters wherever all are allowed.
+        let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.');
+        if text.len() > ID_MAX_CHARS || !text.bytes().all(allowed) {
             return Err(FieldViolation::new(
                 "id",
                 format!(
@@ -37,7 +49,7 @@ impl TaskId {
                 ),
             ));
         }
-        Ok(Self(text.to_string()))
+        Ok(())
     }
 
     pub(crate) fn as_str(&self) -> &str {

@@ -162,7 +162,7 @@ impl Leaf {
     }
 
     pub(crate) fn encode(&self) -> Vec<u8> {
-        encode(&LeafDocument(self.clone()))
+        encode(&WriteWire::from(self))
     }
 
     /// Reads the leaf stored under `key`.
@@ -171,19 +171,13 @@ impl Leaf {
     }
 }
 
-/// A leaf as stored.
-#[derive(Clone, Serialize, Deserialize)]
-#[serde(try_from = "Wire", into = "Wire")]
+/// A leaf as read back: parsed from [`Wire`], every id checked.
+#[derive(Deserialize)]
+#[serde(try_from = "Wire")]
 struct LeafDocument(Leaf);
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct WirePosition(i64, String);
-
-impl From<&Position> for WirePosition {
-    fn from(p: &Position) -> Self {
-        Self(p.micros, p.id.to_string())
-    }
-}
 
 impl TryFrom<WirePosition> for Position {
     type Error = FieldViolation;
@@ -191,12 +185,12 @@ impl TryFrom<WirePosition> for Position {
     fn try_from(WirePosition(micros, id): WirePosition) -> Result<Self, Self::Error> {
         Ok(Position {
             micros,
-            id: TaskId::parse(&id)?,
+            id: TaskId::parse_owned(id)?,
         })
     }
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct Wire {
     lo: Option<WirePosition>,
     hi: Option<WirePosition>,
@@ -230,19 +224,39 @@ impl TryFrom<Wire> for LeafDocument {
     }
 }
 
-impl From<LeafDocument> for Wire {
-    fn from(LeafDocument(leaf): LeafDocument) -> Self {
-        Wire {
-            lo: leaf.lo.as_ref().map(WirePosition::from),
-            hi: leaf.hi.as_ref().map(WirePosition::from),
-            next: leaf.next,
-            merged_into: leaf.merged_into,
-            entries: leaf
-                .entries
-                .iter()
-                .map(|e| (e.position.micros, e.position.id.to_string(), e.revision))
-                .collect(),
+/// A leaf as written: [`Wire`]'s fields, borrowed from the leaf, so a write copies no entry (a
+/// change writes a whole leaf of up to [`CAPACITY`] entries).
+#[derive(Serialize)]
+struct WriteWire<'a> {
+    lo: Option<(i64, &'a str)>,
+    hi: Option<(i64, &'a str)>,
+    next: &'a Option<LeafId>,
+    merged_into: &'a Option<LeafId>,
+    entries: WriteEntries<'a>,
+}
+
+impl<'a> From<&'a Leaf> for WriteWire<'a> {
+    fn from(leaf: &'a Leaf) -> Self {
+        let bound = |p: &'a Position| (p.micros, p.id.as_str());
+        WriteWire {
+            lo: leaf.lo.as_ref().map(bound),
+            hi: leaf.hi.as_ref().map(bound),
+            next: &leaf.next,
+            merged_into: &leaf.merged_into,
+            entries: WriteEntries(&leaf.entries),
         }
+    }
+}
+
+struct WriteEntries<'a>(&'a [Entry]);
+
+impl Serialize for WriteEntries<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(
+            self.0
+                .iter()
+                .map(|e| (e.position.micros, e.position.id.as_str(), e.revision)),
+        )
     }
 }
 
@@ -388,6 +402,11 @@ pub(crate) mod tests {
         leaf.apply(&insert(3, "c", 2));
         leaf.apply(&insert(2, "b", 1));
         assert_eq!(Leaf::decode("k", &leaf.encode()).unwrap(), leaf);
+        // The stored shape, as leaves already written hold it.
+        assert_eq!(
+            String::from_utf8(leaf.encode()).unwrap(),
+            r#"{"lo":[1,"a"],"hi":null,"next":"n","merged_into":null,"entries":[[2,"b",1],[3,"c",2]]}"#
+        );
         assert!(
             Leaf::decode(
                 "k",

@@ -193,9 +193,10 @@ async fn each_write_costs_the_sidecar_what_its_guarantees_need_and_no_more() {
         "{creates:?}"
     );
     // A completion: read (the record with its ledger), stage, write, enter one list and leave
-    // another, publish, ledger, notify.
-    assert!(total(&completions, "api:") <= 8.8, "{completions:?}");
-    assert!(total(&completions, "state:") <= 5.8, "{completions:?}");
+    // another, publish, ledger, notify. Leaving the list is shared by completions a few
+    // milliseconds apart (each wrote 4.0 saves before it was, 8.2 calls in all).
+    assert!(total(&completions, "api:") <= 8.0, "{completions:?}");
+    assert!(total(&completions, "state:") <= 5.0, "{completions:?}");
     assert!(
         (total(&completions, "publish:") - 2.0).abs() < 0.1,
         "{completions:?}"

@@ -347,6 +347,26 @@ mod tests {
         }
     }
 
+    /// Inserts tasks `t0` .. `t{count-1}`, one after another, at positions 0 .. count-1.
+    async fn fill(index: &TaskIndex<MemoryStore>, list: ListId, count: i64) {
+        for n in 0..count {
+            index
+                .insert(list, pos(n, &format!("t{n}")), 1)
+                .await
+                .unwrap();
+        }
+    }
+
+    /// The positions (their times) `list` holds, read through to its end.
+    async fn listed(index: &TaskIndex<MemoryStore>, list: ListId) -> Vec<i64> {
+        let mut reader = index.reader(&[list], None, vec![None]).await.unwrap();
+        let mut listed = Vec::new();
+        while let Some((_, entry)) = reader.next().await.unwrap() {
+            listed.push(entry.position.micros);
+        }
+        listed
+    }
+
     #[test]
     fn filters_pick_the_lists() {
         assert_eq!(ListId::all().len(), 15);
@@ -383,12 +403,7 @@ mod tests {
         for insert in inserts {
             insert.await.unwrap();
         }
-        let mut reader = index.reader(&[pending], None, vec![None]).await.unwrap();
-        let mut seen = Vec::new();
-        while let Some((_, entry)) = reader.next().await.unwrap() {
-            seen.push(entry.position.micros);
-        }
-        assert_eq!(seen, (0..500).collect::<Vec<_>>());
+        assert_eq!(listed(&index, pending).await, (0..500).collect::<Vec<_>>());
     }
 
     #[tokio::test(start_paused = true)]
@@ -396,12 +411,7 @@ mod tests {
         let store = MemoryStore::new();
         let index = TaskIndex::new(store.clone());
         let pending = list(TaskStatus::Pending, 1);
-        for n in 0..4000 {
-            index
-                .insert(pending, pos(n, &format!("t{n}")), 1)
-                .await
-                .unwrap();
-        }
+        fill(&index, pending, 4000).await;
         // Cleanup all over the chain, a removal in every leaf, queued before the insert.
         for n in (0..4000).step_by(10) {
             index.remove_soon(pending, pos(n, &format!("t{n}")), 1);
@@ -415,12 +425,7 @@ mod tests {
         );
         // The cleanup still happens, in later turns.
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-        let mut reader = index.reader(&[pending], None, vec![None]).await.unwrap();
-        let mut listed = 0;
-        while reader.next().await.unwrap().is_some() {
-            listed += 1;
-        }
-        assert_eq!(listed, 4000 - 400 + 1);
+        assert_eq!(listed(&index, pending).await.len(), 4000 - 400 + 1);
     }
 
     #[tokio::test(start_paused = true)]
@@ -428,12 +433,7 @@ mod tests {
         let store = MemoryStore::new();
         let index = TaskIndex::new(store.clone());
         let pending = list(TaskStatus::Pending, 1);
-        for n in 0..10 {
-            index
-                .insert(pending, pos(n, &format!("t{n}")), 1)
-                .await
-                .unwrap();
-        }
+        fill(&index, pending, 10).await;
         let before = store.faults().side_effects();
         // Four changes 3 ms apart leave the list, as one caller's would.
         for n in 0..4 {
@@ -458,12 +458,7 @@ mod tests {
             2,
             "the four removals in one write"
         );
-        let mut reader = index.reader(&[pending], None, vec![None]).await.unwrap();
-        let mut listed = Vec::new();
-        while let Some((_, entry)) = reader.next().await.unwrap() {
-            listed.push(entry.position.micros);
-        }
-        assert_eq!(listed, [4, 5, 6, 7, 8, 9, 100]);
+        assert_eq!(listed(&index, pending).await, [4, 5, 6, 7, 8, 9, 100]);
     }
 
     #[tokio::test(start_paused = true)]

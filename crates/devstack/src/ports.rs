@@ -9,6 +9,9 @@
 //!   "address already in use").
 //! - Ports handed out by this process are remembered, so parallel tests in one test binary never
 //!   receive the same one.
+//!
+//! Another process drawing ports the same way can still take one first; Redis and PostgreSQL then
+//! start on another ([`on_fresh_port`]).
 
 use std::{
     collections::HashSet,
@@ -81,14 +84,38 @@ fn draw(range: &RangeInclusive<u16>) -> u16 {
     range.start() + (hasher.finish() % span) as u16
 }
 
-/// Fails with a clear message when something already listens on `port`.
+/// Fails with a clear message when something already listens on `port`; any other failure to
+/// bind (out of file descriptors, say) keeps its own error, so it is not taken for a busy port.
 pub fn ensure_free(port: u16, what: &str) -> Result<(), Error> {
     match TcpListener::bind(("127.0.0.1", port)) {
         Ok(_) => Ok(()),
-        Err(_) => Err(Error::PortInUse {
+        Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => Err(Error::PortInUse {
             port,
             what: what.to_string(),
         }),
+        Err(source) => Err(Error::Io {
+            what: format!("binding port {port} ({what})"),
+            source,
+        }),
+    }
+}
+
+/// How many fresh ports a server is offered before its start fails.
+const FRESH_PORT_TRIES: usize = 3;
+
+/// Runs `start` on a fresh port, and again on another when the port was taken before the server
+/// bound it. Within this process a port is never handed out twice, but another process drawing
+/// ports the same way (the `devstack` command a test runs, a second test binary) can take one in
+/// that moment.
+pub(crate) async fn on_fresh_port<T>(
+    mut start: impl AsyncFnMut(u16) -> Result<T, Error>,
+) -> Result<T, Error> {
+    let mut tries = 1;
+    loop {
+        match start(free_port()?).await {
+            Err(Error::PortInUse { .. }) if tries < FRESH_PORT_TRIES => tries += 1,
+            result => return result,
+        }
     }
 }
 
@@ -105,6 +132,53 @@ mod tests {
         if let Some(range) = range {
             assert!(ports.iter().all(|p| range.contains(p)), "{ports:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_port_taken_before_the_server_bound_it_is_replaced_by_another() {
+        let mut offered = Vec::new();
+        let started = on_fresh_port(async |port| {
+            offered.push(port);
+            if offered.len() == 1 {
+                Err(Error::PortInUse {
+                    port,
+                    what: "a test".into(),
+                })
+            } else {
+                Ok(port)
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(offered.len(), 2);
+        assert_eq!(started, offered[1]);
+        assert_ne!(offered[0], offered[1]);
+    }
+
+    #[tokio::test]
+    async fn a_start_that_keeps_finding_its_port_taken_fails_after_a_few_ports() {
+        let mut tries = 0;
+        let result: Result<(), Error> = on_fresh_port(async |port| {
+            tries += 1;
+            Err(Error::PortInUse {
+                port,
+                what: "a test".into(),
+            })
+        })
+        .await;
+        assert!(matches!(result, Err(Error::PortInUse { .. })), "{result:?}");
+        assert_eq!(tries, FRESH_PORT_TRIES);
+    }
+
+    #[test]
+    fn a_busy_port_is_reported_as_in_use() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let result = ensure_free(port, "a test");
+        assert!(
+            matches!(result, Err(Error::PortInUse { port: p, .. }) if p == port),
+            "{result:?}"
+        );
     }
 
     #[test]

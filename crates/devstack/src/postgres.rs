@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use crate::{Error, LogSink, ManagedProcess, free_port};
+use crate::{Error, LogSink, ManagedProcess};
 
 const INSTALL_POSTGRES: &str = "apt-get install -y postgresql (or run scripts/test, which does)";
 
@@ -62,13 +62,17 @@ impl Postgres {
         }
         let mut postgres = Self {
             process: None,
-            port: free_port()?,
+            port: 0,
             sink,
             owner,
             bin_dir,
             dir,
         };
-        postgres.start_again().await?;
+        crate::ports::on_fresh_port(async |port| {
+            postgres.port = port;
+            postgres.start_again().await
+        })
+        .await?;
         Ok(postgres)
     }
 

@@ -14,7 +14,7 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::{Error, LogSink, ManagedProcess, free_port};
+use crate::{Error, LogSink, ManagedProcess};
 
 const INSTALL_REDIS: &str = "apt-get install -y redis-server (or run scripts/test, which does)";
 
@@ -29,8 +29,8 @@ pub struct Redis {
 impl Redis {
     /// Starts Debian's `redis-server` with its working directory in `dir`.
     pub async fn start(dir: &Path, sink: LogSink) -> Result<Self, Error> {
-        let port = free_port()?;
-        Self::start_on(dir, port, sink).await
+        crate::ports::on_fresh_port(async |port| Self::start_on(dir, port, sink.clone()).await)
+            .await
     }
 
     /// Starts it on a given port.

@@ -2,9 +2,8 @@
 //! event goes out:
 //!
 //! - **Directly, by its writer.** Once a change's record is written, the process that wrote it
-//!   publishes its event ([`Publisher::offer`]) off the request's path, batched with its
-//!   neighbours' (while changes keep coming, one publish every [`SPACING`] at most; after a
-//!   quiet spell at once): no store read, no claim written first. The change itself is the claim: a
+//!   publishes its event at once ([`Publisher::offer`]), batched with its neighbours' and off the
+//!   request's path: no store read, no claim written first. The change itself is the claim: a
 //!   committed change is left to its writer for [`WRITER_HOLDS`] after it was staged (its staged
 //!   copy, if another process gets it, waits that long; see the relay).
 //! - **By the relay**, for what the writer did not publish (it died, the publish failed, the
@@ -50,11 +49,6 @@ pub(crate) const WRITER_HOLDS: Duration = Duration::from_secs(6);
 const REMEMBERED: usize = 16_384;
 /// The most events one direct publish carries.
 const MAX_BATCH: usize = 256;
-/// While writers keep offering, a direct publish starts at most this long after the one before,
-/// so the events offered meanwhile share its call, its ledger write and their delivery back
-/// (one request at a time, a change every few milliseconds otherwise costs all three on its
-/// own). An event offered after a quiet spell goes at once.
-const SPACING: Duration = Duration::from_millis(5);
 
 /// An event on its way to `task-events`, with the record that committed its change.
 #[derive(Debug, Clone)]
@@ -451,8 +445,7 @@ async fn publish_offered<P: Ports>(
     publisher: Publisher<P>,
     mut offered: mpsc::UnboundedReceiver<Outgoing>,
 ) {
-    let mut spaced = super::batch::Spaced::new(SPACING);
-    while let Some(batch) = spaced.next(&mut offered, MAX_BATCH).await {
+    while let Some(batch) = super::batch::next(&mut offered, MAX_BATCH).await {
         let (fresh, late): (Vec<Outgoing>, Vec<Outgoing>) = batch
             .into_iter()
             .partition(|o| o.staged.age() < DIRECT_WITHIN);

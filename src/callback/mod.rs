@@ -48,7 +48,7 @@ impl<P: Ports> TaskCallbacks<P> {
 impl<P: Ports> App for TaskCallbacks<P> {
     async fn subscriptions(&self) -> Vec<TopicSubscription> {
         self.events.subscriptions_listed();
-        self.subscriptions.list()
+        self.subscriptions.list().await
     }
 
     async fn on_topic_events(&self, events: Vec<TopicEvent>) -> Vec<EventStatus> {

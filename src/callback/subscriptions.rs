@@ -1,6 +1,7 @@
-//! What task-api subscribes to, answered from configuration alone, so the answer is right from
-//! the first instant the port accepts connections (daprd asks once, and an error would stop
-//! every subscription for the life of that sidecar).
+//! What task-api subscribes to, answered from configuration and the broker's type, never with an
+//! error (daprd asks once, and an error would stop every subscription for the life of that
+//! sidecar): if start-up has not learned the broker's waits within a few seconds, task events
+//! take the shortest.
 //!
 //! | Component / topic | Route | Dead-letter topic |
 //! |---|---|---|
@@ -18,15 +19,24 @@
 //! to the retry topic by task-api itself, so the events behind it go on.
 //!
 //! Every subscription is delivered in bulk: batches form when events arrive faster than
-//! task-api handles them. Task events wait at most a millisecond to fill a batch; staged events
-//! wait longer (see [`STAGED_MAX_AWAIT_MS`]). A delivery goes by the path
+//! task-api handles them. Task events wait a millisecond to fill a batch, or on a broker where
+//! that pays a few (see [`crate::service::pacing`]); staged events wait longer (see
+//! [`STAGED_MAX_AWAIT_MS`]). A delivery goes by the path
 //! daprd chose; one without a path (a declarative Subscription that replaced these) goes by its
 //! topic.
+
+use std::time::Duration;
 
 use dapr::dapr::proto::runtime::v1::TopicSubscription;
 use dapr_app::Subscription;
 
-use crate::{config::TaskApiConfig, service::Route};
+use crate::{
+    config::TaskApiConfig,
+    service::{
+        Route,
+        pacing::{Pacing, Waits},
+    },
+};
 
 /// Completions, due dates and reminders: they trigger a notification.
 pub(crate) const NOTIFY_PATH: &str = "/task-events/notify";
@@ -43,22 +53,19 @@ pub(crate) const OUTBOX_RETRY_PATH: &str = "/outbox/retry";
 
 /// The most events one bulk delivery carries.
 const BULK_MAX_MESSAGES: i32 = 100;
-/// How long daprd waits to fill a batch of task events (the least it takes): completions wait
-/// on it for their notification. A longer wait lets changes a few milliseconds apart share a
-/// delivery, and completions a notification call: 5 ms made a completion one at a time on Redis
-/// streams 18% faster and cost its daprd 16% less CPU, but on Kafka, whose component flushes
-/// each partition on a fixed tick and waits for the delivery before reading on, the sustained
-/// load it kept up with fell a step and its notifications' p99 rose from 1.2 s to 2.0 s (one run
-/// each of `scripts/bench sustained`), so the same wait does not serve both brokers.
-const EVENTS_MAX_AWAIT_MS: i32 = 1;
 /// How long daprd waits to fill a batch of staged events. Nothing waits on a staged copy while
 /// its writer is alive (the writer publishes the event itself; the copy is for a writer that
 /// died), so it can wait for company: bigger batches cost daprd and task-api less per event,
 /// and a copy that arrives after its writer's publish is settled from memory.
 const STAGED_MAX_AWAIT_MS: i32 = 20;
 
+/// How long a listing waits for the broker's waits to be learned (the sidecar lists
+/// subscriptions after its components, which start-up reads them from, are up).
+const WAITS_LEARNED_WITHIN: Duration = Duration::from_secs(3);
+
 #[derive(Debug, Clone)]
 pub(crate) struct Subscriptions {
+    pacing: Pacing,
     pubsub: String,
     topic: String,
     retry_topic: String,
@@ -72,8 +79,9 @@ fn bulk(subscription: Subscription, max_await_ms: i32) -> TopicSubscription {
 }
 
 impl Subscriptions {
-    pub(crate) fn new(config: &TaskApiConfig) -> Self {
+    pub(crate) fn new(config: &TaskApiConfig, pacing: Pacing) -> Self {
         Self {
+            pacing,
             pubsub: config.pubsub.clone(),
             topic: config.topic.clone(),
             retry_topic: config.retry_topic.clone(),
@@ -83,7 +91,14 @@ impl Subscriptions {
         }
     }
 
-    pub(crate) fn list(&self) -> Vec<TopicSubscription> {
+    /// The subscriptions, with task events gathered as long as the broker's waits say.
+    pub(crate) async fn list(&self) -> Vec<TopicSubscription> {
+        self.list_with(self.pacing.learned(WAITS_LEARNED_WITHIN).await)
+    }
+
+    fn list_with(&self, waits: Waits) -> Vec<TopicSubscription> {
+        // Completions wait on task events for their notification (see `Waits::events_fill`).
+        let events_fill = i32::try_from(waits.events_fill.as_millis()).unwrap_or(i32::MAX);
         vec![
             bulk(
                 Subscription::new(&self.pubsub, &self.topic)
@@ -95,13 +110,13 @@ impl Subscriptions {
                     .rule("!has(event.data.revision)", ADOPT_PATH)
                     .route(TASK_EVENTS_PATH)
                     .dead_letter_topic(&self.retry_topic),
-                EVENTS_MAX_AWAIT_MS,
+                events_fill,
             ),
             bulk(
                 Subscription::new(&self.pubsub, &self.retry_topic)
                     .route(RETRY_PATH)
                     .dead_letter_topic(&self.retry_topic),
-                EVENTS_MAX_AWAIT_MS,
+                events_fill,
             ),
             bulk(
                 Subscription::new(&self.outbox_pubsub, &self.outbox_topic)
@@ -144,7 +159,20 @@ mod tests {
     use crate::config::Settings;
 
     fn subscriptions() -> Subscriptions {
-        Subscriptions::new(&TaskApiConfig::from_settings(&Settings::default()).unwrap())
+        Subscriptions::new(
+            &TaskApiConfig::from_settings(&Settings::default()).unwrap(),
+            Pacing::default(),
+        )
+    }
+
+    /// Each bulk subscription's topic and how long it waits to fill a delivery.
+    fn awaits(list: &[TopicSubscription]) -> Vec<(String, i32)> {
+        list.iter()
+            .filter_map(|s| {
+                let bulk = s.bulk_subscribe.as_ref().filter(|b| b.enabled)?;
+                Some((s.topic.clone(), bulk.max_await_duration_ms))
+            })
+            .collect()
     }
 
     /// (component, topic, rules as (match, path), default route, dead-letter topic)
@@ -171,7 +199,7 @@ mod tests {
 
     #[test]
     fn task_events_are_routed_by_kind_and_everything_is_bulk() {
-        let list = subscriptions().list();
+        let list = subscriptions().list_with(Waits::SHORT);
         let s = |v: &str| v.to_string();
         let rules = vec![
             (
@@ -213,16 +241,9 @@ mod tests {
                 ),
             ]
         );
-        let awaits: Vec<(String, i32)> = list
-            .iter()
-            .filter_map(|s| {
-                let bulk = s.bulk_subscribe.as_ref().filter(|b| b.enabled)?;
-                Some((s.topic.clone(), bulk.max_await_duration_ms))
-            })
-            .collect();
         // Completions wait on task events for their notification; nothing waits on a staged copy.
         assert_eq!(
-            awaits,
+            awaits(&list),
             [
                 (s("task-events"), 1),
                 (s("task-events-retry"), 1),
@@ -230,6 +251,38 @@ mod tests {
                 (s("task-events-outbox-retry"), 20),
             ]
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn task_events_wait_as_long_as_the_broker_learned_says() {
+        let pacing = Pacing::default();
+        let subscriptions = Subscriptions::new(
+            &TaskApiConfig::from_settings(&Settings::default()).unwrap(),
+            pacing.clone(),
+        );
+        let learner = pacing.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            learner.learn(Waits::GATHERING);
+        });
+        let s = |v: &str| v.to_string();
+        assert_eq!(
+            awaits(&subscriptions.list().await),
+            [
+                (s("task-events"), 5),
+                (s("task-events-retry"), 5),
+                (s("task-events-outbox"), 20),
+                (s("task-events-outbox-retry"), 20),
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waits_not_learned_in_time_leave_task_events_unwaited() {
+        let started = tokio::time::Instant::now();
+        let list = subscriptions().list().await;
+        assert_eq!(started.elapsed(), WAITS_LEARNED_WITHIN);
+        assert_eq!(awaits(&list)[0], ("task-events".to_string(), 1));
     }
 
     #[test]

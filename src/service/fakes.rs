@@ -348,6 +348,8 @@ pub(crate) struct MemoryBroker {
     topics: Arc<Mutex<Topics>>,
     next: Arc<AtomicU64>,
     calls: Arc<AtomicUsize>,
+    /// How many messages each publish call carried, by topic.
+    call_sizes: Arc<Mutex<HashMap<Topic, Vec<usize>>>>,
     faults: Faults,
 }
 
@@ -362,6 +364,16 @@ impl MemoryBroker {
     /// How many publish calls were made.
     pub(crate) fn calls(&self) -> usize {
         self.calls.load(Ordering::SeqCst)
+    }
+
+    /// How many messages each publish call to `topic` carried, in order.
+    pub(crate) fn call_sizes(&self, topic: Topic) -> Vec<usize> {
+        self.call_sizes
+            .lock()
+            .unwrap()
+            .get(&topic)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Every message ever published to `topic`, acknowledged or not, in order.
@@ -405,6 +417,12 @@ impl Broker for MemoryBroker {
     async fn publish(&self, topic: Topic, messages: Vec<Message>) -> Vec<Result<(), BrokerError>> {
         tokio::task::yield_now().await;
         self.calls.fetch_add(1, Ordering::SeqCst);
+        self.call_sizes
+            .lock()
+            .unwrap()
+            .entry(topic)
+            .or_default()
+            .push(messages.len());
         let mut results = Vec::with_capacity(messages.len());
         for message in messages {
             let lands = match self.faults.effect("broker") {

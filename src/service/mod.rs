@@ -15,6 +15,7 @@ pub(crate) mod index;
 pub(crate) mod listing;
 mod observer;
 pub(crate) mod outbox;
+pub(crate) mod pacing;
 pub(crate) mod ports;
 pub(crate) mod publisher;
 pub(crate) mod relay;

@@ -2,8 +2,9 @@
 //! event goes out:
 //!
 //! - **Directly, by its writer.** Once a change's record is written, the process that wrote it
-//!   publishes its event at once ([`Publisher::offer`]), batched with its neighbours' and off the
-//!   request's path: no store read, no claim written first. The change itself is the claim: a
+//!   publishes its event ([`Publisher::offer`]) off the request's path, batched with its
+//!   neighbours' (at once, or on a broker where it pays, while changes keep coming, one publish
+//!   per spacing; see [`super::pacing`]): no store read, no claim written first. The change itself is the claim: a
 //!   committed change is left to its writer for [`WRITER_HOLDS`] after it was staged (its staged
 //!   copy, if another process gets it, waits that long; see the relay).
 //! - **By the relay**, for what the writer did not publish (it died, the publish failed, the
@@ -27,6 +28,7 @@ use tracing::Instrument;
 use super::{
     in_flight::InFlight,
     outbox::StagedEvent,
+    pacing::Pacing,
     ports::{Broker, BrokerError, Message, Ports, Topic},
     relay::event_id,
     store::published::{Entry, LedgerAsRead, Ledgers, Listed},
@@ -185,6 +187,7 @@ impl<P: Ports> Publisher<P> {
         key: EventKey,
         tombstone_ttl: Duration,
         in_flight: InFlight,
+        pacing: Pacing,
     ) -> Self {
         let (direct, offered) = mpsc::unbounded_channel();
         let publisher = Self {
@@ -196,7 +199,7 @@ impl<P: Ports> Publisher<P> {
             published: Published::default(),
             direct,
         };
-        tokio::spawn(publish_offered(publisher.without_queue(), offered));
+        tokio::spawn(publish_offered(publisher.without_queue(), offered, pacing));
         publisher
     }
 
@@ -440,12 +443,18 @@ impl<P: Ports> Publisher<P> {
     }
 }
 
-/// Publishes what writers offer, each batch in one call, as long as it is fresh.
+/// Publishes what writers offer, each batch in one call, as long as it is fresh, batches spaced
+/// as `pacing` says.
 async fn publish_offered<P: Ports>(
     publisher: Publisher<P>,
     mut offered: mpsc::UnboundedReceiver<Outgoing>,
+    pacing: Pacing,
 ) {
-    while let Some(batch) = super::batch::next(&mut offered, MAX_BATCH).await {
+    let mut spaced = super::batch::Spaced::default();
+    while let Some(batch) = spaced
+        .next(&mut offered, MAX_BATCH, pacing.current().publish_spacing)
+        .await
+    {
         let (fresh, late): (Vec<Outgoing>, Vec<Outgoing>) = batch
             .into_iter()
             .partition(|o| o.staged.age() < DIRECT_WITHIN);

@@ -13,6 +13,7 @@ use super::{
     listing::ListQuery,
     observer,
     outbox::Outbox,
+    pacing::{Pacing, Waits},
     ports::Topic,
     publisher::Publisher,
     relay::{self, event_id},
@@ -43,15 +44,21 @@ pub(super) struct Process {
 
 impl Process {
     pub(super) fn start(world: &World) -> Self {
-        Self::start_with(world, true)
+        Self::start_with(world, true, Waits::SHORT)
+    }
+
+    /// A process whose batches wait as on a broker where waiting pays (see
+    /// [`super::pacing`]).
+    pub(super) fn start_paced(world: &World, waits: Waits) -> Self {
+        Self::start_with(world, true, waits)
     }
 
     /// A process whose writers leave every event to the relay: to test the relay's own path.
     pub(super) fn start_relaying_only(world: &World) -> Self {
-        Self::start_with(world, false)
+        Self::start_with(world, false, Waits::SHORT)
     }
 
-    fn start_with(world: &World, direct: bool) -> Self {
+    fn start_with(world: &World, direct: bool, waits: Waits) -> Self {
         let outbox = Outbox::new(world.broker.clone());
         let in_flight = InFlight::default();
         let mut publisher = Publisher::new(
@@ -60,6 +67,7 @@ impl Process {
             key(),
             RETENTION.tombstones,
             in_flight.clone(),
+            Pacing::fixed(waits),
         );
         if !direct {
             publisher = publisher.relaying_only();

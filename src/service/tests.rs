@@ -10,6 +10,7 @@ use super::{
     fakes::World,
     observer,
     outbox::{OutboxMessage, StagedEvent},
+    pacing::Waits,
     ports::{AlarmJob, Message, Topic},
     relay::{self, event_id},
     testing::{Process, after_the_confirmation_window, audit, key, past_the_quarantine},
@@ -161,21 +162,40 @@ fn stored_tasks(world: &World) -> Vec<TaskId> {
         .collect()
 }
 
-/// What a crash test changes: one change, or every kind at once, each to a task of its own (their
-/// events staged together).
+/// Changes that their writers publish themselves (they move no job), made one after another.
+const ONE_AFTER_ANOTHER: [Change; 4] =
+    [Change::Rename, Change::Start, Change::Rename, Change::Start];
+
+/// What a crash test changes: one change; every kind at once, each to a task of its own (their
+/// events staged together); or changes a millisecond apart on a broker whose direct publishes
+/// are spaced (their events published together).
 #[derive(Debug, Clone, Copy)]
 enum Work {
     One(Change),
     AllAtOnce,
+    OneAfterAnother,
 }
 
 impl Work {
-    /// What exists before the work: the task each change is made to (`None` for a create).
-    async fn before(self, process: &Process, world: &World) -> Vec<Option<TaskId>> {
-        let changes = match self {
+    /// The process that makes the work.
+    fn start(self, world: &World) -> Process {
+        match self {
+            Work::OneAfterAnother => Process::start_paced(world, Waits::GATHERING),
+            Work::One(_) | Work::AllAtOnce => Process::start(world),
+        }
+    }
+
+    fn changes(self) -> Vec<Change> {
+        match self {
             Work::One(change) => vec![change],
             Work::AllAtOnce => CHANGES.to_vec(),
-        };
+            Work::OneAfterAnother => ONE_AFTER_ANOTHER.to_vec(),
+        }
+    }
+
+    /// What exists before the work: the task each change is made to (`None` for a create).
+    async fn before(self, process: &Process, world: &World) -> Vec<Option<TaskId>> {
+        let changes = self.changes();
         let mut tasks = Vec::new();
         for change in changes {
             tasks.push(before(process, world, change).await);
@@ -189,10 +209,15 @@ impl Work {
         process: &Process,
         tasks: &[Option<TaskId>],
     ) -> Vec<Result<TaskId, Error>> {
-        let changes: &[Change] = match &self {
-            Work::One(change) => std::slice::from_ref(change),
-            Work::AllAtOnce => &CHANGES,
-        };
+        let changes = self.changes();
+        if let Work::OneAfterAnother = self {
+            let mut results = Vec::new();
+            for (change, id) in changes.iter().zip(tasks) {
+                results.push(apply(process, *change, id.as_ref()).await);
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            return results;
+        }
         let applied = changes
             .iter()
             .zip(tasks)
@@ -204,6 +229,7 @@ impl Work {
     async fn run_cleanly(self, process: &Process, world: &World) -> usize {
         let tasks = self.before(process, world).await;
         let start = world.faults.side_effects();
+        let publishes_before = world.broker.call_sizes(Topic::Events).len();
         for result in self.apply(process, &tasks).await {
             result.unwrap();
         }
@@ -213,6 +239,15 @@ impl Work {
             assert!(
                 together > 1,
                 "at most {together} event staged in one message"
+            );
+        }
+        if let Work::OneAfterAnother = self {
+            // The first publishes at once; those within the spacing after it, together.
+            let publishes = world.broker.call_sizes(Topic::Events);
+            assert_eq!(
+                publishes[publishes_before..],
+                [1, 3],
+                "events per direct publish"
             );
         }
         world.faults.side_effects() - start
@@ -248,7 +283,7 @@ fn crash_after(world: &World, k: usize, lands: bool) {
 /// resurrected or misfiled, and the jobs must match the tasks.
 async fn crash_and_recover(work: Work, k: usize, lands: bool) {
     let world = World::new();
-    let first = Process::start(&world);
+    let first = work.start(&world);
     let tasks = work.before(&first, &world).await;
     crash_after(&world, k, lands);
     let _ = work.apply(&first, &tasks).await;
@@ -310,6 +345,17 @@ async fn changes_staged_together_survive_a_crash_after_any_of_their_side_effects
     for k in 0..=effects {
         crash_and_recover(Work::AllAtOnce, k, false).await;
         crash_and_recover(Work::AllAtOnce, k, true).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn changes_published_together_survive_a_crash_after_any_of_their_side_effects() {
+    let world = World::new();
+    let work = Work::OneAfterAnother;
+    let effects = work.run_cleanly(&work.start(&world), &world).await;
+    for k in 0..=effects {
+        crash_and_recover(work, k, false).await;
+        crash_and_recover(work, k, true).await;
     }
 }
 

@@ -145,25 +145,26 @@ fn missing_component(
     })
 }
 
+/// Metadata naming `components` as (name, type).
+#[cfg(test)]
+pub(super) fn metadata(components: &[(&str, &str)]) -> GetMetadataResponse {
+    use dapr::dapr::proto::runtime::v1::RegisteredComponents;
+    GetMetadataResponse {
+        registered_components: components
+            .iter()
+            .map(|(name, kind)| RegisteredComponents {
+                name: name.to_string(),
+                r#type: kind.to_string(),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use dapr::dapr::proto::runtime::v1::RegisteredComponents;
-
     use super::*;
-
-    fn metadata(components: &[(&str, &str)]) -> GetMetadataResponse {
-        GetMetadataResponse {
-            registered_components: components
-                .iter()
-                .map(|(name, kind)| RegisteredComponents {
-                    name: name.to_string(),
-                    r#type: kind.to_string(),
-                    ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
-        }
-    }
 
     #[test]
     fn a_missing_or_unsuitable_component_is_named() {

@@ -23,6 +23,7 @@ pub(crate) mod task_api;
 
 use std::{net::SocketAddr, time::Duration};
 
+use dapr::dapr::proto::runtime::v1::GetMetadataResponse;
 use tokio::{net::TcpListener, sync::watch};
 use tonic::service::Routes;
 
@@ -46,6 +47,9 @@ pub(crate) struct KeyRefresh {
     pub(crate) every: Duration,
 }
 
+/// What an app learns from its sidecar's components once they are all there.
+pub(crate) type OnComponents = Box<dyn Fn(&GetMetadataResponse) + Send + Sync>;
+
 /// What an app is made of: built with [`AppSpec::new`] and its `with_*` methods.
 pub(crate) struct AppSpec {
     name: &'static str,
@@ -58,6 +62,7 @@ pub(crate) struct AppSpec {
     auth: AuthPolicy,
     readiness: Readiness,
     api_key: Option<KeyRefresh>,
+    on_components: Option<OnComponents>,
     metrics: Option<SocketAddr>,
     max_concurrent_calls: usize,
 }
@@ -84,6 +89,7 @@ impl AppSpec {
             auth,
             readiness,
             api_key: None,
+            on_components: None,
             metrics: None,
             max_concurrent_calls: DEFAULT_MAX_CONCURRENT_CALLS.get(),
         }
@@ -116,6 +122,13 @@ impl AppSpec {
     /// What readiness checks once the app is up.
     pub(crate) fn with_dependencies(mut self, dependencies: Dependencies) -> Self {
         self.dependencies = dependencies;
+        self
+    }
+
+    /// Called with the sidecar's metadata once every required component is there, before the
+    /// app reports ready.
+    pub(crate) fn on_components(mut self, learn: OnComponents) -> Self {
+        self.on_components = Some(learn);
         self
     }
 
@@ -204,6 +217,7 @@ impl Application {
             dependencies: spec.dependencies,
             readiness: readiness.clone(),
             api_key: spec.api_key,
+            on_components: spec.on_components,
         };
         let (fatal, background) = background.spawn(stopped.clone());
         let server = server::Server {

@@ -7,7 +7,9 @@ use std::time::Duration;
 use tokio::{sync::watch, task::JoinHandle};
 use tracing::Instrument;
 
-use super::{KeyRefresh, Requirement, StartupError, components::wait_for_components, until};
+use super::{
+    KeyRefresh, OnComponents, Requirement, StartupError, components::wait_for_components, until,
+};
 use crate::{
     health::Readiness,
     service::chain,
@@ -30,6 +32,7 @@ pub(super) struct Background {
     pub(crate) dependencies: Dependencies,
     pub(crate) readiness: Readiness,
     pub(crate) api_key: Option<KeyRefresh>,
+    pub(crate) on_components: Option<OnComponents>,
 }
 
 impl Background {
@@ -66,6 +69,9 @@ impl Background {
 
     async fn become_ready(&self) -> Result<(), StartupError> {
         let metadata = wait_for_components(&self.sidecar, self.wait, &self.requirements).await?;
+        if let Some(learn) = &self.on_components {
+            learn(&metadata);
+        }
         if let Some(refresh) = &self.api_key {
             refresh
                 .key

@@ -1,5 +1,6 @@
 //! task-api's parts: the use cases over the Dapr ports, its service and its callbacks.
 
+use dapr::dapr::proto::runtime::v1::GetMetadataResponse;
 use dapr_app::Callbacks;
 use tonic::service::Routes;
 
@@ -14,8 +15,14 @@ use crate::{
     proto::{self, task::v1::task_service_server::TaskServiceServer},
     secret::Secret,
     service::{
-        Alarms, EventHandler, Relay, Tasks, in_flight::InFlight, outbox::Outbox,
-        publisher::Publisher, relay, store::dead_letters::DeadLetters, tasks::Retention,
+        Alarms, EventHandler, Relay, Tasks,
+        in_flight::InFlight,
+        outbox::Outbox,
+        pacing::{Pacing, Waits},
+        publisher::Publisher,
+        relay,
+        store::dead_letters::DeadLetters,
+        tasks::Retention,
     },
     sidecar::{
         Dapr, DaprBroker, DaprJobs, DaprNotifier, Dependencies, Sidecar, StateStore, Topics,
@@ -26,6 +33,8 @@ use crate::{
 
 /// The broker types that cannot carry the outbox: they deliver inside the publish call.
 const NOT_DURABLE: &[&str] = &["pubsub.in-memory"];
+/// The broker type on which batches that wait for company pay (see [`crate::service::pacing`]).
+const GATHERING_BROKER: &str = "pubsub.redis";
 
 /// task-api's use cases, wired to its sidecar.
 pub(crate) struct UseCases {
@@ -33,6 +42,8 @@ pub(crate) struct UseCases {
     pub(crate) events: EventHandler<Dapr>,
     pub(crate) outbox: Outbox<DaprBroker>,
     pub(crate) state: StateStore,
+    /// How long the event path's batches wait, learned once the sidecar names its brokers.
+    pub(crate) pacing: Pacing,
 }
 
 /// The use cases over the sidecar. `app_token` is the secret the event signing key is derived
@@ -48,12 +59,14 @@ pub(crate) fn use_cases(config: &TaskApiConfig, sidecar: &Sidecar, app_token: &S
         request_ids: config.request_id_ttl,
     };
     let key = EventKey::derive(app_token.expose().as_bytes());
+    let pacing = Pacing::default();
     let publisher = Publisher::new(
         state.clone(),
         broker.clone(),
         key.clone(),
         config.tombstone_ttl,
         in_flight.clone(),
+        pacing.clone(),
     );
     let tasks = Tasks::<Dapr>::new(
         state.clone(),
@@ -86,6 +99,27 @@ pub(crate) fn use_cases(config: &TaskApiConfig, sidecar: &Sidecar, app_token: &S
         events,
         outbox,
         state,
+        pacing,
+    }
+}
+
+/// The waits that suit the brokers task-api's events and staged copies go through: gathering
+/// only when both are Redis streams.
+fn waits_for(metadata: &GetMetadataResponse, config: &TaskApiConfig) -> Waits {
+    let type_of = |name: &str| {
+        metadata
+            .registered_components
+            .iter()
+            .find(|c| c.name == name)
+            .map(|c| c.r#type.as_str())
+    };
+    let gathering = [&config.pubsub, &config.outbox_pubsub]
+        .iter()
+        .all(|name| type_of(name) == Some(GATHERING_BROKER));
+    if gathering {
+        Waits::GATHERING
+    } else {
+        Waits::SHORT
     }
 }
 
@@ -133,13 +167,14 @@ pub(crate) async fn spec(config: TaskApiConfig) -> Result<AppSpec, StartupError>
         events,
         outbox,
         state,
+        pacing,
     } = use_cases(&config, &sidecar, &app_token);
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let readiness = Readiness::new(reporter, &["task.v1.TaskService"]).await;
     let callbacks = TaskCallbacks::new(
         tasks.clone(),
         events,
-        Subscriptions::new(&config),
+        Subscriptions::new(&config, pacing.clone()),
         readiness.clone(),
     );
     let routes = Callbacks::new(callbacks)
@@ -160,7 +195,8 @@ pub(crate) async fn spec(config: TaskApiConfig) -> Result<AppSpec, StartupError>
     .with_sidecar_wait(config.sidecar.wait)
     .with_dependencies(dependencies)
     .with_metrics(config.server.metrics_address())
-    .with_max_concurrent_calls(config.server.max_concurrent_calls);
+    .with_max_concurrent_calls(config.server.max_concurrent_calls)
+    .on_components(learn_waits(config.clone(), pacing));
     for requirement in requirements(&config) {
         spec = spec.with_requirement(requirement);
     }
@@ -168,6 +204,19 @@ pub(crate) async fn spec(config: TaskApiConfig) -> Result<AppSpec, StartupError>
         spec = spec.with_api_key(refresh).with_requirement(requirement);
     }
     Ok(spec)
+}
+
+/// Sets `pacing` from the sidecar's brokers.
+fn learn_waits(config: TaskApiConfig, pacing: Pacing) -> super::OnComponents {
+    Box::new(move |metadata| {
+        let waits = waits_for(metadata, &config);
+        tracing::info!(
+            publish_spacing_ms = waits.publish_spacing.as_millis(),
+            events_fill_ms = waits.events_fill.as_millis(),
+            "event batching paced for the brokers"
+        );
+        pacing.learn(waits);
+    })
 }
 
 /// Who may call task-api, and where its API key comes from.
@@ -203,5 +252,31 @@ fn auth(
                 Some((refresh, requirement)),
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{super::components::metadata, *};
+    use crate::config::Settings;
+
+    #[test]
+    fn batches_gather_only_when_events_and_staged_copies_both_go_through_redis() {
+        let config = TaskApiConfig::from_settings(&Settings::default()).unwrap();
+        let waits = |pubsub: &str, outbox: &str| {
+            waits_for(
+                &metadata(&[
+                    ("statestore", "state.redis"),
+                    ("pubsub", pubsub),
+                    ("outbox", outbox),
+                ]),
+                &config,
+            )
+        };
+        assert_eq!(waits("pubsub.redis", "pubsub.redis"), Waits::GATHERING);
+        assert_eq!(waits("pubsub.kafka", "pubsub.kafka"), Waits::SHORT);
+        assert_eq!(waits("pubsub.redis", "pubsub.kafka"), Waits::SHORT);
+        assert_eq!(waits("pubsub.kafka", "pubsub.redis"), Waits::SHORT);
+        assert_eq!(waits("pubsub.rabbitmq", "pubsub.rabbitmq"), Waits::SHORT);
     }
 }

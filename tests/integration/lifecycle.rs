@@ -153,6 +153,19 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
         })
         .await
         .unwrap();
+    // On Redis streams, learned from the sidecar's components before readiness, task events
+    // and direct publishes wait a few milliseconds for company (`service::pacing`).
+    let paced: Vec<String> = process
+        .log_lines_with("event batching paced for the brokers")
+        .iter()
+        .map(|line| without_colours(line))
+        .collect();
+    assert!(
+        paced.len() == 1
+            && paced[0].contains("publish_spacing_ms=5")
+            && paced[0].contains("events_fill_ms=5"),
+        "{paced:?}"
+    );
     let client = TaskServiceClient::with_interceptor(
         channel,
         WithHeader("x-api-key", stack.api_key().into()),
@@ -252,6 +265,20 @@ async fn the_apps_refuse_to_start_without_an_app_token() {
 }
 
 /// grpcurl's combined output. Async: the apps under test serve on this test's runtime.
+/// A log line without its terminal colour codes (`ESC [ … m`).
+fn without_colours(line: &str) -> String {
+    let mut plain = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|&c| c == 'm');
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+}
+
 async fn grpcurl(args: &[&str]) -> String {
     let output = tokio::process::Command::new(crate::common::grpcurl())
         .arg("-plaintext")

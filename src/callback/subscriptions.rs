@@ -159,9 +159,13 @@ mod tests {
     use crate::config::Settings;
 
     fn subscriptions() -> Subscriptions {
+        subscriptions_paced_by(Pacing::default())
+    }
+
+    fn subscriptions_paced_by(pacing: Pacing) -> Subscriptions {
         Subscriptions::new(
             &TaskApiConfig::from_settings(&Settings::default()).unwrap(),
-            Pacing::default(),
+            pacing,
         )
     }
 
@@ -256,11 +260,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn task_events_wait_as_long_as_the_broker_learned_says() {
         let pacing = Pacing::default();
-        let subscriptions = Subscriptions::new(
-            &TaskApiConfig::from_settings(&Settings::default()).unwrap(),
-            pacing.clone(),
-        );
-        let learner = pacing.clone();
+        let subscriptions = subscriptions_paced_by(pacing.clone());
+        let learner = pacing;
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(200)).await;
             learner.learn(Waits::GATHERING);

@@ -53,7 +53,7 @@ impl Default for Pacing {
 }
 
 impl Pacing {
-    /// Pacing fixed at `waits` (tests, and callers that know their broker).
+    /// Pacing fixed at `waits`, as if learned (for tests).
     #[cfg(test)]
     pub(crate) fn fixed(waits: Waits) -> Self {
         let pacing = Self::default();

@@ -4,9 +4,9 @@
 //! - **Directly, by its writer.** Once a change's record is written, the process that wrote it
 //!   publishes its event ([`Publisher::offer`]) off the request's path, batched with its
 //!   neighbours' (at once, or on a broker where it pays, while changes keep coming, one publish
-//!   per spacing; see [`super::pacing`]): no store read, no claim written first. The change itself is the claim: a
-//!   committed change is left to its writer for [`WRITER_HOLDS`] after it was staged (its staged
-//!   copy, if another process gets it, waits that long; see the relay).
+//!   per spacing; see [`super::pacing`]): no store read, no claim written first. The change
+//!   itself is the claim: a committed change is left to its writer for [`WRITER_HOLDS`] after it
+//!   was staged (its staged copy, if another process gets it, waits that long; see the relay).
 //! - **By the relay**, for what the writer did not publish (it died, the publish failed, the
 //!   change moved the task's jobs), after claiming it in the ledger.
 //!

@@ -128,6 +128,8 @@ pub(crate) struct MemoryStore {
     refused: Arc<Mutex<Vec<String>>>,
     /// Whether a write answers with its new ETag, as a store whose ETags count writes does.
     tells_etags: bool,
+    /// Values another writer puts under their key right after its next read.
+    written_after_read: Arc<Mutex<HashMap<String, Vec<u8>>>>,
     faults: Faults,
 }
 
@@ -175,6 +177,25 @@ impl MemoryStore {
             .lock()
             .unwrap()
             .insert(key.to_string(), (value.to_vec(), etag));
+    }
+
+    /// Writes `value` under `key` as another program would, right after the next read of `key`:
+    /// a change landing between two reads of the same document.
+    pub(crate) fn put_raw_after_next_read(&self, key: &str, value: &[u8]) {
+        self.written_after_read
+            .lock()
+            .unwrap()
+            .insert(key.to_string(), value.to_vec());
+    }
+
+    /// Lands the writes planned for after a read of `keys`.
+    fn after_reading(&self, keys: &[String]) {
+        for key in keys {
+            let planned = self.written_after_read.lock().unwrap().remove(key);
+            if let Some(value) = planned {
+                self.put_raw(key, &value);
+            }
+        }
     }
 
     /// Read calls made so far (a `get_many` is one).
@@ -277,7 +298,9 @@ impl KeyValueStore for MemoryStore {
     async fn get(&self, key: &str) -> Result<Option<Versioned<Vec<u8>>>, StoreError> {
         tokio::task::yield_now().await;
         self.read_calls.lock().unwrap().push(vec![key.to_string()]);
-        self.read(key)
+        let read = self.read(key);
+        self.after_reading(&[key.to_string()]);
+        read
     }
 
     async fn get_many(
@@ -286,7 +309,9 @@ impl KeyValueStore for MemoryStore {
     ) -> Result<Vec<Option<Versioned<Vec<u8>>>>, StoreError> {
         tokio::task::yield_now().await;
         self.read_calls.lock().unwrap().push(keys.to_vec());
-        keys.iter().map(|key| self.read(key)).collect()
+        let read = keys.iter().map(|key| self.read(key)).collect();
+        self.after_reading(keys);
+        read
     }
 
     async fn put(&self, write: Write) -> Result<Option<String>, StoreError> {

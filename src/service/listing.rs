@@ -4,6 +4,8 @@
 //! names the position and, for each list, the leaf to resume at), then reads the tasks those
 //! entries name and keeps the ones whose stored record still belongs there. Entries left behind
 //! by changes in flight or interrupted are skipped, and cleaned up once their task has moved on.
+//! A task is named once per paging: its entries share one position, so a page names the first
+//! that matches and the next page starts after it.
 //!
 //! Overdue tasks (due before now, not completed) are the open lists read the same way, keeping
 //! only the tasks past their due date: a page of them costs reads in proportion to the open
@@ -175,6 +177,7 @@ impl<P: Ports> Tasks<P> {
         let mut record_reads = 0;
         let mut tasks = Vec::with_capacity(query.page_size);
         let mut last: Option<Position> = None;
+        let mut named_last: Option<Position> = None;
         while tasks.len() < query.page_size {
             let batch = next_batch(&mut reader, query.page_size - tasks.len()).await?;
             if batch.is_empty() {
@@ -189,7 +192,17 @@ impl<P: Ports> Tasks<P> {
             let records = self.records.get_many(&ids).await?;
             for ((list, entry), record) in batch.into_iter().zip(records) {
                 last = Some(entry.position.clone());
-                tasks.extend(self.listed(list, entry, record).filter(|t| keep(&t.value)));
+                // A task moving between two of the lists read has an entry in each, at the same
+                // position, read one after the other. When the move lands between the reads of
+                // its record, both entries match what was read: the first one names it.
+                if named_last.as_ref() == Some(&entry.position) {
+                    continue;
+                }
+                let position = entry.position.clone();
+                if let Some(task) = self.listed(list, entry, record).filter(|t| keep(&t.value)) {
+                    named_last = Some(position);
+                    tasks.push(task);
+                }
             }
         }
         let more = reader.next().await?.is_some();

@@ -1437,3 +1437,63 @@ async fn a_direct_publish_the_store_could_not_record_is_recorded_from_task_event
         "recorded in the ledger"
     );
 }
+
+/// A task moving to another list while a page is read has an entry in both, at the same place,
+/// read one after the other. Its record is read for each entry; when the move lands between
+/// those reads, each read shows it where that entry is, and the page still names it once.
+#[tokio::test(start_paused = true)]
+async fn a_task_moving_between_lists_while_a_page_is_read_is_listed_once() {
+    use super::{
+        index::ListId,
+        listing::ListQuery,
+        store::records::{from_json, task_key},
+        tasks::position_of,
+    };
+    use crate::domain::Priority;
+
+    let world = World::new();
+    let process = Process::start(&world);
+    let pending = ListId {
+        status: TaskStatus::Pending,
+        priority: Priority::parse(2).unwrap(),
+    };
+    // An entry of a create still in flight, listed first: skipped, so the page reads another
+    // batch after the one that reaches the moving task.
+    let in_flight = super::index::Position {
+        micros: (time::now() - chrono::Duration::seconds(1)).timestamp_micros(),
+        id: TaskId::parse("a-create-in-flight").unwrap(),
+    };
+    process
+        .tasks
+        .index
+        .insert(pending, in_flight, 1)
+        .await
+        .unwrap();
+    let id = process.create("moving").await;
+    let key = task_key(&id);
+    let while_pending = world.store.peek(&key).unwrap();
+    process
+        .tasks
+        .change_status(&id, TaskStatus::InProgress, None)
+        .await
+        .unwrap();
+    settle().await;
+    let moved = world.store.peek(&key).unwrap();
+    // Back to the moment the task is in both lists and its record is not yet written; the move
+    // lands right after the page first reads the record.
+    let position = position_of(&from_json(&key, &while_pending).unwrap());
+    process
+        .tasks
+        .index
+        .insert(pending, position, 1)
+        .await
+        .unwrap();
+    world.store.put_raw(&key, &while_pending);
+    world.store.put_raw_after_next_read(&key, &moved);
+
+    let query = ListQuery::parse(None, None, false, 2, "").unwrap();
+    let page = process.tasks.list(&query).await.unwrap();
+    let named: Vec<_> = page.tasks.iter().map(|t| t.value.id.clone()).collect();
+    assert_eq!(named, [id], "named once, as first read");
+    assert_eq!(page.tasks[0].value.status, TaskStatus::Pending);
+}

@@ -22,9 +22,9 @@ stops is timed too (default brokers redis,kafka).
 
 cost: CreateTask, UpdateTaskStatus and DeleteTask through the task-api and notification-service
 binaries in DIR (an earlier build) and through this build, on each store (default
-redis,postgresql; concurrency 16,64; 10 s per run). Both run at once, each on a system of its
-own, loaded in turn: --rounds rounds (default 3), the builds' order alternating; medians and
-the median of the per-round ratios are reported.
+redis,postgresql; or kafka: tasks on Redis, events on Kafka; concurrency 16,64; 10 s per
+run). Both run at once, each on a system of its own, loaded in turn: --rounds rounds (default
+3), the builds' order alternating; medians and the median of the per-round ratios are reported.
 
 list: ListTasks' first page at 1,000, 10,000 and 100,000 tasks (--sizes), unfiltered and by the
 status 1% of tasks have, one caller and 8 at once, on each store.
@@ -168,6 +168,21 @@ pub fn options(
     Ok(out)
 }
 
+/// Systems to compare builds on: the stores, or `kafka` (tasks on Redis, events on Kafka), where
+/// what differs between builds is how they use the broker.
+fn parse_systems(text: &str) -> Result<Vec<devstack::ComponentSet>, UsageError> {
+    text.split(',')
+        .map(|system| match system.trim() {
+            "kafka" => Ok(devstack::ComponentSet::Kafka),
+            store => parse_stores(store)
+                .map(|mut one| one.remove(0))
+                .map_err(|_| {
+                    format!("unknown system {store:?}: redis, postgresql or kafka").into()
+                }),
+        })
+        .collect()
+}
+
 fn parse_stores(text: &str) -> Result<Vec<devstack::ComponentSet>, UsageError> {
     text.split(',')
         .map(|store| match store.trim() {
@@ -211,7 +226,7 @@ fn parse_cost(args: impl IntoIterator<Item = String>) -> Result<Parsed, UsageErr
             "--rounds" => cost.rounds = number(&name, &value, 1, 20)?,
             "--baseline" => cost.baseline = value.into(),
             "--label" => cost.baseline_label = value,
-            "--stores" => cost.stores = parse_stores(&value)?,
+            "--stores" => cost.stores = parse_systems(&value)?,
             "--concurrency" => cost.concurrency = parse_levels(&value)?,
             "--duration-secs" => {
                 cost.duration = Duration::from_secs(number(&name, &value, 1, 3600)? as u64)
@@ -424,6 +439,16 @@ mod tests {
             panic!("cost")
         };
         assert_eq!(cost.stores, [devstack::ComponentSet::Redis]);
+        let Ok(Parsed::Cost(on_kafka)) =
+            parse(["cost", "--baseline", "/b", "--stores=kafka,redis"].map(String::from))
+        else {
+            panic!("cost on kafka")
+        };
+        assert_eq!(
+            on_kafka.stores,
+            [devstack::ComponentSet::Kafka, devstack::ComponentSet::Redis]
+        );
+        assert!(parse(["cost", "--baseline", "/b", "--stores=mongo"].map(String::from)).is_err());
         assert_eq!(cost.concurrency, [4]);
         assert!(
             parse(["cost"].map(String::from)).is_err(),

@@ -4,8 +4,9 @@
 //! names the position and, for each list, the leaf to resume at), then reads the tasks those
 //! entries name and keeps the ones whose stored record still belongs there. Entries left behind
 //! by changes in flight or interrupted are skipped, and cleaned up once their task has moved on.
-//! A task is named once per paging: its entries share one position, so a page names the first
-//! that matches and the next page starts after it.
+//! A task is named once per paging, even while it moves between lists: its entries share one
+//! position and are read one after the other, a page judges them all by one read of its record
+//! (so only the entry of the list it was in then matches), and the next page starts after it.
 //!
 //! Overdue tasks (due before now, not completed) are the open lists read the same way, keeping
 //! only the tasks past their due date: a page of them costs reads in proportion to the open
@@ -113,6 +114,9 @@ impl PageToken {
     }
 }
 
+/// A task's record as read for its list entries.
+type RecordRead = Result<Option<Versioned<TaskRecord>>, CorruptDocument>;
+
 /// A valid list request.
 #[derive(Debug, Clone)]
 pub(crate) struct ListQuery {
@@ -177,7 +181,7 @@ impl<P: Ports> Tasks<P> {
         let mut record_reads = 0;
         let mut tasks = Vec::with_capacity(query.page_size);
         let mut last: Option<Position> = None;
-        let mut named_last: Option<Position> = None;
+        let mut judged_by: Option<(Position, RecordRead)> = None;
         while tasks.len() < query.page_size {
             let batch = next_batch(&mut reader, query.page_size - tasks.len()).await?;
             if batch.is_empty() {
@@ -193,16 +197,16 @@ impl<P: Ports> Tasks<P> {
             for ((list, entry), record) in batch.into_iter().zip(records) {
                 last = Some(entry.position.clone());
                 // A task moving between two of the lists read has an entry in each, at the same
-                // position, read one after the other. When the move lands between the reads of
-                // its record, both entries match what was read: the first one names it.
-                if named_last.as_ref() == Some(&entry.position) {
-                    continue;
-                }
-                let position = entry.position.clone();
-                if let Some(task) = self.listed(list, entry, record).filter(|t| keep(&t.value)) {
-                    named_last = Some(position);
-                    tasks.push(task);
-                }
+                // position, read one after the other, and its record is read for each. Judged
+                // by one read, only the entry of the list it was in then matches; judged by two,
+                // a move landing between them would have both match, or neither. So all are
+                // judged by the first.
+                let judged = match judged_by.take() {
+                    Some((position, first)) if position == entry.position => (position, first),
+                    _ => (entry.position.clone(), record),
+                };
+                let (_, record) = judged_by.insert(judged);
+                tasks.extend(self.listed(list, entry, record).filter(|t| keep(&t.value)));
             }
         }
         let more = reader.next().await?.is_some();
@@ -223,12 +227,7 @@ impl<P: Ports> Tasks<P> {
 
     /// The task `entry` names in `list`, when its stored record is listed there. An entry the
     /// task has left, or whose task was never written, is removed soon.
-    fn listed(
-        &self,
-        list: ListId,
-        entry: Entry,
-        record: Result<Option<Versioned<TaskRecord>>, CorruptDocument>,
-    ) -> Option<Versioned<Task>> {
+    fn listed(&self, list: ListId, entry: Entry, record: &RecordRead) -> Option<Versioned<Task>> {
         match record {
             // Listed only at its own position: an entry a failed attempt left at another one
             // (older builds gave a retried create a new creation time) is only extra.
@@ -258,7 +257,7 @@ impl<P: Ports> Tasks<P> {
                 None
             }
             Err(error) => {
-                tracing::warn!(task_id = %entry.position.id, error = %super::chain(&error), "a listed task cannot be read; skipped");
+                tracing::warn!(task_id = %entry.position.id, error = %super::chain(error), "a listed task cannot be read; skipped");
                 None
             }
         }

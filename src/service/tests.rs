@@ -1438,13 +1438,16 @@ async fn a_direct_publish_the_store_could_not_record_is_recorded_from_task_event
     );
 }
 
-/// A task moving to another list while a page is read has an entry in both, at the same place,
-/// read one after the other. Its record is read for each entry; when the move lands between
-/// those reads, each read shows it where that entry is, and the page still names it once.
-#[tokio::test(start_paused = true)]
-async fn a_task_moving_between_lists_while_a_page_is_read_is_listed_once() {
+/// A page of every task, of size 2, read while a task moves from `from` to `to`: the task is in
+/// both lists at the same place (the new entry is written before the record), after an entry of
+/// a create in flight that makes the page read a second batch, and the move lands right after
+/// the page first reads the task's record. The page's tasks.
+async fn page_read_while_a_task_moves(
+    from: TaskStatus,
+    to: TaskStatus,
+) -> Vec<crate::domain::Versioned<crate::domain::Task>> {
     use super::{
-        index::ListId,
+        index::{ListId, Position},
         listing::ListQuery,
         store::records::{from_json, task_key},
         tasks::position_of,
@@ -1453,47 +1456,59 @@ async fn a_task_moving_between_lists_while_a_page_is_read_is_listed_once() {
 
     let world = World::new();
     let process = Process::start(&world);
-    let pending = ListId {
-        status: TaskStatus::Pending,
+    let list = |status| ListId {
+        status,
         priority: Priority::parse(2).unwrap(),
     };
-    // An entry of a create still in flight, listed first: skipped, so the page reads another
-    // batch after the one that reaches the moving task.
-    let in_flight = super::index::Position {
+    let in_flight = Position {
         micros: (time::now() - chrono::Duration::seconds(1)).timestamp_micros(),
         id: TaskId::parse("a-create-in-flight").unwrap(),
     };
-    process
-        .tasks
-        .index
-        .insert(pending, in_flight, 1)
+    let index = &process.tasks.index;
+    index
+        .insert(list(TaskStatus::Pending), in_flight, 1)
         .await
         .unwrap();
     let id = process.create("moving").await;
+    let change = |status| process.tasks.change_status(&id, status, None);
+    if from != TaskStatus::Pending {
+        change(from).await.unwrap();
+    }
     let key = task_key(&id);
-    let while_pending = world.store.peek(&key).unwrap();
-    process
-        .tasks
-        .change_status(&id, TaskStatus::InProgress, None)
-        .await
-        .unwrap();
+    let before = world.store.peek(&key).unwrap();
+    change(to).await.unwrap();
     settle().await;
-    let moved = world.store.peek(&key).unwrap();
-    // Back to the moment the task is in both lists and its record is not yet written; the move
-    // lands right after the page first reads the record.
-    let position = position_of(&from_json(&key, &while_pending).unwrap());
-    process
-        .tasks
-        .index
-        .insert(pending, position, 1)
+    let after = world.store.peek(&key).unwrap();
+    let before_record = from_json(&key, &before).unwrap();
+    index
+        .insert(
+            list(from),
+            position_of(&before_record),
+            before_record.revision,
+        )
         .await
         .unwrap();
-    world.store.put_raw(&key, &while_pending);
-    world.store.put_raw_after_next_read(&key, &moved);
+    world.store.put_raw(&key, &before);
+    world.store.put_raw_after_next_read(&key, &after);
 
     let query = ListQuery::parse(None, None, false, 2, "").unwrap();
     let page = process.tasks.list(&query).await.unwrap();
-    let named: Vec<_> = page.tasks.iter().map(|t| t.value.id.clone()).collect();
-    assert_eq!(named, [id], "named once, as first read");
-    assert_eq!(page.tasks[0].value.status, TaskStatus::Pending);
+    assert!(page.next_page_token.is_none(), "one page");
+    page.tasks
+}
+
+/// Whichever way a task moves while a page is read, and whichever of its two entries comes
+/// first, the page names it once, as its record was first read.
+#[tokio::test(start_paused = true)]
+async fn a_task_moving_between_lists_while_a_page_is_read_is_listed_once() {
+    for (from, to) in [
+        // The entry read first matches the first read, the second the later one.
+        (TaskStatus::Pending, TaskStatus::InProgress),
+        // The entry read first is the new one, the second one matches only the first read.
+        (TaskStatus::InProgress, TaskStatus::Pending),
+    ] {
+        let tasks = page_read_while_a_task_moves(from, to).await;
+        let statuses: Vec<_> = tasks.iter().map(|t| t.value.status).collect();
+        assert_eq!(statuses, [from], "moving from {from:?} to {to:?}");
+    }
 }

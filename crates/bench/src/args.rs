@@ -168,27 +168,34 @@ pub fn options(
     Ok(out)
 }
 
+/// The component set a store's name selects (tasks there; PostgreSQL's events on Redis).
+fn store_named(name: &str) -> Option<devstack::ComponentSet> {
+    match name {
+        "redis" => Some(devstack::ComponentSet::Redis),
+        "postgresql" | "postgres" => Some(devstack::ComponentSet::Postgres),
+        _ => None,
+    }
+}
+
 /// Systems to compare builds on: the stores, or `kafka` (tasks on Redis, events on Kafka), where
 /// what differs between builds is how they use the broker.
 fn parse_systems(text: &str) -> Result<Vec<devstack::ComponentSet>, UsageError> {
     text.split(',')
-        .map(|system| match system.trim() {
+        .map(|name| match name.trim() {
             "kafka" => Ok(devstack::ComponentSet::Kafka),
-            store => parse_stores(store)
-                .map(|mut one| one.remove(0))
-                .map_err(|_| {
-                    format!("unknown system {store:?}: redis, postgresql or kafka").into()
-                }),
+            other => store_named(other).ok_or_else(|| {
+                format!("unknown system {other:?}: redis, postgresql or kafka").into()
+            }),
         })
         .collect()
 }
 
 fn parse_stores(text: &str) -> Result<Vec<devstack::ComponentSet>, UsageError> {
     text.split(',')
-        .map(|store| match store.trim() {
-            "redis" => Ok(devstack::ComponentSet::Redis),
-            "postgresql" | "postgres" => Ok(devstack::ComponentSet::Postgres),
-            other => Err(format!("unknown store {other:?}: redis or postgresql").into()),
+        .map(|name| {
+            let name = name.trim();
+            store_named(name)
+                .ok_or_else(|| format!("unknown store {name:?}: redis or postgresql").into())
         })
         .collect()
 }

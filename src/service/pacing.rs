@@ -2,12 +2,12 @@
 //!
 //! On Redis streams, changes a few milliseconds apart that share a direct publish (its call, its
 //! ledger write and its delivery back) and task events that share a delivery (and completions a
-//! notification call) cost the sidecar less, even one request at a time. On Kafka they save as
-//! much one at a time, but under a steady load the sustained run kept up with lower rates with
-//! them than without (Kafka's component flushes each partition on a fixed tick and waits for the
-//! delivery before it reads on; see the README's benchmarks). So the waits are learned at
-//! start-up from the brokers the sidecar names; until then, and on Kafka or any other broker,
-//! batches take only what is already waiting.
+//! notification call) cost the sidecar less, even one request at a time. On Kafka they save
+//! nearly as much one at a time, but under a steady load the sustained run kept up with lower
+//! rates with them than without (Kafka's component flushes each partition on a fixed tick and
+//! waits for the delivery before it reads on; see the README's benchmarks). So the waits are
+//! learned at start-up from the brokers the sidecar names; until then, and on Kafka or any other
+//! broker, batches take only what is already waiting.
 
 use std::{sync::Arc, time::Duration};
 

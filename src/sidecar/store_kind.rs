@@ -13,12 +13,21 @@ const REPORT_EACH_KEY: &[&str] = &["state.redis", "state.in-memory"];
 /// leaves 1.
 const NUMBER_VERSIONS: &[&str] = &["state.redis"];
 
+/// Store types whose transactions cost daprd less than a save of the same keys: daprd saves
+/// several keys of `state.redis` each on its own (a goroutine, a connection and a round trip to
+/// Redis apiece), where a transaction sends them in one pipeline (`MULTI` ... `EXEC`). Redis
+/// has no rollback, so a transaction refused for one key writes the others, as a save of several
+/// keys does; daprd answers it INTERNAL, not ABORTED.
+const PIPELINE_TRANSACTIONS: &[&str] = &["state.redis"];
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct StoreKind {
     /// Bulk reads carry the [witness](super::witness): the store's bulk read can fail without saying so.
     pub(super) needs_witness: bool,
     /// A write's new ETag follows from the write itself, so no read is needed to learn it.
     numbers_versions: bool,
+    /// Several writes go cheaper as one transaction than as one save.
+    pub(super) pipelines_transactions: bool,
 }
 
 impl StoreKind {
@@ -30,6 +39,7 @@ impl StoreKind {
         Self {
             needs_witness: !listed(REPORT_EACH_KEY),
             numbers_versions: listed(NUMBER_VERSIONS),
+            pipelines_transactions: listed(PIPELINE_TRANSACTIONS),
         }
     }
 
@@ -63,6 +73,15 @@ mod tests {
         assert!(witnessed(Some("state.postgresql")));
         assert!(witnessed(Some("state.sqlite")));
         assert!(witnessed(None), "a store the sidecar does not name");
+    }
+
+    #[test]
+    fn only_stores_whose_transactions_are_pipelined_take_several_writes_as_one() {
+        let pipelined = |kind| StoreKind::of(kind).pipelines_transactions;
+        assert!(pipelined(Some("state.redis")));
+        assert!(!pipelined(Some("state.postgresql")));
+        assert!(!pipelined(Some("state.in-memory")));
+        assert!(!pipelined(None), "a store the sidecar does not name");
     }
 
     #[test]

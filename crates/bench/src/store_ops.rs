@@ -2,8 +2,8 @@
 //! run, counted by the servers themselves (`INFO commandstats`), so they are exact where CPU
 //! figures move with the machine.
 //!
-//! A Dapr Redis state save is one script (`EVAL`) whatever it runs inside, a read one
-//! `HGETALL`; a publish is one `XADD`, and a subscription reads with `XREADGROUP` and
+//! A Dapr Redis state save is one script (`EVAL`) whatever it runs inside, a transaction its
+//! scripts between a `MULTI` and an `EXEC`, a read one `HGETALL`; a publish is one `XADD`, and a subscription reads with `XREADGROUP` and
 //! acknowledges with `XACK`. The commands a script runs (`HGET`, `HSET`, `HINCRBY`, `DEL`) are
 //! counted by Redis too, and left out here, as is the servers' housekeeping (`INFO`, `PING`,
 //! `XGROUP`). Every client of the servers counts: task-api's daprd and notification-service's
@@ -29,8 +29,9 @@ enum Kind {
 fn kind(command: &str) -> Option<Kind> {
     match command {
         "hgetall" | "get" | "mget" | "hmget" => Some(Kind::StateRead),
-        // Saves and deletes are scripts; a TTL is set by a command of its own.
-        "eval" | "evalsha" | "expire" => Some(Kind::StateWrite),
+        // Saves and deletes are scripts; a TTL is set by a command of its own, and a
+        // transaction's scripts go between two more.
+        "eval" | "evalsha" | "expire" | "multi" | "exec" => Some(Kind::StateWrite),
         "xadd" | "xreadgroup" | "xack" | "xautoclaim" | "xclaim" | "xpending" | "xtrim" => {
             Some(Kind::Stream)
         }
@@ -171,6 +172,8 @@ mod tests {
             ("hincrby", 10),
             ("hgetall", 7),
             ("expire", 3),
+            ("multi", 2),
+            ("exec", 2),
             ("xadd", 5),
             ("xack", 5),
             ("xreadgroup", 2),
@@ -184,7 +187,7 @@ mod tests {
             StoreOps::of(&calls),
             StoreOps {
                 state_reads: 7,
-                state_writes: 13,
+                state_writes: 17,
                 stream: 12,
             }
         );

@@ -31,7 +31,7 @@ pub(crate) struct StateStore {
     sidecar: Sidecar,
     name: String,
     /// What the store is: learned from the sidecar's metadata (and the witness written, if its
-    /// bulk reads need it) at the first bulk read.
+    /// bulk reads need it) at the first write or bulk read.
     kind: Arc<OnceCell<StoreKind>>,
 }
 
@@ -55,21 +55,25 @@ fn store_error(status: Status, key: &str) -> StoreError {
     }
 }
 
-fn options(condition: &Condition) -> (Option<Etag>, StateConcurrency) {
+/// How a write's condition is sent to a store of `kind`.
+fn options(condition: &Condition, kind: StoreKind) -> (Option<Etag>, StateConcurrency) {
+    let etag = |value: &str| {
+        Some(Etag {
+            value: value.to_string(),
+        })
+    };
     match condition {
         Condition::Any => (None, StateConcurrency::ConcurrencyLastWrite),
-        Condition::IfMatch(etag) => (
-            Some(Etag {
-                value: etag.clone(),
-            }),
+        Condition::IfMatch(value) => (etag(value), StateConcurrency::ConcurrencyFirstWrite),
+        Condition::IfAbsent => (
+            kind.absent_etag().and_then(etag),
             StateConcurrency::ConcurrencyFirstWrite,
         ),
-        Condition::IfAbsent => (None, StateConcurrency::ConcurrencyFirstWrite),
     }
 }
 
-fn item(write: Write) -> StateItem {
-    let (etag, concurrency) = options(&write.condition);
+fn item(write: Write, kind: StoreKind) -> StateItem {
+    let (etag, concurrency) = options(&write.condition, kind);
     let mut metadata = HashMap::new();
     if let Some(ttl) = write.ttl {
         metadata.insert("ttlInSeconds".to_string(), ttl.as_secs().max(1).to_string());
@@ -96,7 +100,7 @@ impl StateStore {
     }
 
     /// What this store is; on the first call, asks the sidecar and, if its bulk reads need the
-    /// witness, writes the witness.
+    /// witness, writes the witness. Every write needs it, to send its condition.
     async fn kind(&self) -> Result<StoreKind, StoreError> {
         let learn = || async {
             let metadata =
@@ -113,7 +117,9 @@ impl StateStore {
                 .map(|component| component.r#type.as_str());
             let kind = StoreKind::of(component_type);
             if kind.needs_witness {
-                self.put(witness::write()).await?;
+                self.save(vec![item(witness::write(), kind)])
+                    .await
+                    .map_err(|status| store_error(status, witness::KEY))?;
             }
             Ok(kind)
         };
@@ -202,15 +208,9 @@ impl StateStore {
     }
 
     /// Whether `writes` go as one transaction rather than one save: several of them, on a store
-    /// whose transactions are pipelined, none "only if absent". daprd's `state.redis` sends
-    /// that condition in a transaction as a write under no ETag and without the flag its script
-    /// checks it by (`first-write`), so there it would overwrite a key that exists without the
-    /// flag and leave the key it creates without it.
-    async fn as_transaction(&self, writes: &[Write]) -> Result<bool, StoreError> {
-        if writes.len() < 2 || writes.iter().any(|w| w.condition == Condition::IfAbsent) {
-            return Ok(false);
-        }
-        Ok(self.kind().await?.pipelines_transactions)
+    /// whose transactions are pipelined and can carry each one's condition.
+    fn as_transaction(writes: &[Write], kind: StoreKind) -> bool {
+        writes.len() > 1 && writes.iter().all(|write| kind.transacts(&write.condition))
     }
 }
 
@@ -274,12 +274,12 @@ impl KeyValueStore for StateStore {
     async fn put(&self, write: Write) -> Result<Option<String>, StoreError> {
         let key = write.key.clone();
         let condition = write.condition.clone();
-        match self.save(vec![item(write)]).await {
-            // Not known until the first bulk read has learned the store's kind.
-            Ok(()) => Ok(self.kind.get().and_then(|kind| kind.etag_after(&condition))),
-            // state.redis and state.postgresql report a failed create-if-absent as a plain
-            // error (not an ETag mismatch); state.in-memory reports ABORTED. Look at the key to
-            // tell a lost race from a real failure.
+        let kind = self.kind().await?;
+        match self.save(vec![item(write, kind)]).await {
+            Ok(()) => Ok(kind.etag_after(&condition)),
+            // state.postgresql reports a failed create-if-absent as a plain error (not an ETag
+            // mismatch); state.in-memory and, under its absent ETag, state.redis report ABORTED.
+            // Look at the key to tell a lost race from a real failure.
             Err(status) if condition == Condition::IfAbsent => match self.get(&key).await {
                 Ok(Some(_)) => Err(StoreError::Conflict { key }),
                 _ => Err(store_error(status, &key)),
@@ -293,8 +293,9 @@ impl KeyValueStore for StateStore {
             return Ok(());
         }
         let first = writes[0].key.clone();
-        let transaction = self.as_transaction(&writes).await?;
-        let items = writes.into_iter().map(item).collect();
+        let kind = self.kind().await?;
+        let transaction = Self::as_transaction(&writes, kind);
+        let items = writes.into_iter().map(|write| item(write, kind)).collect();
         let written = if transaction {
             self.transact(items).await
         } else {
@@ -319,5 +320,40 @@ impl KeyValueStore for StateStore {
             .await
             .map_err(|status| store_error(status, key))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(condition: Condition) -> Write {
+        Write::new("task-1", b"{}".to_vec(), condition)
+    }
+
+    #[test]
+    fn only_if_absent_goes_under_the_stores_absent_etag_where_it_has_one() {
+        let redis = StoreKind::of(Some("state.redis"));
+        let sent = item(write(Condition::IfAbsent), redis);
+        assert_eq!(sent.etag.map(|etag| etag.value), Some("-1".to_string()));
+        let postgres = StoreKind::of(Some("state.postgresql"));
+        let sent = item(write(Condition::IfAbsent), postgres);
+        assert_eq!(sent.etag, None);
+        let first_write = StateConcurrency::ConcurrencyFirstWrite as i32;
+        assert_eq!(sent.options.map(|o| o.concurrency), Some(first_write));
+    }
+
+    #[test]
+    fn several_writes_go_as_one_transaction_where_it_pipelines_and_carries_each_condition() {
+        let redis = StoreKind::of(Some("state.redis"));
+        let postgres = StoreKind::of(Some("state.postgresql"));
+        let mixed = [
+            write(Condition::IfAbsent),
+            write(Condition::IfMatch("4".into())),
+            write(Condition::Any),
+        ];
+        assert!(StateStore::as_transaction(&mixed, redis));
+        assert!(!StateStore::as_transaction(&mixed[..1], redis), "one write");
+        assert!(!StateStore::as_transaction(&mixed, postgres));
     }
 }

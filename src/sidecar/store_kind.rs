@@ -20,6 +20,14 @@ const NUMBER_VERSIONS: &[&str] = &["state.redis"];
 /// keys does; daprd answers it INTERNAL, not ABORTED.
 const PIPELINE_TRANSACTIONS: &[&str] = &["state.redis"];
 
+/// The ETag that makes a write on a store with [numbered versions](NUMBER_VERSIONS) hold only
+/// for a key that does not exist. `state.redis`'s set script writes a missing key whatever ETag
+/// the write names and refuses an existing one whose version differs, and its versions count
+/// from one. Its own "only if absent" (no ETag, first-write concurrency) is no such thing: it
+/// refuses only a key marked when it was first written so, a mark a transaction never sets, and
+/// writes over any other (ETag `0` is read the same way, so it will not do either).
+const NO_VERSION: &str = "-1";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct StoreKind {
     /// Bulk reads carry the [witness](super::witness): the store's bulk read can fail without saying so.
@@ -41,6 +49,18 @@ impl StoreKind {
             numbers_versions: listed(NUMBER_VERSIONS),
             pipelines_transactions: listed(PIPELINE_TRANSACTIONS),
         }
+    }
+
+    /// The ETag to send for "only if absent", where the store has one that means it.
+    pub(super) fn absent_etag(&self) -> Option<&'static str> {
+        self.numbers_versions.then_some(NO_VERSION)
+    }
+
+    /// Whether a write under `condition` may go in a transaction: every condition but "only if
+    /// absent", which goes only as the store's [absent ETag](Self::absent_etag).
+    pub(super) fn transacts(&self, condition: &Condition) -> bool {
+        self.pipelines_transactions
+            && (*condition != Condition::IfAbsent || self.absent_etag().is_some())
     }
 
     /// The ETag a document has right after a write under `condition` held, when the store's
@@ -82,6 +102,23 @@ mod tests {
         assert!(!pipelined(Some("state.postgresql")));
         assert!(!pipelined(Some("state.in-memory")));
         assert!(!pipelined(None), "a store the sidecar does not name");
+    }
+
+    #[test]
+    fn only_if_absent_is_an_etag_no_version_has_where_versions_are_numbered() {
+        assert_eq!(StoreKind::of(Some("state.redis")).absent_etag(), Some("-1"));
+        for other in [Some("state.postgresql"), Some("state.in-memory"), None] {
+            assert_eq!(StoreKind::of(other).absent_etag(), None);
+            assert!(!StoreKind::of(other).transacts(&Condition::Any));
+        }
+        let redis = StoreKind::of(Some("state.redis"));
+        for condition in [
+            Condition::Any,
+            Condition::IfAbsent,
+            Condition::IfMatch("3".into()),
+        ] {
+            assert!(redis.transacts(&condition), "{condition:?}");
+        }
     }
 
     #[test]

@@ -14,10 +14,12 @@
 //!
 //! On `state.redis` a transaction is the cheaper way to write several keys under their ETags
 //! (one pipeline to Redis instead of a round trip per key), and it is no more atomic: refused
-//! for one key, it writes the others too, and daprd answers INTERNAL. But it is no way to write
-//! "only if absent": a transaction sends that as a write under no ETag without the mark the
-//! store's script checks it by, so it overwrites a key that exists. task-api sends only writes
-//! under an ETag, or overwrites, in a transaction (`sidecar::store_kind`).
+//! for one key, it writes the others too, and daprd answers INTERNAL. Its "only if absent" (no
+//! ETag, first-write concurrency) is no such thing: the script refuses only keys marked when they
+//! were first written that way, a mark a transaction never sets. But the script writes a missing
+//! key whatever ETag a write names, and versions count from 1, so under ETag `-1` a write holds
+//! only where the key is absent, in a save and in a transaction alike: that is how task-api
+//! writes "only if absent" on Redis (`sidecar::store_kind`).
 
 use std::collections::HashMap;
 
@@ -212,6 +214,47 @@ async fn on_redis_a_transaction_writes_keys_under_their_etags_but_not_only_if_ab
         .unwrap();
     let overwritten = read(&mut dapr, "txn-new").await.data;
     assert!(String::from_utf8_lossy(&overwritten).contains("overwritten"));
+}
+
+#[tokio::test]
+async fn on_redis_a_write_under_etag_minus_one_holds_only_where_the_key_is_absent() {
+    let (_stack, _sidecar, mut dapr) = probe(ComponentSet::Redis).await;
+    let absent = |key: &str, value: &str| item(key, value, Some("-1"));
+    // Created by a save and by a transaction, each at version 1.
+    save_all(&mut dapr, vec![absent("abs-a", "first")])
+        .await
+        .unwrap();
+    transact(
+        &mut dapr,
+        vec![absent("abs-b", "first"), absent("abs-c", "first")],
+    )
+    .await
+    .unwrap();
+    for key in ["abs-a", "abs-b", "abs-c"] {
+        assert_eq!(etag_of(&mut dapr, key).await, "1", "{key}");
+    }
+    // Refused on every existing key, however it was written: a save answers ABORTED, a
+    // transaction INTERNAL, and it writes the missing key beside it.
+    let refused = save_all(&mut dapr, vec![absent("abs-b", "second")])
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Aborted, "{refused:?}");
+    let refused = transact(
+        &mut dapr,
+        vec![absent("abs-a", "second"), absent("abs-d", "second")],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(refused.code(), Code::Internal, "{refused:?}");
+    for (key, value) in [
+        ("abs-a", "first"),
+        ("abs-b", "first"),
+        ("abs-c", "first"),
+        ("abs-d", "second"),
+    ] {
+        let data = read(&mut dapr, key).await.data;
+        assert!(String::from_utf8_lossy(&data).contains(value), "{key}");
+    }
 }
 
 async fn etag_of(dapr: &mut DaprClient<Channel>, key: &str) -> String {

@@ -255,7 +255,7 @@ async fn completions_at_once(
 }
 
 /// The state calls a completion made: reads (its record with its ledger) and writes (its
-/// record, its ledger, its list leaves: saves, or on Redis several under their ETags in one
+/// record, its ledger, its list leaves: saves, or on Redis several keys at once in one
 /// transaction).
 fn state_calls(costs: &BTreeMap<String, f64>) -> f64 {
     [

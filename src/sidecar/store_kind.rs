@@ -35,7 +35,7 @@ pub(super) struct StoreKind {
     /// A write's new ETag follows from the write itself, so no read is needed to learn it.
     numbers_versions: bool,
     /// Several writes go cheaper as one transaction than as one save.
-    pub(super) pipelines_transactions: bool,
+    pipelines_transactions: bool,
 }
 
 impl StoreKind {

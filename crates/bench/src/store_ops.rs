@@ -3,8 +3,8 @@
 //! figures move with the machine.
 //!
 //! A Dapr Redis state save is one script (`EVAL`) whatever it runs inside, a transaction its
-//! scripts between a `MULTI` and an `EXEC`, a read one `HGETALL`; a publish is one `XADD`, and a subscription reads with `XREADGROUP` and
-//! acknowledges with `XACK`. The commands a script runs (`HGET`, `HSET`, `HINCRBY`, `DEL`) are
+//! scripts between a `MULTI` and an `EXEC`, a read one `HGETALL`; a publish is one `XADD`, and a
+//! subscription reads with `XREADGROUP` and acknowledges with `XACK`. The commands a script runs (`HGET`, `HSET`, `HINCRBY`, `DEL`) are
 //! counted by Redis too, and left out here, as is the servers' housekeeping (`INFO`, `PING`,
 //! `XGROUP`). Every client of the servers counts: task-api's daprd and notification-service's
 //! (the notifications a completion causes are part of its cost).
